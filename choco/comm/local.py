@@ -1,0 +1,177 @@
+"""A deterministic in-process network of ``n`` nodes running the same per-node code.
+
+Two ways to drive it:
+
+* **Lock-step, one thread** (tests, the consensus CLI): call ``begin`` on every node, then
+  ``finish`` on every node. An exchange whose neighbour has not posted yet raises instead
+  of blocking, so it can never deadlock.
+* **One thread per node** (:meth:`LocalNetwork.run`): blocking collectives work because
+  the threads meet at a barrier; a node that raises breaks the barrier, so the others stop
+  too, and the first error is re-raised in the caller.
+
+Collectives combine contributions in rank order, so results do not depend on thread timing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from .base import CommError, Communicator, Exchange, check_neighbors
+
+T = TypeVar("T")
+
+
+class LocalNetwork:
+    """``n`` nodes with the given neighbour lists, exchanging through shared mailboxes."""
+
+    def __init__(self, neighbors: Sequence[Sequence[int]], timeout: float = 600.0) -> None:
+        self.size = len(neighbors)
+        self.neighbors = [check_neighbors(i, self.size, nb) for i, nb in enumerate(neighbors)]
+        for i, nb in enumerate(self.neighbors):
+            for j in nb:
+                if i not in self.neighbors[j]:
+                    raise CommError(f"graph not symmetric: {j} is a neighbour of {i}, not back")
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        # (sender, round) -> [buffer, receivers that have not collected it yet]
+        self._mail: dict[tuple[int, int], list] = {}
+        self._barrier = threading.Barrier(self.size)
+        self._slots: list[object] = [None] * self.size
+        self.threaded = False
+        self.comms = [LocalCommunicator(self, i) for i in range(self.size)]
+
+    @classmethod
+    def from_matrix(cls, W: np.ndarray) -> LocalNetwork:
+        """Neighbours from the off-diagonal support of a mixing matrix."""
+        n = W.shape[0]
+        return cls([[j for j in range(n) if j != i and W[i, j] != 0] for i in range(n)])
+
+    def run(self, fn: Callable[[LocalCommunicator], T]) -> list[T]:
+        """Run ``fn(comm)`` for every node, one thread each; return results in rank order."""
+        results: list[T | None] = [None] * self.size
+        errors: list[BaseException | None] = [None] * self.size
+
+        def target(i: int) -> None:
+            try:
+                results[i] = fn(self.comms[i])
+            except BaseException as exc:  # re-raised in the caller below
+                errors[i] = exc
+                self._barrier.abort()
+                with self._cond:
+                    self._cond.notify_all()
+
+        self.threaded = True
+        threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(self.size)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            self.threaded = False
+        first = next((e for e in errors if e is not None and not _secondary(e)), None)
+        first = first or next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return results  # type: ignore[return-value]
+
+    # -- mailbox --------------------------------------------------------------------------
+    def _post(self, sender: int, rnd: int, buf: torch.Tensor) -> None:
+        with self._cond:
+            if self.neighbors[sender]:
+                self._mail[(sender, rnd)] = [buf, len(self.neighbors[sender])]
+            self._cond.notify_all()
+
+    def _collect(self, receiver: int, rnd: int) -> list[torch.Tensor]:
+        keys = [(j, rnd) for j in self.neighbors[receiver]]
+        with self._cond:
+            missing = [k for k in keys if k not in self._mail]
+            if missing and not self.threaded:
+                raise CommError(
+                    f"node {receiver}: neighbour {missing[0][0]} has not posted exchange "
+                    f"{rnd}; in lock-step use call begin on every node before finish."
+                )
+            ok = self._cond.wait_for(
+                lambda: self._barrier.broken or all(k in self._mail for k in keys),
+                timeout=self.timeout,
+            )
+            if self._barrier.broken:
+                raise _PeerFailed(f"node {receiver}: another node failed")
+            if not ok:
+                raise CommError(f"node {receiver}: exchange {rnd} timed out")
+            out = []
+            for k in keys:
+                entry = self._mail[k]
+                out.append(entry[0])
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._mail[k]
+            return out
+
+    def _collective(self, rank: int, value: object, combine: Callable[[list], object]) -> object:
+        if self.size == 1:
+            return combine([value])
+        if not self.threaded:
+            raise CommError(
+                "blocking collectives on a LocalNetwork need one thread per node: run the "
+                "per-node code through LocalNetwork.run(fn)."
+            )
+        try:
+            self._slots[rank] = value
+            self._barrier.wait(self.timeout)
+            result = combine(list(self._slots))
+            self._barrier.wait(self.timeout)
+        except threading.BrokenBarrierError:
+            raise _PeerFailed(f"node {rank}: another node failed") from None
+        return result
+
+
+class _PeerFailed(CommError):
+    """Raised in nodes whose peer failed; the peer's own error is the one reported."""
+
+
+def _secondary(exc: BaseException) -> bool:
+    return isinstance(exc, _PeerFailed)
+
+
+class _LocalExchange(Exchange):
+    def __init__(self, net: LocalNetwork, rank: int, rnd: int) -> None:
+        self.net, self.rank, self.rnd = net, rank, rnd
+
+    def wait(self) -> list[torch.Tensor]:
+        return self.net._collect(self.rank, self.rnd)
+
+
+class LocalCommunicator(Communicator):
+    """Node ``rank`` of a :class:`LocalNetwork`."""
+
+    def __init__(self, net: LocalNetwork, rank: int) -> None:
+        self.net = net
+        self.rank = rank
+        self.size = net.size
+        self.neighbors = net.neighbors[rank]
+        self._round = 0
+
+    def neighbor_exchange(self, send: torch.Tensor) -> Exchange:
+        rnd = self._round
+        self._round += 1
+        # Receivers must see the bytes as sent, even if the sender reuses its buffer.
+        self.net._post(self.rank, rnd, send.clone())
+        return _LocalExchange(self.net, self.rank, rnd)
+
+    def allreduce(self, array: np.ndarray) -> np.ndarray:
+        def total(parts: list) -> np.ndarray:
+            out = np.array(parts[0], copy=True)
+            for p in parts[1:]:
+                out += p
+            return out
+
+        return self.net._collective(self.rank, np.asarray(array), total)  # type: ignore[return-value]
+
+    def allgather(self, array: np.ndarray) -> np.ndarray:
+        return self.net._collective(self.rank, np.asarray(array), np.stack)  # type: ignore[return-value]

@@ -1,0 +1,296 @@
+"""Topology specs: ``"ring:16"`` -> a validated :class:`Topology` (graph + mixing matrix).
+
+Valid forms (see :data:`SPEC_FORMS`)::
+
+    ring:N  torus:RxC  torus:N  social  complete:N  star:N  exponential:N
+    er:N:P[:seed=S]  file:PATH
+
+``file:PATH`` reads an edge list (lines ``i j``), or, for a path ending in ``.npy``, a
+mixing matrix saved with ``numpy.save`` that is used as is (its mixing is reported as
+``"file"``). Every :class:`Topology` has its ``W`` checked by
+:func:`~topologies.mixing.check_mixing_matrix`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+from numpy.typing import NDArray
+
+from . import graphs
+from .errors import SpectralGapWarning, TopologyError
+from .mixing import (
+    MIXING_RULES,
+    beta,
+    check_mixing_matrix,
+    load_mixing_matrix,
+    mixing_matrix,
+    spectral_gap,
+    support_graph,
+)
+
+__all__ = ["SPEC_FORMS", "Topology", "parse_topology"]
+
+SPEC_FORMS: tuple[str, ...] = (
+    "ring:N",
+    "torus:RxC",
+    "torus:N",
+    "social",
+    "complete:N",
+    "star:N",
+    "exponential:N",
+    "er:N:P[:seed=S]",
+    "file:PATH",
+)
+"""The spec strings :func:`parse_topology` accepts."""
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    r"""A communication graph with its validated mixing matrix.
+
+    Node ``r`` of ``graph`` is rank ``r``; row ``r`` of ``W`` holds the weights
+    :math:`w_{rj}` that rank ``r`` applies in CHOCO-Gossip's
+    :math:`s_r = \sum_j w_{rj} \hat{x}_j` (arXiv:1907.09356, Algorithm 1).
+
+    Construction checks ``W`` with :func:`~topologies.mixing.check_mixing_matrix` and that
+    its off-diagonal support is exactly the edge set of ``graph``; ``W`` is stored as a
+    read-only float64 copy and ``graph`` as a frozen copy (``networkx.freeze``).
+    """
+
+    spec: str  # the spec string it was parsed from, e.g. "torus:4x4"
+    graph: nx.Graph  # undirected simple graph, nodes 0..n-1
+    W: NDArray[np.float64] = field(repr=False)  # n x n mixing matrix
+    mixing: str  # rule name ("metropolis", "maxdegree", "uniform") or "file"
+
+    def __post_init__(self) -> None:
+        """Validate ``W`` against ``graph`` and freeze a float64 copy of it."""
+        matrix = check_mixing_matrix(self.W)
+        n = matrix.shape[0]
+        if self.graph.number_of_nodes() != n or set(self.graph) != set(range(n)):
+            raise TopologyError(
+                f"Topology {self.spec!r} needs a graph on nodes 0..{n - 1} to match W "
+                f"({n}x{n}), got {self.graph.number_of_nodes()} nodes; rebuild both together"
+            )
+        support = {tuple(sorted(edge)) for edge in support_graph(matrix).edges}
+        edges = {tuple(sorted(edge)) for edge in self.graph.edges}
+        if support != edges:
+            i, j = min(support ^ edges)
+            raise TopologyError(
+                f"Topology {self.spec!r} needs W non-zero exactly on the graph's edges, but "
+                f"pair ({i}, {j}) has W[{i},{j}] = {matrix[i, j]!r} and is "
+                f"{'' if (i, j) in edges else 'not '}an edge; build W with mixing_matrix(graph)"
+            )
+        matrix.setflags(write=False)
+        object.__setattr__(self, "W", matrix)
+        # A frozen copy keeps edges/degrees consistent with W (cached properties rely on it).
+        object.__setattr__(self, "graph", nx.freeze(self.graph.copy()))
+
+    @property
+    def n(self) -> int:
+        """Number of nodes (ranks)."""
+        return int(self.W.shape[0])
+
+    @cached_property
+    def edges(self) -> list[tuple[int, int]]:
+        """Sorted edge list, each edge as ``(i, j)`` with ``i < j``."""
+        return sorted((min(i, j), max(i, j)) for i, j in self.graph.edges)
+
+    @cached_property
+    def degrees(self) -> list[int]:
+        """Degree of each rank, indexed by rank."""
+        return [int(self.graph.degree[r]) for r in range(self.n)]
+
+    @cached_property
+    def spectral_gap(self) -> float:
+        r""":math:`\rho = 1 - \max_{k \ge 2} |\lambda_k(W)|`."""
+        return spectral_gap(self.W)
+
+    @cached_property
+    def beta(self) -> float:
+        r""":math:`\beta = \|I - W\|_2`."""
+        return beta(self.W)
+
+    def neighbors(self, i: int) -> list[int]:
+        """Sorted neighbours of rank ``i`` (excluding ``i``)."""
+        return sorted(self.graph.neighbors(self._rank(i)))
+
+    def row(self, i: int) -> NDArray[np.float64]:
+        """Row ``i`` of ``W`` (read-only): the weights rank ``i`` gives every rank."""
+        weights: NDArray[np.float64] = self.W[self._rank(i)]
+        return weights
+
+    def _rank(self, i: int) -> int:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.n:
+            raise TopologyError(
+                f"rank must be an integer in [0, {self.n}), got {i!r}; "
+                f"topology {self.spec!r} has {self.n} nodes"
+            )
+        return int(i)
+
+
+_NATURAL = re.compile(r"[0-9]+")
+_SHAPE = re.compile(r"([0-9]+)[xX]([0-9]+)")
+
+
+def _count(text: str, spec: str, example: str) -> int:
+    """Parse a positive integer field of ``spec`` (digits only, >= 1)."""
+    if not _NATURAL.fullmatch(text) or int(text) < 1:
+        raise TopologyError(
+            f"topology {spec!r}: N must be a positive integer, got {text!r}; e.g. {example}"
+        )
+    return int(text)
+
+
+def _single_count(name: str) -> Callable[[list[str], str], nx.Graph]:
+    """Parser for ``name:N`` specs calling ``graphs.<builder>(N)``."""
+    builders: dict[str, Callable[[int], nx.Graph]] = {
+        "ring": graphs.ring,
+        "complete": graphs.complete,
+        "star": graphs.star,
+        "exponential": graphs.exponential,
+    }
+
+    def parse(args: list[str], spec: str) -> nx.Graph:
+        _arity(args, 1, spec, f"{name}:N, e.g. {name}:8")
+        return builders[name](_count(args[0], spec, f"{name}:8"))
+
+    return parse
+
+
+def _arity(args: list[str], count: int, spec: str, form: str) -> None:
+    if len(args) != count:
+        raise TopologyError(
+            f"topology {spec!r} must have the form {form}, got {len(args)} argument(s)"
+        )
+
+
+def _torus(args: list[str], spec: str) -> nx.Graph:
+    _arity(args, 1, spec, "torus:RxC or torus:N, e.g. torus:4x4")
+    shape = _SHAPE.fullmatch(args[0])
+    if shape:
+        return graphs.torus(
+            _count(shape[1], spec, "torus:4x4"), _count(shape[2], spec, "torus:4x4")
+        )
+    return graphs.torus(_count(args[0], spec, "torus:16"))
+
+
+def _social(args: list[str], spec: str) -> nx.Graph:
+    _arity(args, 0, spec, "social (no arguments: the 32-node Davis graph)")
+    return graphs.social()
+
+
+def _erdos_renyi(args: list[str], spec: str) -> nx.Graph:
+    form = "er:N:P[:seed=S], e.g. er:64:0.1:seed=3"
+    if len(args) not in (2, 3):
+        _arity(args, 2, spec, form)
+    n = _count(args[0], spec, "er:64:0.1")
+    try:
+        p = float(args[1])
+    except ValueError:
+        p = math.nan
+    if not 0.0 < p <= 1.0:
+        raise TopologyError(
+            f"topology {spec!r}: P must be a probability in (0, 1], got {args[1]!r}; {form}"
+        )
+    seed = 0
+    if len(args) == 3:
+        key, _, value = args[2].partition("=")
+        if key != "seed" or not _NATURAL.fullmatch(value):
+            raise TopologyError(
+                f"topology {spec!r}: the optional third field must be seed=S with S a "
+                f"non-negative integer, got {args[2]!r}; {form}"
+            )
+        seed = int(value)
+    return graphs.erdos_renyi(n, p, seed)
+
+
+_PARSERS: dict[str, Callable[[list[str], str], nx.Graph]] = {
+    "ring": _single_count("ring"),
+    "torus": _torus,
+    "social": _social,
+    "complete": _single_count("complete"),
+    "star": _single_count("star"),
+    "exponential": _single_count("exponential"),
+    "er": _erdos_renyi,
+}
+
+
+def parse_topology(spec: str, mixing: str = "metropolis") -> Topology:
+    """Build a validated :class:`Topology` from a spec string.
+
+    Parameters
+    ----------
+    spec
+        One of :data:`SPEC_FORMS`, e.g. ``"ring:16"``, ``"torus:4x4"``, ``"torus:8"`` (2x4),
+        ``"social"``, ``"er:64:0.1:seed=3"`` (seed defaults to 0), ``"file:edges.txt"``,
+        ``"file:W.npy"``. Names are case-insensitive.
+    mixing
+        Weight rule, one of :data:`~topologies.mixing.MIXING_RULES`. Ignored, with a
+        warning unless it is the default, for a ``.npy`` file, whose weights are used as
+        stored (``Topology.mixing == "file"``).
+
+    Raises
+    ------
+    TopologyError
+        Unknown name (the message lists :data:`SPEC_FORMS`), malformed numbers, a graph the
+        builder rejects, or a mixing matrix that fails
+        :func:`~topologies.mixing.check_mixing_matrix`.
+
+    Examples
+    --------
+    >>> topo = parse_topology("ring:8")
+    >>> topo.n, len(topo.edges), round(topo.spectral_gap, 3)
+    (8, 8, 0.195)
+    """
+    if not isinstance(spec, str):
+        raise TopologyError(
+            f"topology spec must be a string such as 'ring:8', got {type(spec).__name__}"
+        )
+    if mixing not in MIXING_RULES:
+        raise TopologyError(
+            f"mixing rule must be one of {', '.join(MIXING_RULES)}, got {mixing!r}; "
+            "use metropolis (valid on every graph)"
+        )
+    text = spec.strip()
+    name, colon, rest = text.partition(":")
+    name = name.strip().lower()
+    if name == "file":
+        return _from_file(rest, text, mixing)
+    parser = _PARSERS.get(name)
+    if parser is None:
+        raise TopologyError(
+            f"topology spec must be one of {', '.join(SPEC_FORMS)}, got {spec!r}; "
+            "e.g. ring:16, torus:4x4, social, er:64:0.1:seed=3"
+        )
+    graph = parser(rest.split(":") if colon else [], text)
+    return Topology(text, graph, mixing_matrix(graph, mixing), mixing)
+
+
+def _from_file(path: str, spec: str, mixing: str) -> Topology:
+    if not path.strip():
+        raise TopologyError(
+            f"topology {spec!r} must name a file, got an empty path; e.g. file:edges.txt "
+            "(lines 'i j') or file:W.npy (a saved mixing matrix)"
+        )
+    if path.endswith(".npy"):
+        if mixing != "metropolis":
+            warnings.warn(
+                f"mixing={mixing!r} is ignored for {spec!r}: a .npy file holds its own weights",
+                UserWarning,
+                stacklevel=3,
+            )
+        with warnings.catch_warnings():
+            # Topology() re-checks W and emits the same warning once, from one place.
+            warnings.simplefilter("ignore", SpectralGapWarning)
+            matrix = load_mixing_matrix(path)
+        return Topology(spec, support_graph(matrix), matrix, "file")
+    graph = graphs.from_file(path)
+    return Topology(spec, graph, mixing_matrix(graph, mixing), mixing)
