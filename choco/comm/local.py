@@ -65,8 +65,12 @@ class LocalNetwork:
                 with self._cond:
                     self._cond.notify_all()
 
+        if self._barrier.broken:  # a previous run failed
+            self._barrier.reset()
         self.threaded = True
-        threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(self.size)]
+        threads = [
+            threading.Thread(target=target, args=(i,), daemon=True) for i in range(self.size)
+        ]
         try:
             for t in threads:
                 t.start()

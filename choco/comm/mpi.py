@@ -8,19 +8,13 @@ module imports ``mpi4py.MPI`` (and so initialises MPI); the package never does t
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
 from .base import CommError, Communicator, Exchange, check_neighbors
-
-T = TypeVar("T")
 
 
 class _MPIExchange(Exchange):
@@ -101,33 +95,3 @@ class MPICommunicator(Communicator):
 
 def world_size() -> int:
     return MPI.COMM_WORLD.Get_size()
-
-
-def run_or_abort(main: Callable[[], T]) -> T:
-    """Run ``main``; if it raises on any rank, print the error and abort the whole job.
-
-    One failing rank must never leave the others waiting in a collective: ``MPI_Abort``
-    tears every rank down and ``mpiexec`` exits non-zero. ``SystemExit(0)`` passes through;
-    a non-zero ``SystemExit`` (bad input, already explained) aborts with its code.
-    """
-    try:
-        return main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code == 0 or MPI.COMM_WORLD.Get_size() == 1:
-            raise
-        _abort(code)
-    except BaseException:
-        rank = MPI.COMM_WORLD.Get_rank()
-        sys.stderr.write(f"[rank {rank}] " + traceback.format_exc())
-        if MPI.COMM_WORLD.Get_size() == 1:
-            raise
-        _abort(1)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _abort(code: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    MPI.COMM_WORLD.Abort(code)
-    os._exit(code)  # pragma: no cover - Abort does not return
