@@ -125,6 +125,15 @@ class ChocoGossip:
             self.state = GossipState(x_hat=x_hat.clone(), s=x_hat.clone())
         return self.state
 
+    def init(self, x: torch.Tensor) -> None:
+        """Zero ``x_hat`` and ``s`` for a vector shaped like ``x`` (paper and authors' code)."""
+        self.init_state(x)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes this node has put on the wire so far."""
+        return self.state.bytes_sent if self.state is not None else 0
+
     @property
     def in_flight(self) -> bool:
         """Whether ``begin`` was called without its ``finish``."""

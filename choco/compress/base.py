@@ -3,7 +3,8 @@
 Notation (pinned for the whole package, ICLR's, arXiv:1907.09356): a compression operator
 ``Q`` is *δ-contractive* if
 
-.. math:: \\mathbb{E}\\,\\|Q(x) - x\\|^2 \\le (1 - \\delta)\\,\\|x\\|^2, \\qquad \\delta \\in (0, 1].
+.. math:: \\mathbb{E}\\,\\|Q(x) - x\\|^2 \\le (1 - \\delta)\\,\\|x\\|^2,
+   \\qquad \\delta \\in (0, 1].
 
 An unbiased operator ``C`` with variance ``E||C(x) - x||^2 <= ω ||x||^2`` is made contractive
 by rescaling, ``Q = C / (1 + ω)``, which gives ``δ = 1 / (1 + ω)`` (arXiv:1907.09356, §3).
@@ -45,12 +46,18 @@ class Compressor(ABC):
     spec : str
         Canonical spec string, parsed back by :func:`choco.compress.make_compressor`.
     unbiased : bool
-        Whether ``E[Q(x)] = x`` (before any CHOCO rescaling, i.e. as sent).
+        Whether ``Q`` is an unbiased operator ``C`` (``E[C(x)] = x``, variance
+        :meth:`omega`), sent as ``Q = C / (1 + ω)`` for CHOCO or as ``C`` itself when
+        :attr:`is_raw`. :meth:`raw` returns the ``C`` form that DCD/ECD-PSGD need.
+    is_raw : bool
+        Whether this is the unscaled unbiased form ``C`` (spec suffix ``:raw``), whose
+        :meth:`delta` is ``1 - ω`` and may be ``<= 0``: not contractive, not for CHOCO.
     """
 
     codec_id: ClassVar[int]
     spec: str
     unbiased: bool = False
+    is_raw: bool = False
 
     # ------------------------------------------------------------------ sizes and quality
     def nbytes(self, numel: int, dtype: torch.dtype = torch.float32) -> int:
@@ -67,6 +74,20 @@ class Compressor(ABC):
     @abstractmethod
     def delta(self, numel: int) -> float:
         """Documented worst-case contraction ``δ`` for a ``numel``-element vector."""
+
+    def omega(self, numel: int) -> float:
+        """Variance bound ``ω`` of the unbiased form: ``E||C(x) - x||^2 <= ω ||x||^2``."""
+        raise CompressionError(
+            f"{self.spec} is biased, so it has no variance ω; unbiased compressors are "
+            "identity, randk, randblock, natural, dither and qsgd."
+        )
+
+    def raw(self) -> Compressor:
+        """The unscaled unbiased form ``C`` (for DCD/ECD-PSGD baselines), see :attr:`is_raw`."""
+        raise CompressionError(
+            f"{self.spec} is biased and has no unbiased form; DCD/ECD-PSGD need one of "
+            "randk:R, randblock:R, natural, dither:S, qsgd:S (identity is exact)."
+        )
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -180,6 +201,11 @@ def check_finite(value: torch.Tensor, spec: str) -> None:
             f"{spec}: finite input is required, got NaN or Inf; the model diverged or the "
             "data holds non-finite values (lower the learning rate, check the inputs)."
         )
+
+
+def as_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 on its own device (a no-op for float32; fp16/fp64 are converted)."""
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 
 def ratio_count(ratio: float, numel: int) -> int:

@@ -28,6 +28,7 @@ class Identity(Compressor):
 
     codec_id = 1
     unbiased = True
+    is_raw = True
 
     def __init__(self) -> None:
         self.spec = "identity"
@@ -43,6 +44,12 @@ class Identity(Compressor):
 
     def delta(self, numel: int) -> float:
         return 1.0
+
+    def omega(self, numel: int) -> float:
+        return 0.0
+
+    def raw(self) -> Compressor:
+        return self
 
     def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         if x.dtype not in DTYPE_CODES:

@@ -39,6 +39,7 @@ class PerTensor(Compressor):
         self.numel = sum(self.sizes)
         self.spec = inner.spec
         self.unbiased = inner.unbiased
+        self.is_raw = inner.is_raw
 
     def _check(self, numel: int) -> None:
         if numel != self.numel:
@@ -57,6 +58,13 @@ class PerTensor(Compressor):
     def delta(self, numel: int) -> float:
         self._check(numel)
         return min(self.inner.delta(s) for s in self.sizes)
+
+    def omega(self, numel: int) -> float:
+        self._check(numel)
+        return max(self.inner.omega(s) for s in self.sizes)
+
+    def raw(self) -> Compressor:
+        return self if self.is_raw else PerTensor(self.inner.raw(), self.sizes)
 
     def read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
         # Segment lengths are checked one by one in _decode_add_ (identity's depend on dtype).

@@ -1,6 +1,7 @@
 """``sign``: scaled sign compression, 1 bit per element plus one fp32 scale.
 
-.. math:: Q(x) = \\frac{\\|x\\|_1}{d}\\,\\operatorname{sign}(x), \\qquad \\operatorname{sign}(0) = +1,
+.. math:: Q(x) = \\frac{\\|x\\|_1}{d}\\,\\operatorname{sign}(x),
+   \\qquad \\operatorname{sign}(0) = +1,
 
 with contraction ``δ(x) = ||x||_1^2 / (d ||x||_2^2) >= 1/d`` (arXiv:1907.09356, §5 and
 Table 1 "sign+norm"; 2/π for Gaussian vectors). ``||x||_1 / d`` is the least-squares optimal
@@ -11,9 +12,11 @@ Wire: fp32 scale, then ``ceil(d/8)`` bytes of signs, LSB-first, bit 1 ⇔ negati
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..wire import pack_bits, packed_nbytes, unpack_bits
+from . import _host
 from .base import Compressor, check_finite, from_bytes, to_bytes
 
 
@@ -32,15 +35,32 @@ class Sign(Compressor):
         return 1.0 / numel
 
     def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
-        scale = x.abs().sum(dtype=torch.float32 if x.dtype != torch.float64 else None)
-        scale = (scale / x.numel()).to(torch.float32)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        l1 = torch.linalg.vector_norm(x, ord=1, dtype=acc)
+        scale = (l1 / x.numel()).to(torch.float32).reshape(1)
         check_finite(scale, self.spec)
-        bits = pack_bits(x < 0)
-        return 0, torch.cat([to_bytes(scale.reshape(1)), bits])
+        if not _host.use_host_kernels(x):
+            return 0, torch.cat([to_bytes(scale), pack_bits(x < 0)])
+        xn = x.detach().numpy()
+        payload = np.empty(4 + packed_nbytes(xn.size), dtype=np.uint8)
+        payload[:4] = to_bytes(scale).numpy()
+        for start, stop in _host.chunks(xn.size):
+            packed = np.packbits(xn[start:stop] < 0, bitorder="little")
+            payload[4 + start // 8 : 4 + start // 8 + packed.size] = packed
+        return 0, torch.from_numpy(payload)
 
     def _decode_add_(self, payload, flags, seed, out, alpha):
         scale = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
-        negative = unpack_bits(payload[4:], out.numel(), out.device)
+        numel = out.numel()
+        if out.device.type == "cpu" and _host.HOST_KERNELS:
+            table = np.array([scale, -scale], dtype=np.float32)  # index 1 ⇔ negative
+            bits = payload[4:].numpy()
+            for start, stop in _host.chunks(numel):
+                negative = np.unpackbits(bits[start // 8 :], count=stop - start,
+                                         bitorder="little")
+                out[start:stop].add_(torch.from_numpy(table[negative]), alpha=alpha)
+            return
+        negative = unpack_bits(payload[4:], numel, out.device)
         # sign(x) * scale = scale - 2*scale*[x < 0]
         values = torch.full_like(out, alpha * scale)
         values.masked_fill_(negative, -alpha * scale)

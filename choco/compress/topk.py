@@ -3,59 +3,111 @@
 .. math:: Q(x)_i = x_i \\,[\\,|x_i| \\text{ among the } k \\text{ largest}\\,],
    \\qquad \\|Q(x) - x\\|^2 \\le (1 - k/d)\\,\\|x\\|^2,
 
-so ``δ >= k/d`` (arXiv:1907.09356, §3 "top-k"; 0.085 at 1% on Gaussian vectors).
+so ``δ >= k/d`` (arXiv:1907.09356, §3 "top-k"; 0.085 at 1% on Gaussian vectors). The kept
+values are sent unscaled: 1 is already the least-squares optimal scale of ``x_S``.
 
 Wire: ``k`` fp32 values then ``k`` int32 positions (ascending): ``8k`` bytes plus the header.
 Exact ``k`` means a fixed-size buffer, as a neighbourhood all-gather needs.
+
+Selection is exact top-k by threshold sampling (PAPERS §5): the ``k_s = ceil(1.3 k n_s/d) + 8``
+largest magnitudes of a strided sample of ``n_s ≈ d/100`` entries give a threshold ``t`` below
+the ``k``-th largest magnitude with overwhelming probability; the exact top-k is then taken
+among the candidates ``|x_i| >= t`` (about ``1.3 k`` of them). Whenever at least ``k``
+entries pass, every one of the true top-k does (the ``k``-th largest is ``>= t``), so the set
+equals ``torch.topk``'s up to ties; with fewer, the full ``torch.topk`` runs instead.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
-from .base import CompressionError, Compressor, check_finite, from_bytes, ratio_count, to_bytes
+from . import _host
+from .base import CompressionError, from_bytes, to_bytes
+from .sparse import Sparsifier, Support
+
+#: below this many elements the sampling pass is not worth it: plain ``torch.topk``
+SAMPLE_MIN_NUMEL = 1 << 16
+#: sample stride (``n_s ≈ d / SAMPLE_STRIDE``) and oversampling factor of the threshold
+SAMPLE_STRIDE = 100
+OVERSAMPLE = 1.3
+
+
+def _sample_rank(numel: int, k: int, sample: int) -> int:
+    return min(sample, math.ceil(OVERSAMPLE * k * sample / numel) + 8)
+
+
+def _topk_exact(ax: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.topk(ax, k, sorted=False).indices
+
+
+def _topk_host(x: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Threshold-sampling top-k on CPU with chunked numpy; None if too few candidates."""
+    xn = x.detach().numpy()
+    numel = xn.size
+    sample = np.abs(xn[::SAMPLE_STRIDE])
+    rank = _sample_rank(numel, k, sample.size)
+    threshold = np.partition(sample, sample.size - rank)[sample.size - rank]
+    parts = []
+    scratch = np.empty(min(_host.CHUNK, numel), dtype=xn.dtype)
+    for start, stop in _host.chunks(numel):
+        a = np.abs(xn[start:stop], out=scratch[: stop - start])
+        parts.append(np.flatnonzero(a >= threshold) + start)
+    candidates = np.concatenate(parts)
+    if candidates.size < k:
+        return None
+    mags = np.abs(xn[candidates])
+    chosen = candidates[np.argpartition(mags, candidates.size - k)[candidates.size - k :]]
+    return torch.from_numpy(np.sort(chosen))
+
+
+def _topk_device(x: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Threshold-sampling top-k with torch ops on ``x``'s device; None if too few pass."""
+    ax = x.abs()
+    sample = ax[::SAMPLE_STRIDE]
+    rank = _sample_rank(ax.numel(), k, sample.numel())
+    threshold = torch.topk(sample, rank, sorted=False).values.min()
+    candidates = torch.nonzero(ax >= threshold).view(-1)
+    if candidates.numel() < k:
+        return None
+    chosen = candidates[_topk_exact(ax[candidates], k)]
+    return torch.sort(chosen).values
 
 
 def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     """Positions of the ``k`` largest ``|x|``, ascending (int64, on ``x``'s device)."""
-    if k >= x.numel():
-        return torch.arange(x.numel(), device=x.device)
-    idx = torch.topk(x.abs(), k, sorted=False).indices
-    return torch.sort(idx).values
+    numel = x.numel()
+    if k >= numel:
+        return torch.arange(numel, device=x.device)
+    idx = None
+    if numel >= SAMPLE_MIN_NUMEL and k * 8 <= numel:
+        idx = _topk_host(x, k) if _host.use_host_kernels(x) else _topk_device(x, k)
+    if idx is None:
+        idx = torch.sort(_topk_exact(x.abs(), k)).values
+    return idx
 
 
-class TopK(Compressor):
+class TopK(Sparsifier):
     """Top-k sparsification with ``k = max(1, ceil(ratio * d))``; ``δ >= k/d``."""
 
     codec_id = 3
+    name = "topk"
+    random_support = False
 
     def __init__(self, ratio: float) -> None:
-        if not 0.0 < ratio <= 1.0:
-            raise CompressionError(
-                f"topk: a ratio in (0, 1] is required, got {ratio}; e.g. topk:0.01 keeps 1%."
-            )
-        self.ratio = ratio
-        self.spec = f"topk:{ratio:g}"
+        super().__init__(ratio)
 
-    def k(self, numel: int) -> int:
-        return ratio_count(self.ratio, numel)
+    def position_nbytes(self, numel: int) -> int:
+        return 4 * self.k(numel)
 
-    def payload_nbytes(self, numel: int) -> int:
-        return 8 * self.k(numel)
-
-    def delta(self, numel: int) -> float:
-        return self.k(numel) / numel
-
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def select(self, x, seed):
         idx = topk_indices(x, self.k(x.numel()))
-        values = x[idx].to(torch.float32)
-        check_finite(values, self.spec)
-        return 0, torch.cat([to_bytes(values), to_bytes(idx.to(torch.int32))])
+        return Support(idx.numel(), idx), to_bytes(idx.to(torch.int32))
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
-        k = self.k(out.numel())
-        values = from_bytes(payload[: 4 * k], torch.float32, out.device)
-        idx = from_bytes(payload[4 * k :], torch.int32, out.device).long()
-        if k and (int(idx.min()) < 0 or int(idx.max()) >= out.numel()):
+    def support(self, positions, numel, seed, device):
+        idx = from_bytes(positions, torch.int32, device).long()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
             raise CompressionError(f"{self.spec}: positions out of range; corrupt buffer")
-        out.index_add_(0, idx, values.to(out.dtype), alpha=alpha)
+        return Support(idx.numel(), idx)

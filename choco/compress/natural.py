@@ -1,0 +1,128 @@
+"""``natural``: natural compression ``C_nat`` (arXiv:1905.10988), 9 bits per element.
+
+Each entry is rounded stochastically to one of the two powers of two around it,
+
+.. math:: C_{nat}(x)_i = \\operatorname{sign}(x_i)\\, 2^{a + \\xi_i}, \\quad
+   2^a \\le |x_i| < 2^{a+1}, \\quad
+   \\xi_i \\sim \\operatorname{Bernoulli}\\!\\left(\\frac{|x_i|}{2^a} - 1\\right),
+
+which is unbiased with ``E||C_nat(x) - x||^2 <= ω ||x||^2``, ``ω = 1/8`` (NC, Theorem 1;
+attained at ``|x_i| = (4/3) 2^a``). CHOCO needs a contraction, so ``natural`` sends
+``Q = C_nat / (1 + ω) = (8/9) C_nat`` with ``δ = 1/(1 + ω) = 8/9`` (arXiv:1907.09356 §3);
+``natural:raw`` sends ``C_nat`` itself (unbiased, ``δ = 1 - ω = 7/8``), for DCD/ECD-PSGD.
+
+fp32 bit trick (PAPERS §3.3): with ``bits`` the IEEE-754 pattern of ``|x_i|`` (exponent
+``e``, mantissa ``m``) and ``u`` uniform on ``[0, 2^23)``, ``e' = (bits + u) >> 23`` equals
+``e + [m + u >= 2^23]``, i.e. ``e`` rounded up with probability ``m / 2^23``: exactly the
+unbiased rounding above. Zeros and powers of two are exact, subnormals go to 0 or
+``2^-126`` (unbiased); a non-finite input or ``|x| >= 2^127`` (``e' = 255``) raises.
+float16/float64 inputs are converted to float32 first (float64 rounds to nearest there).
+
+Wire: ``ceil(d/8)`` bytes of signs (LSB-first, 1 ⇔ negative) then ``d`` exponent bytes
+``e'``; decoding rebuilds ``(sign << 31) | (e' << 23)`` as float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..wire import pack_bits, packed_nbytes, unpack_bits
+from . import _host
+from .base import CompressionError, Compressor, as_float32
+
+OMEGA = 1.0 / 8.0
+
+
+def _too_large(spec: str) -> CompressionError:
+    return CompressionError(
+        f"{spec}: finite input with |x| < 2^127 is required, got NaN, Inf or a value that "
+        "rounds past the largest float32 power of two; the model diverged or the data holds "
+        "non-finite values (lower the learning rate, check the inputs)."
+    )
+
+
+class Natural(Compressor):
+    """Natural compression, ``(8/9) C_nat`` (``δ = 8/9``) or ``C_nat`` with ``:raw``."""
+
+    codec_id = 6
+    unbiased = True
+
+    def __init__(self, raw: bool = False) -> None:
+        self.is_raw = raw
+        self.spec = "natural:raw" if raw else "natural"
+
+    def payload_nbytes(self, numel: int) -> int:
+        return packed_nbytes(numel) + numel
+
+    def omega(self, numel: int) -> float:
+        return OMEGA
+
+    def delta(self, numel: int) -> float:
+        return 1.0 - OMEGA if self.is_raw else 1.0 / (1.0 + OMEGA)
+
+    def raw(self) -> Compressor:
+        return self if self.is_raw else Natural(raw=True)
+
+    def scale(self) -> float:
+        """Decoding factor: ``1/(1 + ω) = 8/9``, or 1 for ``:raw``."""
+        return 1.0 if self.is_raw else 1.0 / (1.0 + OMEGA)
+
+    # ------------------------------------------------------------------ encode
+    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+        x32 = as_float32(x)
+        if _host.use_host_kernels(x32):
+            return 0, torch.from_numpy(self._encode_host(x32.detach().numpy(), seed))
+        return 0, self._encode_device(x32, seed)
+
+    def _encode_host(self, xn: np.ndarray, seed: int) -> np.ndarray:
+        numel = xn.size
+        nsign = packed_nbytes(numel)
+        payload = np.empty(nsign + numel, dtype=np.uint8)
+        signs, exps = payload[:nsign], payload[nsign:]
+        bits = xn.view(np.uint32)
+        bitgen = _host.host_bitgen(seed)
+        scratch = np.empty(min(_host.CHUNK, numel), dtype=np.uint32)
+        for start, stop in _host.chunks(numel):
+            u = _host.random_u32(bitgen, stop - start)
+            u >>= 9  # uniform on [0, 2^23)
+            a = np.bitwise_and(bits[start:stop], np.uint32(0x7FFFFFFF), out=scratch[: stop - start])
+            a += u
+            a >>= 23
+            if a.max() >= 255:
+                raise _too_large(self.spec)
+            exps[start:stop] = a
+            packed = np.packbits(xn[start:stop] < 0, bitorder="little")
+            signs[start // 8 : start // 8 + packed.size] = packed
+        return payload
+
+    def _encode_device(self, x32: torch.Tensor, seed: int) -> torch.Tensor:
+        bits = x32.view(torch.int32)
+        gen = _host.device_generator(seed, x32.device)
+        u = torch.randint(0, 1 << 23, bits.shape, dtype=torch.int32, device=x32.device,
+                          generator=gen)
+        e = ((bits & 0x7FFFFFFF) + u) >> 23  # int32 overflow (NaN) shows as negative
+        lo, hi = torch.aminmax(e)
+        if int(lo) < 0 or int(hi) >= 255:
+            raise _too_large(self.spec)
+        return torch.cat([pack_bits(bits < 0), e.to(torch.uint8).cpu()])
+
+    # ------------------------------------------------------------------ decode
+    def _decode_add_(self, payload, flags, seed, out, alpha):
+        numel = out.numel()
+        nsign = packed_nbytes(numel)
+        alpha = alpha * self.scale()
+        if out.device.type == "cpu" and _host.HOST_KERNELS:
+            signs, exps = payload[:nsign].numpy(), payload[nsign:].numpy()
+            word = np.empty(min(_host.CHUNK, numel), dtype=np.uint32)
+            for start, stop in _host.chunks(numel):
+                w = word[: stop - start]
+                w[:] = exps[start:stop]
+                w <<= 23
+                neg = np.unpackbits(signs[start // 8 :], count=stop - start, bitorder="little")
+                w |= neg.astype(np.uint32) << 31
+                out[start:stop].add_(torch.from_numpy(w.view(np.float32)), alpha=alpha)
+            return
+        e = payload[nsign:].to(out.device).to(torch.int32) << 23
+        neg = unpack_bits(payload[:nsign], numel, out.device).to(torch.int32) << 31
+        out.add_((e | neg).view(torch.float32), alpha=alpha)

@@ -1,0 +1,185 @@
+"""Sparsifiers: keep ``k = max(1, ceil(R d))`` entries of ``x`` and send their values.
+
+A sparsifier picks a :class:`Support` and sends the kept values as fp32, followed by
+whatever the receiver needs to rebuild the support (int32 positions for top-k, nothing
+for rand-k and random-block, whose supports are regenerated from the header's seed).
+Decoding adds into the target on its support only: sparse messages are never densified.
+
+:class:`RandK` and :class:`RandBlock` are the unscaled forms CHOCO uses
+(arXiv:1907.09356, §3; PAPERS §3.1): each coordinate is kept with probability ``p = k/d``,
+so ``E[Q(x)] = (k/d) x`` and ``E||Q(x) - x||^2 = (1 - k/d) ||x||^2``, i.e. ``δ = k/d``.
+They are the unbiased operators ``C(x) = (d/k) x_S`` (variance ``ω = d/k - 1``) rescaled
+by ``1/(1 + ω) = k/d``; the spec suffix ``:raw`` sends ``C`` for DCD/ECD-PSGD
+(``δ = 1 - ω = 2 - d/k``, not contractive for ``k < d``).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from . import _host
+from .base import (
+    CompressionError,
+    Compressor,
+    as_float32,
+    check_finite,
+    from_bytes,
+    ratio_count,
+    to_bytes,
+)
+
+
+def check_all_finite(x: torch.Tensor, spec: str) -> None:
+    """Raise unless every entry of ``x`` is finite (one reduction in the common case)."""
+    total = x.sum()
+    if not bool(torch.isfinite(total)):  # NaN/Inf, or a finite sum that overflowed
+        check_finite(x, spec)
+
+
+@dataclass(frozen=True)
+class Support:
+    """Kept positions: ascending ``index`` (int64, on the device), or the ``k`` entries
+    ``start, start+1, …`` taken modulo ``d`` (one wrapped block) when ``index`` is None."""
+
+    k: int
+    index: torch.Tensor | None = None
+    start: int = 0
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept entries of the flat ``x``, in support order."""
+        if self.index is not None:
+            return x[self.index]
+        end = self.start + self.k
+        if end <= x.numel():
+            return x[self.start : end]
+        return torch.cat([x[self.start :], x[: end - x.numel()]])
+
+    def add_(self, out: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
+        """``out[support] += alpha * values``, in place."""
+        values = values.to(out.dtype)
+        if self.index is not None:
+            out.index_add_(0, self.index, values, alpha=alpha)
+            return
+        head = min(self.k, out.numel() - self.start)
+        out[self.start : self.start + head].add_(values[:head], alpha=alpha)
+        if head < self.k:
+            out[: self.k - head].add_(values[head:], alpha=alpha)
+
+
+class Sparsifier(Compressor):
+    """Base of ``topk``, ``randk`` and ``randblock``; wire = ``k`` fp32 values + positions."""
+
+    name: str
+    #: whether the support is random (the unbiased family) or chosen from ``x``
+    random_support: bool = True
+
+    def __init__(self, ratio: float, raw: bool = False) -> None:
+        if not 0.0 < ratio <= 1.0:
+            raise CompressionError(
+                f"{self.name}: a ratio in (0, 1] is required, got {ratio}; e.g. "
+                f"{self.name}:0.01 keeps 1% of the entries."
+            )
+        if raw and not self.random_support:
+            raise CompressionError(f"{self.name} is biased and has no unbiased :raw form")
+        self.ratio = float(ratio)
+        self.is_raw = raw
+        self.unbiased = self.random_support
+        self.spec = f"{self.name}:{self.ratio:g}" + (":raw" if raw else "")
+
+    def k(self, numel: int) -> int:
+        """``k = max(1, ceil(ratio * numel))``, at most ``numel``."""
+        return ratio_count(self.ratio, numel)
+
+    def position_nbytes(self, numel: int) -> int:
+        """Bytes of the position part of the payload (0 when regenerated from the seed)."""
+        return 0
+
+    def payload_nbytes(self, numel: int) -> int:
+        return 4 * self.k(numel) + self.position_nbytes(numel)
+
+    def delta(self, numel: int) -> float:
+        return 1.0 - self.omega(numel) if self.is_raw else self.k(numel) / numel
+
+    def omega(self, numel: int) -> float:
+        if not self.random_support:
+            return super().omega(numel)
+        return numel / self.k(numel) - 1.0
+
+    def raw(self) -> Compressor:
+        if not self.random_support:
+            return super().raw()
+        return self if self.is_raw else type(self)(self.ratio, raw=True)
+
+    def value_scale(self, numel: int) -> float:
+        """Factor applied to the kept values when decoding: ``d/k`` for ``:raw``, else 1."""
+        return numel / self.k(numel) if self.is_raw else 1.0
+
+    @abstractmethod
+    def select(self, x: torch.Tensor, seed: int) -> tuple[Support, torch.Tensor]:
+        """The support of ``Q(x)`` and its position bytes (CPU uint8, maybe empty)."""
+
+    @abstractmethod
+    def support(self, positions: torch.Tensor, numel: int, seed: int, device) -> Support:
+        """Rebuild the support from the position bytes (and the header seed)."""
+
+    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+        check_all_finite(x, self.spec)
+        support, positions = self.select(x, seed)
+        values = as_float32(support.gather(x))
+        return 0, torch.cat([to_bytes(values), positions])
+
+    def _decode_add_(self, payload, flags, seed, out, alpha):
+        numel = out.numel()
+        k = self.k(numel)
+        values = from_bytes(payload[: 4 * k], torch.float32, out.device)
+        support = self.support(payload[4 * k :], numel, seed, out.device)
+        support.add_(out, values, alpha * self.value_scale(numel))
+
+
+_EMPTY = torch.empty(0, dtype=torch.uint8)
+
+
+class RandK(Sparsifier):
+    """``randk:R``: ``k`` uniformly random positions without replacement, values unscaled.
+
+    ``Q(x) = x ⊙ 1_S`` with ``S`` a uniform ``k``-subset, ``δ = k/d`` exactly
+    (``E||Q(x) - x||^2 = (1 - k/d)||x||^2``; arXiv:1907.09356 §3 "rand-k", 0.010 at 1%).
+    Wire: ``k`` fp32 values only (``32 k/d`` bits per element); every receiver regenerates
+    ``S`` from the header seed (:func:`choco.compress._host.sample_positions`, host numpy,
+    identical on every device). ``randk:R:raw`` sends ``(d/k) x ⊙ 1_S``: unbiased,
+    ``ω = d/k - 1``.
+    """
+
+    codec_id = 4
+    name = "randk"
+
+    def select(self, x, seed):
+        return self.support(_EMPTY, x.numel(), seed, x.device), _EMPTY
+
+    def support(self, positions, numel, seed, device):
+        index = _host.sample_positions(seed, numel, self.k(numel))
+        return Support(index.size, torch.from_numpy(index).to(device))
+
+
+class RandBlock(Sparsifier):
+    """``randblock:R``: one contiguous block of ``k`` entries at a uniform random start,
+    wrapping around the end (arXiv:2009.09271, random-block sparsification).
+
+    ``Q(x)_i = x_i`` for ``i ∈ {s, s+1, …, s+k-1} mod d`` with ``s ~ U{0, …, d-1}``; the
+    wrap-around keeps every coordinate with the same probability ``k/d``, so ``δ = k/d``
+    exactly, as for rand-k. Wire: ``k`` fp32 values; ``s`` is regenerated from the header
+    seed (:func:`choco.compress._host.block_start`), so no offset is sent. Encoding is one
+    contiguous copy. ``randblock:R:raw`` scales by ``d/k`` (unbiased, ``ω = d/k - 1``).
+    """
+
+    codec_id = 5
+    name = "randblock"
+
+    def select(self, x, seed):
+        return self.support(_EMPTY, x.numel(), seed, x.device), _EMPTY
+
+    def support(self, positions, numel, seed, device):
+        return Support(self.k(numel), None, _host.block_start(seed, numel))

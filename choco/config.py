@@ -1,0 +1,172 @@
+"""``choco-train`` configuration: one frozen dataclass, filled from TOML and the command line.
+
+Precedence: defaults < ``--config FILE.toml`` < command-line options. Unknown TOML keys raise
+with the closest valid names. Every field has a comment; ``python -m choco.train --help``
+shows the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cli import UsageError
+
+ALGORITHMS = ("choco", "exact", "allreduce", "dcd", "ecd", "local")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved configuration of one training run (written to ``config.json``)."""
+
+    # --- network
+    topology: str = field(default="ring:8", metadata={"help": "ring:8, torus:4x4, social, "
+                          "complete:8, ...; 'ring' without a size takes the number of nodes"})
+    mixing: str = field(default="metropolis", metadata={"help": "metropolis|maxdegree|uniform"})
+    backend: str = field(default="auto", metadata={
+        "help": "auto (mpi when launched by mpiexec/srun with >1 rank, else local) | local | mpi"})
+    nodes: int = field(default=0, metadata={
+        "help": "nodes for --backend local (0: the topology's size)"})
+    # --- algorithm
+    algorithm: str = field(default="choco", metadata={"help": "|".join(ALGORITHMS)})
+    compressor: str = field(default="sign", metadata={
+        "help": "choco/dcd/ecd compressor spec: sign, topk:0.01, qsgd:16, ..."})
+    gamma: str = field(default="auto", metadata={
+        "help": "CHOCO consensus step in (0, 1], or 'auto' (see choco.tuning.auto_gamma)"})
+    order: str = field(default="overlap", metadata={
+        "help": "overlap (ICLR Alg. 1, exchange in flight during the next step) | sync"})
+    gossip_every: int = field(default=1, metadata={"help": "local steps between gossip rounds"})
+    per_tensor: bool = field(default=True, metadata={
+        "help": "compress each parameter tensor separately (the paper), else the flat vector"})
+    # --- model and data
+    model: str = field(default="mlp", metadata={"help": "mlp | resnet20 | resnet8 | lstm"})
+    dataset: str = field(default="digits", metadata={
+        "help": "digits (embedded) | cifar10 | wikitext2 | synthetic"})
+    data_dir: str = field(default="", metadata={
+        "help": "folder holding cifar-10-batches-py/ or wiki.*.tokens"})
+    partition: str = field(default="iid", metadata={"help": "iid | dirichlet:ALPHA | by-class"})
+    # --- optimisation
+    epochs: int = field(default=60, metadata={"help": "training epochs"})
+    batch_size: int = field(default=16, metadata={"help": "minibatch size per node"})
+    lr: float = field(default=0.05, metadata={"help": "base learning rate (before scaling)"})
+    lr_scaling: str = field(default="none", metadata={
+        "help": "none | paper: peak = lr * batch/base_batch * |N_i ∪ {i}| (n for allreduce)"})
+    base_batch_size: int = field(default=0, metadata={
+        "help": "base batch of the paper's LR rule (0: --batch-size)"})
+    momentum: float = field(default=0.9, metadata={"help": "local momentum (never sent)"})
+    nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum"})
+    weight_decay: float = field(default=1e-4, metadata={
+        "help": "L2 on weights (not on BatchNorm or biases)"})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "linear warm-up from lr to the peak over this many epochs"})
+    lr_milestones: tuple[int, ...] = field(default=(), metadata={
+        "help": "epochs at which the LR is divided by 10, e.g. 150,225"})
+    bptt: int = field(default=30, metadata={"help": "sequence length for language models"})
+    clip: float = field(default=0.0, metadata={"help": "gradient-norm clip (0: off)"})
+    # --- run
+    seed: int = field(default=0, metadata={"help": "base seed (data: seed + rank)"})
+    out: str = field(default="runs/default", metadata={"help": "output folder"})
+    checkpoint_every: int = field(default=0, metadata={"help": "epochs between checkpoints"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint"})
+    eval_local: bool = field(default=True, metadata={
+        "help": "also test each node's own model (test_accuracy_local)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress lines"})
+    json: bool = field(default=False, metadata={"help": "print a one-line JSON summary last"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_BOOL = {"per_tensor", "nesterov", "resume", "eval_local", "quiet", "json"}
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Coerce a TOML or command-line value to the field's type, with a clear error."""
+    default = FIELDS[name].default
+    try:
+        if name == "lr_milestones":
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            return tuple(int(v) for v in value)
+        if name in _BOOL:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if name == "gamma":
+            return str(value)
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"{name} must be a {type(default).__name__} (default {default!r}), got {value!r}."
+        ) from None
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config (flat table, keys with '_' or '-'); unknown keys raise."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {path}: file not found; pass a TOML file of options.")
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UsageError("--config needs Python >= 3.11 or `pip install tomli`") from None
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path} is not valid TOML: {exc}") from None
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, FIELDS, n=3)
+            hint = f" did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(f"--config {path}: unknown key {key!r};{hint} valid keys: "
+                             f"{', '.join(FIELDS)}.")
+        out[name] = _convert(name, value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="choco-train",
+        description="Decentralized training with CHOCO-SGD (arXiv:1907.09356). With no "
+        "options: sign-compressed CHOCO on a ring of 8 nodes, MLP on the embedded digits set.",
+    )
+    p.add_argument("--config", help="TOML file of options (command line overrides it)")
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = "bool" if name in _BOOL else type(f.default).__name__
+        if name in _BOOL:
+            p.add_argument(flag, dest=name, default=None, nargs="?", const="true",
+                           help=f"{f.metadata['help']} (default {f.default})")
+            if f.default:
+                p.add_argument("--no-" + name.replace("_", "-"), dest=name,
+                               action="store_const", const="false", help=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, dest=name, default=None, metavar=kind.upper(),
+                           help=f"{f.metadata['help']} (default {f.default!r})")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the TOML file, then command-line options; validated types."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_toml(args.config))
+    for name in FIELDS:
+        raw = getattr(args, name)
+        if raw is not None:
+            values[name] = _convert(name, raw)
+    return TrainConfig(**values)

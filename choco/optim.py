@@ -1,0 +1,185 @@
+"""``ChocoSGD``: any ``torch.optim.Optimizer`` plus a gossip round, by composition.
+
+CHOCO-SGD (Alg. 1 of arXiv:1907.09356) is a local step followed by CHOCO-Gossip. As torch's
+``PostLocalSGDOptimizer`` does for model averaging, :class:`ChocoSGD` wraps the user's
+optimizer (momentum, Nesterov and weight decay stay local, and are never sent) and runs the
+gossip over one flat buffer holding every parameter.
+
+Orders (PAPERS.md §1.1):
+
+* ``"overlap"`` (default; the authors' code = ICLR Alg. 1): local step, ``finish`` the
+  exchange posted at the previous step (consensus step included), then ``begin`` the next
+  exchange, which stays in flight during the next forward/backward pass. The round before
+  the first step is empty. With identity and γ = 1 this is D-PSGD, ``X⁺ = W X − η D(X)``.
+* ``"sync"``: local step, then ``begin`` and ``finish`` at once: ``x½ = x − η d``,
+  ``q = Q(x½ − x̂)``, ``x = x½ + γ (s − x̂)``. With identity and γ = 1 this is the
+  adapt-then-combine form ``X⁺ = W (X − η D)``.
+
+Usage, a plain training loop with two changed lines::
+
+    opt = ChocoSGD(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), gossip)
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()          # local step + one CHOCO gossip round
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from .comm.base import Communicator
+from .flat import FlatParameters
+
+Order = Literal["overlap", "sync"]
+
+
+class Averager(Protocol):
+    """What :class:`ChocoSGD` needs from a gossip: :class:`choco.gossip.ChocoGossip` or a
+    baseline of :mod:`choco.baselines`."""
+
+    @property
+    def in_flight(self) -> bool: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    def init(self, x: torch.Tensor) -> None: ...
+    def begin(self, x: torch.Tensor) -> None: ...
+    def finish(self, x: torch.Tensor) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, sd: dict) -> None: ...
+
+
+class ChocoSGD:
+    """Local optimizer step, then one gossip round over all parameters as one flat buffer.
+
+    Parameters
+    ----------
+    optimizer
+        Any ``torch.optim.Optimizer`` over the model's parameters. Its parameters are moved
+        into one flat buffer (they become views of it), which is what is gossiped.
+    gossip
+        A :class:`choco.gossip.ChocoGossip` (or a baseline with the same methods).
+    order
+        ``"overlap"`` (default, ICLR Alg. 1) or ``"sync"``; see the module docstring.
+    gossip_every
+        Local steps between gossip rounds (SBC's "communication delay"; 1 = every step).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, gossip: Averager, *,
+                 order: Order = "overlap", gossip_every: int = 1) -> None:
+        if order not in ("overlap", "sync"):
+            raise ValueError(f"order must be 'overlap' or 'sync', got {order!r}")
+        if gossip_every < 1:
+            raise ValueError(f"gossip_every must be >= 1, got {gossip_every}")
+        self.optimizer = optimizer
+        self.gossip = gossip
+        self.order = order
+        self.gossip_every = gossip_every
+        self.flat = FlatParameters(p for g in optimizer.param_groups for p in g["params"])
+        self.local_steps = 0
+        with torch.no_grad():
+            gossip.init(self.flat.buffer)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def x(self) -> torch.Tensor:
+        """This node's model as one flat vector (a live view, not a copy)."""
+        return self.flat.buffer
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes this node has put on the wire so far."""
+        return self.gossip.bytes_sent
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        """Local optimizer step, then a gossip round every ``gossip_every`` steps."""
+        loss = self.optimizer.step(closure)
+        self.local_steps += 1
+        if self.local_steps % self.gossip_every == 0:
+            self.gossip_round()
+        return loss
+
+    @torch.no_grad()
+    def gossip_round(self) -> None:
+        x = self.flat.buffer
+        if self.order == "sync" or getattr(self.gossip, "synchronous", False):
+            self.gossip.begin(x)
+            self.gossip.finish(x)
+            return
+        if self.gossip.in_flight:
+            self.gossip.finish(x)
+        self.gossip.begin(x)
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Finish an exchange still in flight (consensus step included); posts nothing."""
+        if self.gossip.in_flight:
+            self.gossip.finish(self.flat.buffer)
+
+    def state_dict(self) -> dict:
+        """Optimizer state, gossip state (x̂, s, in-flight message, step) and step count."""
+        return {"optimizer": self.optimizer.state_dict(), "gossip": self.gossip.state_dict(),
+                "local_steps": self.local_steps}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore :meth:`state_dict`; collective when a message was in flight."""
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.gossip.load_state_dict(sd["gossip"])
+        self.local_steps = int(sd["local_steps"])
+
+
+class AllReduceSGD:
+    """Centralized baseline: all-reduce the mean gradient, then the same step everywhere.
+
+    Equivalent to gossip with ``W = 11ᵀ/n``. ``bytes_sent`` counts what a ring all-reduce
+    sends per node, ``2 (n−1)/n`` times the gradient's bytes per step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, comm: Communicator) -> None:
+        self.optimizer = optimizer
+        self.comm = comm
+        self.flat = FlatParameters(p for g in optimizer.param_groups for p in g["params"])
+        self.local_steps = 0
+        self.bytes_sent = 0
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.flat.buffer
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        grad = self.flat.grad_buffer()
+        total = self.comm.allreduce(grad.detach().cpu().numpy())
+        mean = torch.from_numpy(np.asarray(total) / self.comm.size).to(grad)
+        self.flat.set_grads(mean)
+        n = self.comm.size
+        self.bytes_sent += int(round(2 * (n - 1) / n * grad.numel() * grad.element_size()))
+        self.local_steps += 1
+        return self.optimizer.step(closure)
+
+    def flush(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "local_steps": self.local_steps,
+                "bytes_sent": self.bytes_sent}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.local_steps = int(sd["local_steps"])
+        self.bytes_sent = int(sd["bytes_sent"])

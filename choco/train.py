@@ -1,0 +1,302 @@
+"""``choco-train`` / ``python -m choco.train``: decentralized training, one node per rank.
+
+With no options it trains an MLP on the embedded digits set with sign-compressed CHOCO-SGD
+on a ring of 8 nodes, all in one process; ``mpiexec -n 8 choco-train`` runs the same with one
+rank per node. See ``choco-train --help`` and the README for every option.
+
+Outputs in ``--out``: ``config.json`` (resolved configuration, version, n, spectral gap,
+γ used, per-node learning rates), ``metrics.jsonl`` (one row per epoch), ``model.pt`` (the
+network-average model), and ``checkpoint/`` when ``--checkpoint-every`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .cli import UsageError, run_local, run_mpi
+from .comm.base import Communicator
+from .config import ALGORITHMS, TrainConfig, parse_config
+from .metrics import (
+    JsonlWriter,
+    atomic_torch_save,
+    atomic_write_text,
+    average_model,
+    consensus_distance,
+    mean_scalars,
+    network_mean,
+)
+from .runtime import Plan, build_optimizer, lr_at, make_plan
+
+log = logging.getLogger("choco.train")
+
+
+def _evaluate(plan: Plan, comm: Communicator, model: torch.nn.Module) -> dict[str, float]:
+    """Test metrics of the network average x̄ (test set split over nodes) and of x_i."""
+    from .models import evaluate_classifier, evaluate_lm
+
+    averaged = average_model(comm, model)
+    if plan.is_lm:
+        rows = plan.test_shards[comm.rank]
+        loss_bar, _ = evaluate_lm(averaged, rows, plan.cfg.bptt)
+        loss_bar = mean_scalars(comm, [loss_bar])[0]
+        out = {"test_loss": loss_bar, "test_perplexity": float(torch.tensor(loss_bar).exp())}
+        if plan.cfg.eval_local:
+            loss_i, _ = evaluate_lm(model, plan.test_full, plan.cfg.bptt)
+            loss_i = mean_scalars(comm, [loss_i])[0]
+            out["test_perplexity_local"] = float(torch.tensor(loss_i).exp())
+        return out
+    data = plan.data
+    sel = slice(comm.rank, None, comm.size)
+    x_test, y_test = data.x_test[sel], data.y_test[sel]
+    loss, acc = evaluate_classifier(averaged, x_test, y_test) if len(y_test) else (0.0, 0.0)
+    k = len(y_test)
+    total = mean_scalars(comm, [loss * k, acc * k, k])
+    out = {"test_loss": total[0] / total[2], "test_accuracy": total[1] / total[2]}
+    if plan.cfg.eval_local:
+        _, acc_i = evaluate_classifier(model, data.x_test, data.y_test)
+        out["test_accuracy_local"] = mean_scalars(comm, [acc_i])[0]
+    return out
+
+
+def _checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) / "checkpoint"
+
+
+def _save_checkpoint(plan: Plan, comm: Communicator, epoch: int, model, opt, elapsed) -> None:
+    folder = _checkpoint_dir(plan.cfg)
+    atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                       "elapsed": elapsed, "n": comm.size}, folder / f"rank{comm.rank}.pt")
+    comm.barrier()  # every rank's file is in place before the marker names the epoch
+    if comm.rank == 0:
+        atomic_write_text(folder / "meta.json", json.dumps({"epoch": epoch, "n": comm.size}))
+
+
+def _load_checkpoint(plan: Plan, comm: Communicator) -> dict:
+    folder = _checkpoint_dir(plan.cfg)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise UsageError(
+            f"--resume needs a checkpoint, but {meta_path} does not exist; run with "
+            "--checkpoint-every E first (same --out), or drop --resume."
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta["n"] != comm.size:
+        raise UsageError(f"the checkpoint in {folder} has {meta['n']} nodes, this run "
+                         f"{comm.size}; resume with the same number of nodes.")
+    state = torch.load(folder / f"rank{comm.rank}.pt", weights_only=False)
+    if state["epoch"] != meta["epoch"]:
+        raise UsageError(f"{folder}/rank{comm.rank}.pt is from epoch {state['epoch']} but "
+                         f"meta.json says {meta['epoch']}: the checkpoint is incomplete.")
+    return state
+
+
+def _batches(plan: Plan, rank: int, epoch: int):
+    """This node's minibatches of ``epoch`` (``(inputs, targets)``)."""
+    if plan.is_lm:
+        from .data.text import bptt_batches
+
+        it = bptt_batches(plan.train_shards[rank], plan.cfg.bptt)
+        return (next(it) for _ in range(plan.steps_per_epoch))
+    return plan.loaders[rank].batches(epoch)
+
+
+def train_node(comm: Communicator, plan: Plan) -> dict:
+    """The per-node training program, identical for the local and the MPI backend."""
+    cfg = plan.cfg
+    rank = comm.rank
+    from .models import detach_hidden
+
+    model = plan.new_model()
+    _broadcast_model(comm, model)
+    opt = build_optimizer(plan, comm, model)
+    start_epoch, elapsed0 = 0, 0.0
+    if cfg.resume:
+        state = _load_checkpoint(plan, comm)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, elapsed0 = state["epoch"], state["elapsed"]
+    out = Path(cfg.out)
+    writer = JsonlWriter(out / "metrics.jsonl", start_epoch if cfg.resume else None) \
+        if rank == 0 else None
+    t0 = time.perf_counter() - elapsed0
+    row: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        hidden = model.init_hidden(plan.batch_size) if plan.is_lm else None
+        loss_sum = 0.0
+        for b, (xb, yb) in enumerate(_batches(plan, rank, epoch)):
+            lr = lr_at(plan, rank, epoch, b)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad()
+            if plan.is_lm:
+                hidden = detach_hidden(hidden)
+                logits, hidden = model(xb, hidden)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+            else:
+                loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            loss_sum += loss.item()
+        train_loss = mean_scalars(comm, [loss_sum / max(plan.steps_per_epoch, 1)])[0]
+        x_bar = network_mean(comm, opt.x.detach())
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **_evaluate(plan, comm, model),
+               "consensus_distance": consensus_distance(comm, opt.x.detach(), x_bar),
+               "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
+               "wall_time_s": round(time.perf_counter() - t0, 3),
+               "lr": lr_at(plan, 0, epoch, plan.steps_per_epoch - 1)}
+        if writer is not None:
+            writer.write(row)
+            if not cfg.quiet:
+                print(_progress(cfg, row), flush=True)
+        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(plan, comm, epoch + 1, model, opt, time.perf_counter() - t0)
+    opt.flush()  # no exchange may stay in flight at exit
+    averaged = average_model(comm, model)
+    if rank == 0:
+        atomic_torch_save(averaged.state_dict(), out / "model.pt")
+    return row
+
+
+@torch.no_grad()
+def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
+    """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    flat = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
+    flat = torch.from_numpy(comm.broadcast(flat))
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def _progress(cfg: TrainConfig, row: dict) -> str:
+    quality = (f"ppl {row['test_perplexity']:.2f}" if "test_perplexity" in row
+               else f"acc(x̄) {100 * row['test_accuracy']:.2f}%")
+    local = row.get("test_accuracy_local")
+    local_s = f"  acc(local) {100 * local:.2f}%" if local is not None else ""
+    return (f"epoch {row['epoch']:>4}/{cfg.epochs}  loss {row['train_loss']:.4f}  {quality}"
+            f"{local_s}  consensus {row['consensus_distance']:.3e}  "
+            f"sent {row['bytes_sent'] / 2**20:.3f} MiB/node  lr {row['lr']:.4g}  "
+            f"{row['wall_time_s']:.1f}s")
+
+
+def _write_config(plan: Plan, backend: str, vendor: str) -> None:
+    cfg = plan.cfg
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.checkpoint_every:
+        _checkpoint_dir(cfg).mkdir(exist_ok=True)
+    info = {
+        "config": cfg.to_dict(), "version": __version__, "backend": backend,
+        "n": plan.topology.n, "topology": plan.topology.spec,
+        "spectral_gap": plan.topology.spectral_gap, "gamma": plan.gamma,
+        "gamma_source": plan.gamma_source, "lr_peak_per_node": plan.lr_peaks,
+        "steps_per_epoch": plan.steps_per_epoch, "parameters": plan.num_params,
+        "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,
+        "torch": torch.__version__, "python": platform.python_version(), "mpi": vendor,
+    }
+    atomic_write_text(out / "config.json", json.dumps(info, indent=1) + "\n")
+
+
+def _finish(plan: Plan, row: dict) -> None:
+    cfg = plan.cfg
+    if not cfg.quiet:
+        what = cfg.compressor if cfg.algorithm in ("choco", "dcd", "ecd") else "uncompressed"
+        print(f"done: {cfg.algorithm} ({what}) on {plan.topology.spec}; results in "
+              f"{cfg.out}/metrics.jsonl", flush=True)
+    if cfg.json:
+        print(json.dumps({**row, "out": cfg.out, "algorithm": cfg.algorithm,
+                          "compressor": cfg.compressor, "topology": plan.topology.spec,
+                          "gamma": plan.gamma}))
+
+
+def train_local(cfg: TrainConfig) -> int:
+    from .comm.local import LocalNetwork
+
+    plan = make_plan(cfg, cfg.nodes or None)
+    _write_config(plan, "local", "none")
+    net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one Python thread per node already
+    try:
+        rows = net.run(lambda comm: train_node(comm, plan))
+    finally:
+        torch.set_num_threads(threads)
+    _finish(plan, rows[0])
+    return 0
+
+
+def train_mpi(cfg: TrainConfig) -> int:
+    from mpi4py import MPI
+
+    from .comm.mpi import MPICommunicator
+
+    world = MPI.COMM_WORLD
+    size, rank = world.Get_size(), world.Get_rank()
+    if cfg.nodes and cfg.nodes != size:
+        raise UsageError(f"--nodes {cfg.nodes} but mpiexec started {size} ranks; drop "
+                         f"--nodes or launch mpiexec -n {cfg.nodes}.")
+    plan = make_plan(cfg, size)
+    if plan.topology.n != size:
+        raise UsageError(
+            f"the topology {cfg.topology} has n = {plan.topology.n} nodes but mpiexec "
+            f"started {size} ranks; launch mpiexec -n {plan.topology.n} or use a topology "
+            f"of {size} nodes (e.g. ring:{size}, or just 'ring')."
+        )
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    if rank == 0:
+        _write_config(plan, "mpi", MPI.Get_library_version().splitlines()[0].strip())
+    world.Barrier()
+    row = train_node(MPICommunicator(plan.topology.neighbors(rank), world), plan)
+    if rank == 0:
+        _finish(plan, row)
+    return 0
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher started this process with more than one rank."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        if int(os.environ.get(var, "1") or 1) > 1:
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_config(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.algorithm not in ALGORITHMS:
+        print(f"error: --algorithm must be one of {', '.join(ALGORITHMS)}, got "
+              f"{cfg.algorithm!r}.", file=sys.stderr)
+        return 2
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "mpi" if launched_by_mpi() else "local"
+    cfg = replace(cfg, backend=backend)
+    if backend == "mpi":
+        return run_mpi(lambda: train_mpi(cfg))
+    if backend != "local":
+        print(f"error: --backend must be auto, local or mpi, got {backend!r}.", file=sys.stderr)
+        return 2
+    return run_local(lambda: train_local(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
