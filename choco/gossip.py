@@ -154,6 +154,7 @@ class ChocoGossip:
         message = self.compressor.encode(x - state.x_hat, seed)
         exchange = self.comm.neighbor_exchange(message)
         self._pending = _Pending(message, exchange)
+        state.bytes_sent += message.numel() * len(self.comm.neighbors)
 
     def finish(self, x: torch.Tensor) -> None:
         """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8)."""
@@ -169,7 +170,6 @@ class ChocoGossip:
             self.compressor.decode_add_(message, state.s.view(-1), alpha=w)
         x.add_(state.s - state.x_hat, alpha=self.gamma)
         state.step += 1
-        state.bytes_sent += pending.message.numel() * len(received)
 
     def step(self, x: torch.Tensor) -> None:
         """One whole round: ``begin`` then ``finish``."""

@@ -9,6 +9,7 @@ round is a collective exchange) and the initial model (seeded, then broadcast an
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -92,16 +93,27 @@ def _build_model(cfg: TrainConfig, data) -> nn.Module:
 
 
 def _compressor(cfg: TrainConfig, sizes: list[int]) -> Compressor:
-    """The compressor of choco/dcd/ecd; unbiased (unscaled) for the DCD/ECD baselines."""
+    """The compressor of choco/dcd/ecd; unbiased (unscaled) for the DCD/ECD baselines.
+
+    DCD/ECD-PSGD assume an unbiased ``C``; a biased compressor without an unbiased form
+    (``sign``, ``topk``) is used as it is, as the CHOCO paper's Table 1 does for sign+norm
+    and top-k, with a warning.
+    """
     spec = cfg.compressor
     try:
-        comp = make_compressor(spec, unbiased=cfg.algorithm in ("dcd", "ecd"))
+        comp = make_compressor(spec)
+        if cfg.algorithm in ("dcd", "ecd"):
+            try:
+                comp = make_compressor(spec, unbiased=True)
+            except CompressionError:
+                warnings.warn(f"{cfg.algorithm}: {spec} is biased; DCD/ECD-PSGD theory "
+                              "assumes an unbiased compressor", stacklevel=2)
     except CompressionError as exc:
         raise UsageError(str(exc)) from None
     return PerTensor(comp, sizes) if cfg.per_tensor else comp
 
 
-def _gamma(cfg: TrainConfig, topo) -> tuple[float | None, str]:
+def _gamma(cfg: TrainConfig, topo, share) -> tuple[float | None, str]:
     if cfg.algorithm != "choco":
         return None, "unused"
     if cfg.gamma.strip().lower() == "auto":
@@ -109,7 +121,8 @@ def _gamma(cfg: TrainConfig, topo) -> tuple[float | None, str]:
             return 1.0, "auto: identity needs no damping"
         from .tuning import tune_gamma
 
-        gamma, _ = tune_gamma(topo.W, cfg.compressor, dim=500, steps=200, seed=cfg.seed)
+        gamma, _ = tune_gamma(topo.W, cfg.compressor, dim=500, steps=200, seed=cfg.seed,
+                              share=share)
         return gamma, "auto: consensus tuner (choco.tuning.tune_gamma, dim 500, 200 steps)"
     try:
         gamma = float(cfg.gamma)
@@ -139,8 +152,12 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise UsageError(f"{requirement}, got {value!r}.")
 
 
-def make_plan(cfg: TrainConfig, n: int | None) -> Plan:
-    """Validate ``cfg`` and compute everything the nodes share (no communication)."""
+def make_plan(cfg: TrainConfig, n: int | None, share=None) -> Plan:
+    """Validate ``cfg`` and compute everything the nodes share.
+
+    Only the γ tuner communicates, and only if ``share = (rank, size, allgather)`` is given
+    (MPI: the γ grid is split over the ranks).
+    """
     from .data import DataError, make_dataset
 
     _check_numbers(cfg)
@@ -161,7 +178,7 @@ def make_plan(cfg: TrainConfig, n: int | None) -> Plan:
         message_bytes = _compressor(cfg, sizes).nbytes(sum(sizes))
     elif cfg.algorithm == "exact":
         message_bytes = 16 + 4 * sum(sizes)
-    gamma, source = _gamma(cfg, topo)
+    gamma, source = _gamma(cfg, topo, share)
     base = cfg.base_batch_size or cfg.batch_size
     peaks = []
     for i in range(n):

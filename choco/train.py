@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -20,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -115,8 +117,6 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
     """The per-node training program, identical for the local and the MPI backend."""
     cfg = plan.cfg
     rank = comm.rank
-    from .models import detach_hidden
-
     model = plan.new_model()
     _broadcast_model(comm, model)
     opt = build_optimizer(plan, comm, model)
@@ -132,36 +132,28 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
     t0 = time.perf_counter() - elapsed0
     row: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        hidden = model.init_hidden(plan.batch_size) if plan.is_lm else None
-        loss_sum = 0.0
-        for b, (xb, yb) in enumerate(_batches(plan, rank, epoch)):
-            lr = lr_at(plan, rank, epoch, b)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad()
-            if plan.is_lm:
-                hidden = detach_hidden(hidden)
-                logits, hidden = model(xb, hidden)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
-            else:
-                loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            loss_sum += loss.item()
-        train_loss = mean_scalars(comm, [loss_sum / max(plan.steps_per_epoch, 1)])[0]
+        train_loss = _train_epoch(plan, comm, model, opt, epoch)
+        diverged = not math.isfinite(train_loss)
         x_bar = network_mean(comm, opt.x.detach())
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **_evaluate(plan, comm, model),
+        row = {"epoch": epoch + 1, "train_loss": train_loss,
+               **({} if diverged else _evaluate(plan, comm, model)),
                "consensus_distance": consensus_distance(comm, opt.x.detach(), x_bar),
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": lr_at(plan, 0, epoch, plan.steps_per_epoch - 1)}
+        row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+               for k, v in row.items()}
+        if diverged:
+            row["diverged"] = True
         if writer is not None:
             writer.write(row)
             if not cfg.quiet:
                 print(_progress(cfg, row), flush=True)
+        if diverged:
+            if rank == 0:
+                log.warning("training diverged in epoch %d (non-finite loss); stopped",
+                            epoch + 1)
+            return row
         if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
             _save_checkpoint(plan, comm, epoch + 1, model, opt, time.perf_counter() - t0)
     opt.flush()  # no exchange may stay in flight at exit
@@ -169,6 +161,43 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
     if rank == 0:
         atomic_torch_save(averaged.state_dict(), out / "model.pt")
     return row
+
+
+def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> float:
+    """One epoch of local steps + gossip; the mean train loss over nodes (NaN: diverged).
+
+    The loss is checked collectively *before* each step, so that every node stops at the
+    same step when any node's loss stops being finite (no node is left in an exchange).
+    """
+    from .models import detach_hidden
+
+    cfg = plan.cfg
+    model.train()
+    hidden = model.init_hidden(plan.batch_size) if plan.is_lm else None
+    loss_sum = 0.0
+    for b, (xb, yb) in enumerate(_batches(plan, comm.rank, epoch)):
+        lr = lr_at(plan, comm.rank, epoch, b)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        if plan.is_lm:
+            hidden = detach_hidden(hidden)
+            logits, hidden = model(xb, hidden)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+        else:
+            loss = F.cross_entropy(model(xb), yb)
+        value = loss.item()
+        finite = math.isfinite(value)
+        total = comm.allreduce(np.array([value if finite else 0.0, 0.0 if finite else 1.0]))
+        if total[1] > 0:
+            opt.flush()
+            return float("nan")
+        loss_sum += float(total[0]) / comm.size
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+    return loss_sum / max(plan.steps_per_epoch, 1)
 
 
 @torch.no_grad()
@@ -250,7 +279,7 @@ def train_mpi(cfg: TrainConfig) -> int:
     if cfg.nodes and cfg.nodes != size:
         raise UsageError(f"--nodes {cfg.nodes} but mpiexec started {size} ranks; drop "
                          f"--nodes or launch mpiexec -n {cfg.nodes}.")
-    plan = make_plan(cfg, size)
+    plan = make_plan(cfg, size, share=(rank, size, world.allgather))
     if plan.topology.n != size:
         raise UsageError(
             f"the topology {cfg.topology} has n = {plan.topology.n} nodes but mpiexec "

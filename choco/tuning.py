@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,13 +50,20 @@ def consensus_residual(W: np.ndarray, spec: str, gamma: float, dim: int, steps: 
 
 
 def tune_gamma(W: np.ndarray, spec: str, dim: int = 1000, steps: int = 300,
-               grid: int = 13, seed: int = 0) -> tuple[float, dict[float, float]]:
+               grid: int = 13, seed: int = 0, share: tuple[int, int, Callable] | None = None,
+               ) -> tuple[float, dict[float, float]]:
     """Best γ in ``logspace(-3, 0, grid)`` for consensus with ``spec`` on ``W``.
 
     Returns ``(gamma, {gamma: residual})``. Ties (to 1e-12) go to the larger γ.
+    ``share = (rank, size, allgather)`` splits the grid over ranks (rank ``r`` simulates
+    γ_k for k ≡ r mod size) and merges the scores with ``allgather(list) -> list of lists``;
+    every rank returns the same answer.
     """
     gammas = [float(g) for g in np.logspace(-3, 0, grid)]
-    scores = {g: consensus_residual(W, spec, g, dim, steps, seed) for g in gammas}
+    rank, size, allgather = share if share is not None else (0, 1, lambda v: [v])
+    mine = [(k, consensus_residual(W, spec, gammas[k], dim, steps, seed))
+            for k in range(rank, grid, size)]
+    scores = {gammas[k]: value for part in allgather(mine) for k, value in part}
     best = min(gammas, key=lambda g: (round(scores[g], 12), -g))
     return best, scores
 

@@ -39,6 +39,11 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     if bits.device.type == "cpu":
         packed = np.packbits(bits.numpy(), bitorder="little")
         return torch.from_numpy(packed)
+    return pack_bits_torch(bits)
+
+
+def pack_bits_torch(bits: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_bits` with torch ops on ``bits``' device (the CUDA path)."""
     n = bits.numel()
     pad = (-n) % 8
     b = bits.to(torch.uint8)
@@ -54,6 +59,11 @@ def unpack_bits(packed: torch.Tensor, n: int, device: torch.device | str = "cpu"
     if device.type == "cpu":
         bits = np.unpackbits(packed.numpy(), count=n, bitorder="little")
         return torch.from_numpy(bits).view(torch.bool)
+    return unpack_bits_torch(packed, n, device)
+
+
+def unpack_bits_torch(packed: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """:func:`unpack_bits` with torch ops on ``device`` (the CUDA path)."""
     p = packed.to(device)
     bits = (p.view(-1, 1) & _weights(device)).ne(0).view(-1)
     return bits[:n]
@@ -139,6 +149,12 @@ def pack_uint(values: torch.Tensor, width: int) -> torch.Tensor:
     _check_width(width)
     if values.device.type == "cpu":
         return torch.from_numpy(pack_uint_numpy(values.reshape(-1).numpy(), width))
+    return pack_uint_torch(values, width)
+
+
+def pack_uint_torch(values: torch.Tensor, width: int) -> torch.Tensor:
+    """:func:`pack_uint` with torch ops on ``values``' device (the CUDA path)."""
+    _check_width(width)
     n = values.numel()
     groups = -(-n // 8)
     wide = torch.int32 if width <= 24 else torch.int64
@@ -157,6 +173,15 @@ def unpack_uint(
     device = torch.device(device)
     if device.type == "cpu":
         return torch.from_numpy(unpack_uint_numpy(packed.numpy(), n, width).astype(np.int64))
+    return unpack_uint_torch(packed, n, width, device)
+
+
+def unpack_uint_torch(
+    packed: torch.Tensor, n: int, width: int, device: torch.device | str
+) -> torch.Tensor:
+    """:func:`unpack_uint` with torch ops on ``device`` (the CUDA path)."""
+    _check_width(width)
+    device = torch.device(device)
     groups = -(-n // 8)
     nbytes = packed_nbytes(n * width)
     data = torch.zeros(groups * width, dtype=torch.int64, device=device)

@@ -67,3 +67,16 @@ def test_one_failing_rank_aborts_the_job_with_its_error():
     proc = run_mpi(3, [str(TESTS / "mpi" / "fail_check.py")], timeout=60, script=True)
     assert proc.returncode != 0
     assert "deliberate failure on rank 1" in proc.stderr
+
+
+def test_training_over_mpi(tmp_path):
+    """Every algorithm, identity≡exact, all-reduce replicas, mean preservation, the paper's
+    DCD divergence and exact resume, in one ``mpiexec -n 4`` launch."""
+    proc = run_mpi(4, [str(TESTS / "mpi" / "train_check.py"), str(tmp_path)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    failed = {k: v for k, v in checks.items() if not v[0]}
+    assert not failed, failed
+    assert {"resume_exact", "identity_gamma1_equals_exact_dpsgd", "allreduce_replicas_identical",
+            "gossip_preserves_network_mean", "paper/dcd_randk_diverges_choco_trains"} <= set(checks)
+    assert sum(k.startswith("short_run/") for k in checks) == 7

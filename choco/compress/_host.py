@@ -39,6 +39,17 @@ def use_host_kernels(t: torch.Tensor) -> bool:
     return HOST_KERNELS and t.device.type == "cpu" and t.dtype in _NUMPY_FLOATS
 
 
+def add_into(out: np.ndarray, values: np.ndarray, alpha: float) -> None:
+    """``out += alpha * values`` in ``out``'s precision, in place (single-threaded numpy).
+
+    Decoders add chunk by chunk with numpy rather than ``Tensor.add_``: torch's thread pool
+    costs more than the work on 1 MiB chunks, and stalls when the cores are shared.
+    """
+    if alpha != 1.0 or values.dtype != out.dtype:
+        values = np.multiply(values, out.dtype.type(alpha), dtype=out.dtype)
+    np.add(out, values, out=out)
+
+
 def chunks(n: int, size: int = CHUNK) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` of consecutive chunks covering ``range(n)``."""
     for start in range(0, n, size):

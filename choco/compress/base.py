@@ -22,6 +22,7 @@ import struct
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 #: ``<BBHIQ``: magic byte, codec id, flags (codec-specific), numel, 64-bit seed.
@@ -33,6 +34,29 @@ MAX_NUMEL = 2**31 - 1
 
 class CompressionError(ValueError):
     """Bad input to a compressor or a buffer that does not decode (requirement, value, fix)."""
+
+
+class Reserved:
+    """A host message buffer with room for the header, whose payload ``_encode`` fills.
+
+    Returning one from ``_encode`` instead of a payload tensor saves a copy of large
+    payloads: :meth:`Compressor.encode` writes the header in front and returns the buffer.
+    """
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, payload_nbytes: int) -> None:
+        self.buffer = np.empty(HEADER_SIZE + payload_nbytes, dtype=np.uint8)
+
+    @property
+    def payload(self) -> np.ndarray:
+        """The payload part, a numpy view to write into."""
+        return self.buffer[HEADER_SIZE:]
+
+
+def payload_tensor(payload: torch.Tensor | Reserved) -> torch.Tensor:
+    """The payload bytes of an ``_encode`` result as a CPU uint8 tensor (no copy)."""
+    return torch.from_numpy(payload.payload) if isinstance(payload, Reserved) else payload
 
 
 class Compressor(ABC):
@@ -110,12 +134,21 @@ class Compressor(ABC):
             )
         seed &= 0xFFFFFFFFFFFFFFFF
         flags, payload = self._encode(flat, seed)
-        out = torch.empty(HEADER_SIZE + len(payload), dtype=torch.uint8)
-        out[:HEADER_SIZE] = torch.frombuffer(
+        header = torch.frombuffer(
             bytearray(HEADER.pack(MAGIC, self.codec_id, flags, numel, seed)), dtype=torch.uint8
         )
-        if len(payload):
-            out[HEADER_SIZE:] = payload
+        if isinstance(payload, Reserved):
+            out = torch.from_numpy(payload.buffer)
+        else:
+            out = torch.empty(HEADER_SIZE + len(payload), dtype=torch.uint8)
+            if len(payload):
+                out[HEADER_SIZE:] = payload
+        out[:HEADER_SIZE] = header
+        if out.numel() != self._nbytes_from_header(numel, flags):
+            raise RuntimeError(  # a bug in the compressor, not a user error
+                f"{self.spec}: encoded {out.numel()} bytes for numel={numel}, but the format "
+                f"says {self._nbytes_from_header(numel, flags)}"
+            )
         return out
 
     def decode_add_(self, buf: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -168,8 +201,9 @@ class Compressor(ABC):
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
-        """Return ``(flags, payload)``: header flags and a CPU uint8 payload tensor."""
+    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
+        """Return ``(flags, payload)``: header flags and a CPU uint8 payload tensor (or a
+        :class:`Reserved` buffer whose payload was written in place)."""
 
     @abstractmethod
     def _decode_add_(

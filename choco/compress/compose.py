@@ -24,7 +24,14 @@ from __future__ import annotations
 
 import torch
 
-from .base import CompressionError, Compressor, as_float32, from_bytes, to_bytes
+from .base import (
+    CompressionError,
+    Compressor,
+    as_float32,
+    from_bytes,
+    payload_tensor,
+    to_bytes,
+)
 from .segmented import segment_seed
 from .sparse import Sparsifier, check_all_finite
 
@@ -68,7 +75,7 @@ class Composed(Compressor):
         support, positions = self.first.select(x, seed)
         values = as_float32(support.gather(x))
         flags, payload = self.second._encode(values, segment_seed(seed, 1))
-        return flags, torch.cat([payload, positions])
+        return flags, torch.cat([payload_tensor(payload), positions])
 
     def _decode_add_(self, payload, flags, seed, out, alpha):
         numel = out.numel()
@@ -103,6 +110,7 @@ class Scaled(Compressor):
 
     def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         flags, payload = self.inner._encode(x, seed)
+        payload = payload_tensor(payload)
         q = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
         self.inner._decode_add_(payload, flags, seed, q, 1.0)
         x32 = as_float32(x)

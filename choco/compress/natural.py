@@ -29,7 +29,7 @@ import torch
 
 from ..wire import pack_bits, packed_nbytes, unpack_bits
 from . import _host
-from .base import CompressionError, Compressor, as_float32
+from .base import CompressionError, Compressor, Reserved, as_float32
 
 OMEGA = 1.0 / 8.0
 
@@ -72,14 +72,14 @@ class Natural(Compressor):
     def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         x32 = as_float32(x)
         if _host.use_host_kernels(x32):
-            return 0, torch.from_numpy(self._encode_host(x32.detach().numpy(), seed))
+            return 0, self._encode_host(x32.detach().numpy(), seed)
         return 0, self._encode_device(x32, seed)
 
-    def _encode_host(self, xn: np.ndarray, seed: int) -> np.ndarray:
+    def _encode_host(self, xn: np.ndarray, seed: int) -> Reserved:
         numel = xn.size
         nsign = packed_nbytes(numel)
-        payload = np.empty(nsign + numel, dtype=np.uint8)
-        signs, exps = payload[:nsign], payload[nsign:]
+        message = Reserved(nsign + numel)
+        signs, exps = message.payload[:nsign], message.payload[nsign:]
         bits = xn.view(np.uint32)
         bitgen = _host.host_bitgen(seed)
         scratch = np.empty(min(_host.CHUNK, numel), dtype=np.uint32)
@@ -94,7 +94,7 @@ class Natural(Compressor):
             exps[start:stop] = a
             packed = np.packbits(xn[start:stop] < 0, bitorder="little")
             signs[start // 8 : start // 8 + packed.size] = packed
-        return payload
+        return message
 
     def _encode_device(self, x32: torch.Tensor, seed: int) -> torch.Tensor:
         bits = x32.view(torch.int32)
@@ -112,8 +112,9 @@ class Natural(Compressor):
         numel = out.numel()
         nsign = packed_nbytes(numel)
         alpha = alpha * self.scale()
-        if out.device.type == "cpu" and _host.HOST_KERNELS:
+        if _host.use_host_kernels(out):
             signs, exps = payload[:nsign].numpy(), payload[nsign:].numpy()
+            target = out.detach().numpy()
             word = np.empty(min(_host.CHUNK, numel), dtype=np.uint32)
             for start, stop in _host.chunks(numel):
                 w = word[: stop - start]
@@ -121,7 +122,7 @@ class Natural(Compressor):
                 w <<= 23
                 neg = np.unpackbits(signs[start // 8 :], count=stop - start, bitorder="little")
                 w |= neg.astype(np.uint32) << 31
-                out[start:stop].add_(torch.from_numpy(w.view(np.float32)), alpha=alpha)
+                _host.add_into(target[start:stop], w.view(np.float32), alpha)
             return
         e = payload[nsign:].to(out.device).to(torch.int32) << 23
         neg = unpack_bits(payload[:nsign], numel, out.device).to(torch.int32) << 31

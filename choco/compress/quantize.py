@@ -28,7 +28,15 @@ import torch
 
 from ..wire import pack_uint, pack_uint_numpy, packed_nbytes, unpack_uint, unpack_uint_numpy
 from . import _host
-from .base import CompressionError, Compressor, as_float32, check_finite, from_bytes, to_bytes
+from .base import (
+    CompressionError,
+    Compressor,
+    Reserved,
+    as_float32,
+    check_finite,
+    from_bytes,
+    to_bytes,
+)
 from .sparse import check_all_finite
 
 DEFAULT_BUCKET = 512
@@ -91,7 +99,7 @@ class BucketQuantizer(Compressor):
         x32 = as_float32(x)
         size = self.bucket_size(x32.numel())
         if _host.use_host_kernels(x32):
-            return 0, torch.from_numpy(self._encode_host(x32.detach().numpy(), size, seed))
+            return 0, self._encode_host(x32.detach().numpy(), size, seed)
         return 0, self._encode_device(x32, size, seed)
 
     def _chunk(self, size: int) -> int:
@@ -113,10 +121,11 @@ class BucketQuantizer(Compressor):
                 "infinite norm; the model diverged (lower the learning rate)."
             )
 
-    def _encode_host(self, xn: np.ndarray, size: int, seed: int) -> np.ndarray:
+    def _encode_host(self, xn: np.ndarray, size: int, seed: int) -> Reserved:
         numel = xn.size
         buckets = -(-numel // size)
-        payload = np.empty(4 * buckets + packed_nbytes(numel * self.width), dtype=np.uint8)
+        message = Reserved(4 * buckets + packed_nbytes(numel * self.width))
+        payload = message.payload
         norms_out = payload[: 4 * buckets].view(np.float32)
         codes_out = payload[4 * buckets :]
         rng = np.random.Generator(_host.host_bitgen(seed))
@@ -136,7 +145,7 @@ class BucketQuantizer(Compressor):
             at = start * self.width // 8
             codes_out[at : at + packed.size] = packed
             norms_out[start // size : start // size + nb] = norms
-        return payload
+        return message
 
     def _encode_device(self, x32: torch.Tensor, size: int, seed: int) -> torch.Tensor:
         numel = x32.numel()
@@ -164,17 +173,18 @@ class BucketQuantizer(Compressor):
         buckets = -(-numel // size)
         alpha = alpha * self.scale(numel)
         codes_in = payload[4 * buckets :]
-        if out.device.type == "cpu" and _host.HOST_KERNELS:
+        if _host.use_host_kernels(out):
             norms = payload[: 4 * buckets].numpy().view(np.float32)
-            table = self.table.numpy()
+            table, target = self.table.numpy(), out.detach().numpy()
             for start, stop in _host.chunks(numel, self._chunk(size)):
                 n = stop - start
                 at = start * self.width // 8
                 codes = unpack_uint_numpy(codes_in[at:].numpy(), n, self.width)
-                mag = table[codes >> 1] * np.repeat(norms[start // size :][: -(-n // size)],
+                first = start // size
+                mag = table[codes >> 1] * np.repeat(norms[first : first + -(-n // size)],
                                                     size)[:n]
-                mag[(codes & 1).astype(bool)] *= -1
-                out[start:stop].add_(torch.from_numpy(mag), alpha=alpha)
+                np.negative(mag, out=mag, where=(codes & 1).astype(bool))
+                _host.add_into(target[start:stop], mag, alpha)
             return
         norms = from_bytes(payload[: 4 * buckets], torch.float32, out.device)
         codes = unpack_uint(codes_in, numel, self.width, out.device)

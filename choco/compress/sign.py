@@ -17,7 +17,7 @@ import torch
 
 from ..wire import pack_bits, packed_nbytes, unpack_bits
 from . import _host
-from .base import Compressor, check_finite, from_bytes, to_bytes
+from .base import Compressor, Reserved, check_finite, from_bytes, to_bytes
 
 
 class Sign(Compressor):
@@ -42,23 +42,28 @@ class Sign(Compressor):
         if not _host.use_host_kernels(x):
             return 0, torch.cat([to_bytes(scale), pack_bits(x < 0)])
         xn = x.detach().numpy()
-        payload = np.empty(4 + packed_nbytes(xn.size), dtype=np.uint8)
+        message = Reserved(4 + packed_nbytes(xn.size))
+        payload = message.payload
         payload[:4] = to_bytes(scale).numpy()
         for start, stop in _host.chunks(xn.size):
             packed = np.packbits(xn[start:stop] < 0, bitorder="little")
             payload[4 + start // 8 : 4 + start // 8 + packed.size] = packed
-        return 0, torch.from_numpy(payload)
+        return 0, message
 
     def _decode_add_(self, payload, flags, seed, out, alpha):
         scale = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
         numel = out.numel()
-        if out.device.type == "cpu" and _host.HOST_KERNELS:
-            table = np.array([scale, -scale], dtype=np.float32)  # index 1 ⇔ negative
-            bits = payload[4:].numpy()
+        if _host.use_host_kernels(out):
+            # float32 bits of ±scale: the scale's bits with the sign bit set for negatives
+            bits = np.array([scale], dtype=np.float32).view(np.uint32)[0]
+            signs, target = payload[4:].numpy(), out.detach().numpy()
+            word = np.empty(min(_host.CHUNK, numel), dtype=np.uint32)
             for start, stop in _host.chunks(numel):
-                negative = np.unpackbits(bits[start // 8 :], count=stop - start,
-                                         bitorder="little")
-                out[start:stop].add_(torch.from_numpy(table[negative]), alpha=alpha)
+                w = word[: stop - start]
+                neg = np.unpackbits(signs[start // 8 :], count=stop - start, bitorder="little")
+                np.left_shift(neg, 31, out=w, dtype=np.uint32)
+                w |= bits
+                _host.add_into(target[start:stop], w.view(np.float32), alpha)
             return
         negative = unpack_bits(payload[4:], numel, out.device)
         # sign(x) * scale = scale - 2*scale*[x < 0]

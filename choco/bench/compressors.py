@@ -1,0 +1,131 @@
+"""``python -m choco.bench compressors``: encode/decode time of every compressor.
+
+For each spec, on one ``N(0, 1)`` fp32 vector of ``--numel`` entries on ``--device``, the
+benchmark interleaves ``--repeat`` rounds of: a plain fp32 copy (``x.clone()``), an encode
+(``encode(x, seed)``, which ends with the bytes on the host) and a decode-and-add into a
+preallocated vector (``decode_add_``, what a receiver does per neighbour). It reports the
+best round (``--stat min``, robust to other load on the machine) or the median, the bits per
+element on the wire (header included) and the ratio of each time to the copy measured in
+the same rounds. CUDA timings synchronize the device around each call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from ..cli import UsageError
+from ..compress import make_compressor
+
+HELP = "time encode/decode of every compressor against a plain fp32 copy"
+
+DEFAULT_SPECS = [
+    "identity", "sign", "topk:0.01", "randk:0.01", "randblock:0.01", "natural", "dither:8",
+    "qsgd:16", "topk:0.01+natural", "randk:0.01+natural", "scaled(qsgd:16)",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--numel", type=int, default=11_000_000, help="vector length d")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--repeat", type=int, default=7, help="timed rounds per compressor")
+    p.add_argument("--stat", choices=("min", "median"), default="min")
+    p.add_argument("--specs", default=",".join(DEFAULT_SPECS),
+                   help="comma-separated compressor specs (default: all families)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    def timed(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return timed
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda[:i], got {text!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {text} needs a CUDA build of torch and a visible GPU, but "
+            "torch.cuda.is_available() is False; run with --device cpu."
+        )
+    return device
+
+
+def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
+    """Time ``spec`` on ``x``; return one row of the table (seconds in ms)."""
+    q = make_compressor(spec)
+    timed = _timer(x.device)
+    out = torch.zeros_like(x)
+    buf = q.encode(x, 0)  # warm-up (allocator, lazy init)
+    q.decode_add_(buf, out)
+    copy, enc, dec = [], [], []
+    for r in range(repeat):
+        copy.append(timed(lambda: x.clone()))
+        enc.append(timed(lambda r=r: q.encode(x, r + 1)))
+        buf = q.encode(x, r + 1)
+        dec.append(timed(lambda buf=buf: q.decode_add_(buf, out)))
+    pick = min if stat == "min" else statistics.median
+    c, e, d = pick(copy), pick(enc), pick(dec)
+    numel = x.numel()
+    return {
+        "spec": q.spec, "nbytes": int(buf.numel()), "bits_per_element": 8 * buf.numel() / numel,
+        "delta": q.delta(numel), "copy_ms": 1e3 * c, "encode_ms": 1e3 * e,
+        "decode_ms": 1e3 * d, "encode_ratio": e / c, "decode_ratio": d / c,
+    }
+
+
+def table(rows: list[dict], numel: int, device: torch.device, stat: str) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        f"d = {numel:,}, device {device}, {stat} of the rounds, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} CPU threads",
+        "",
+        "| spec | bits/elem | encode ms | decode ms | copy ms | encode/copy | decode/copy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['spec']}` | {r['bits_per_element']:.4g} | {r['encode_ms']:.2f} | "
+            f"{r['decode_ms']:.2f} | {r['copy_ms']:.2f} | {r['encode_ratio']:.2f} | "
+            f"{r['decode_ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    if args.numel < 1 or args.repeat < 1:
+        raise UsageError(
+            f"--numel and --repeat must be >= 1, got {args.numel} and {args.repeat}."
+        )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    for spec in specs:
+        make_compressor(spec)  # validate every spec before timing anything
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.numel, generator=gen).to(device)
+    rows = [bench_one(spec, x, args.repeat, args.stat) for spec in specs]
+    print(table(rows, args.numel, device, args.stat), flush=True)
+    if args.json:
+        print(json.dumps({"numel": args.numel, "device": str(device), "stat": args.stat,
+                          "threads": torch.get_num_threads(), "rows": rows}))
+    return 0

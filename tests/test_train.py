@@ -1,0 +1,120 @@
+"""choco-train in one process: configuration, schedule, optimizer wrapper, CLI errors, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from choco.cli import UsageError
+from choco.comm import LocalNetwork
+from choco.compress import make_compressor
+from choco.config import TrainConfig, parse_config
+from choco.gossip import ChocoGossip
+from choco.optim import ChocoSGD
+from choco.runtime import lr_at, make_plan
+from choco.train import main
+
+
+def test_one_node_choco_sgd_equals_plain_sgd():
+    """On one node (W = [1]) the gossip is a no-op, so ChocoSGD is exactly the optimizer."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    net = LocalNetwork([[]])
+    gossip = ChocoGossip(net.comms[0], [1.0], make_compressor("sign"), 0.5)
+    opt_a = ChocoSGD(torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), gossip)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(8, 5, generator=gen)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    opt_a.flush()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_parameters_live_in_the_flat_buffer():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    net = LocalNetwork([[]])
+    opt = ChocoSGD(torch.optim.SGD(model.parameters(), lr=0.1),
+                   ChocoGossip(net.comms[0], [1.0], make_compressor("identity"), 1.0))
+    assert opt.x.numel() == sum(p.numel() for p in model.parameters())
+    opt.x.zero_()
+    assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('topology = "torus:3x3"\nepochs = 7\nlr-milestones = [3, 5]\n')
+    cfg = parse_config(["--config", str(toml), "--epochs", "9", "--nesterov", "false"])
+    assert (cfg.topology, cfg.epochs, cfg.lr_milestones, cfg.nesterov) == \
+        ("torus:3x3", 9, (3, 5), False)
+    toml.write_text("epoch = 3\n")
+    with pytest.raises(UsageError, match="did you mean epochs"):
+        parse_config(["--config", str(toml)])
+    with pytest.raises(UsageError, match="int"):
+        parse_config(["--epochs", "many"])
+
+
+def test_lr_schedule_paper_scaling_warmup_and_milestones():
+    cfg = TrainConfig(topology="star:5", lr=0.1, lr_scaling="paper", batch_size=32,
+                      base_batch_size=16, warmup_epochs=1, lr_milestones=(2, 3), gamma="0.5")
+    plan = make_plan(cfg, None)
+    # peak = lr * batch/base * |N_i ∪ {i}|: centre of a star has 4 neighbours, leaves 1
+    assert plan.lr_peaks == pytest.approx([0.1 * 2 * 5] + [0.1 * 2 * 2] * 4)
+    steps = plan.steps_per_epoch
+    assert lr_at(plan, 1, 0, 0) == pytest.approx(0.1)
+    assert lr_at(plan, 1, 0, steps // 2) == pytest.approx(0.1 + 0.3 * (steps // 2) / steps)
+    assert lr_at(plan, 1, 1, 0) == pytest.approx(0.4)
+    assert lr_at(plan, 1, 2, 0) == pytest.approx(0.04)
+    assert lr_at(plan, 1, 3, 0) == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--topology", "ring:0"], "ring"),
+    (["--algorithm", "gossip"], "choco, exact"),
+    (["--compressor", "topq"], "valid specs"),
+    (["--gamma", "2"], "(0, 1]"),
+    (["--dataset", "cifar10", "--model", "resnet20", "--data-dir", "/nonexistent"],
+     "cifar-10-batches-py"),
+    (["--model", "lstm"], "does not fit"),
+    (["--partition", "zipf"], "iid"),
+    (["--topology", "ring:4", "--nodes", "8"], "make them agree"),
+    (["--resume"], "checkpoint"),
+    (["--epochs", "0"], ">= 1"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, needle):
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_local_run_outputs_and_resume_is_exact(tmp_path):
+    common = ["--topology", "ring:4", "--gamma", "0.5", "--quiet", "--seed", "2",
+              "--compressor", "topk:0.1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*common, "--epochs", "3", "--out", str(a), "--json"]) == 0
+    assert main([*common, "--epochs", "2", "--out", str(b), "--checkpoint-every", "1"]) == 0
+    assert main([*common, "--epochs", "3", "--out", str(b), "--resume"]) == 0
+    info = json.loads((a / "config.json").read_text())
+    assert info["n"] == 4 and info["gamma"] == 0.5
+    assert info["spectral_gap"] == pytest.approx(2 / 3, abs=1e-6)
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+             for line in (f / "metrics.jsonl").read_text().splitlines()] for f in (a, b)]
+    assert rows[0] == rows[1] and [r["epoch"] for r in rows[0]] == [1, 2, 3]
+    keys = {"epoch", "train_loss", "test_accuracy", "test_accuracy_local",
+            "consensus_distance", "bytes_sent", "lr"}
+    assert keys <= set(rows[0][-1])
+    # bytes: each round sends one message (its size is in config.json) to 2 neighbours
+    rounds = 3 * info["steps_per_epoch"]
+    assert rows[0][-1]["bytes_sent"] == rounds * 2 * info["message_bytes"]
+    ma, mb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
