@@ -44,7 +44,9 @@ class TrainConfig:
     per_tensor: bool = field(default=True, metadata={
         "help": "compress each parameter tensor separately (the paper), else the flat vector"})
     # --- model and data
-    model: str = field(default="mlp", metadata={"help": "mlp | resnet20 | resnet8 | lstm"})
+    model: str = field(default="mlp", metadata={"help": "mlp | lenet | resnet20 | resnet8 | lstm"})
+    model_args: str = field(default="", metadata={
+        "help": "model options as key=value,... e.g. hidden_size=200,embed_dim=200,num_layers=2"})
     dataset: str = field(default="digits", metadata={
         "help": "digits (embedded) | cifar10 | wikitext2 | synthetic"})
     data_dir: str = field(default="", metadata={

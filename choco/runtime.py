@@ -84,12 +84,38 @@ def _build_model(cfg: TrainConfig, data) -> nn.Module:
     if lm_model != is_lm:
         raise UsageError(f"--model {cfg.model} does not fit --dataset {cfg.dataset}: use "
                          "lstm with wikitext2, and mlp/lenet/resnet* with image data.")
+    extra = _model_args(cfg.model_args)
     try:
         if is_lm:
-            return make_model(cfg.model, vocab_size=info.num_classes)
-        return make_model(cfg.model, num_classes=info.num_classes, input_shape=info.input_shape)
+            return make_model(cfg.model, vocab_size=info.num_classes, **extra)
+        return make_model(cfg.model, num_classes=info.num_classes, input_shape=info.input_shape,
+                          **extra)
     except (ModelError, TypeError) as exc:
         raise UsageError(f"--model {cfg.model}: {exc}") from None
+
+
+def _model_args(text: str) -> dict:
+    """``"hidden_size=64,tie_weights=false"`` → ``{"hidden_size": 64, "tie_weights": False}``."""
+    out: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--model-args takes key=value pairs separated by commas, got "
+                             f"{item!r}; e.g. hidden_size=200,num_layers=2.")
+        v = value.strip()
+        low = v.lower()
+        if low in ("true", "false"):
+            out[key.strip()] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = v
+    return out
 
 
 def _compressor(cfg: TrainConfig, sizes: list[int]) -> Compressor:

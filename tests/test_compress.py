@@ -17,10 +17,10 @@ from choco.compress import (
     REGISTRY,
     CompressionError,
     PerTensor,
+    _host,
     available,
     make_compressor,
 )
-from choco.compress import _host
 from choco.compress.base import HEADER_SIZE
 
 #: CHOCO forms of every family and combinator
@@ -79,7 +79,7 @@ def test_bad_specs_raise_with_a_fix(spec):
 
 
 def test_unknown_name_lists_valid_specs():
-    with pytest.raises(CompressionError, match="valid specs are: .*randblock:0.01"):
+    with pytest.raises(CompressionError, match=r"valid specs are: .*randblock:0\.01"):
         make_compressor("randblok:0.01")
 
 
@@ -164,7 +164,7 @@ def test_sign_matches_numpy(kernels, d):
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("ratio", [0.001, 0.01, 0.1, 0.5])
+@pytest.mark.parametrize("ratio", [0.001, 0.01, 0.1, 0.3])
 @pytest.mark.parametrize("d", [9, 1000, 70_001, 300_007])
 def test_topk_matches_numpy_argsort(kernels, ratio, d):
     x = randn(d, d + int(ratio * 1000))
