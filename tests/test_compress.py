@@ -28,6 +28,7 @@ SPECS = [
     "identity", "sign", "topk:0.1", "randk:0.1", "randblock:0.1", "natural", "dither:4",
     "qsgd:8", "dither:8:b=64", "qsgd:16:b=0", "topk:0.1+natural", "randk:0.2+qsgd:4",
     "randblock:0.3+dither:3", "topk:0.2+sign", "scaled(randk:0.1:raw)", "scaled(qsgd:2)",
+    "topk:0.1:rice", "topk:0.05:rice+natural",
 ]
 #: unbiased forms for DCD/ECD-PSGD
 RAW_SPECS = [
@@ -98,9 +99,22 @@ def test_unbiased_forms_from_the_registry():
 
 
 # ---------------------------------------------------------------------------------- sizes
+def rice_bytes(k: int, d: int) -> int:
+    """Rice-coded positions: k remainders of b bits + at most k + (d-k)/2^b unary bits."""
+    p = k / d
+    phi = (1 + math.sqrt(5)) / 2
+    b = 0 if p >= 0.5 else max(0, 1 + math.floor(math.log2(math.log(phi - 1) / math.log(1 - p))))
+    return -(-k * b // 8) + -(-(k + (d - k) // 2**b) // 8)
+
+
 def expected_nbytes(spec: str, d: int) -> int:
     """Payload formulas, written out independently of the implementation."""
     bits = {"natural": lambda n: -(-n // 8) + n}
+    if spec == "topk:0.1:rice":
+        return 4 * k_of(0.1, d) + rice_bytes(k_of(0.1, d), d)
+    if spec == "topk:0.05:rice+natural":
+        k = k_of(0.05, d)
+        return bits["natural"](k) + rice_bytes(k, d)
     if spec == "identity":
         return 4 * d
     if spec == "sign":
@@ -174,6 +188,7 @@ def test_topk_matches_numpy_argsort(kernels, ratio, d):
     expected[keep] = x.numpy()[keep]
     y = make_compressor(f"topk:{ratio}")(x)
     np.testing.assert_array_equal(y.numpy(), expected)
+    np.testing.assert_array_equal(make_compressor(f"topk:{ratio}:rice")(x).numpy(), expected)
 
 
 def test_topk_fast_path_equals_torch_topk_on_heavy_tails(kernels):
@@ -251,7 +266,7 @@ def test_single_element_and_odd_sizes(kernels, spec):
         x = randn(d, d)
         y = q(x, seed=d)
         assert y.shape == x.shape and bool(torch.isfinite(y).all())
-    if q.spec in ("identity", "topk:0.1", "randk:0.1", "randblock:0.1"):
+    if q.spec in ("identity", "topk:0.1", "randk:0.1", "randblock:0.1", "topk:0.1:rice"):
         x = torch.tensor([-2.5])
         assert torch.equal(q(x), x)  # k = 1 keeps the only entry
 

@@ -97,7 +97,8 @@ def test_natural_outputs_are_signed_powers_of_two_around_x(kernels):
         p = np.abs(y[nz]) / float(np.float32(8 / 9))  # y = ±fl32(8/9) 2^e exactly
         e = np.log2(p)
         assert np.all(e == np.round(e))
-        assert np.all((p <= ax[nz]) & (ax[nz] <= 2 * p) | (p == ax[nz]))
+        a = np.floor(np.log2(ax[nz]))  # 2^a <= |x| < 2^(a+1): the output is one of the two
+        assert np.all((p == 2.0**a) | (p == 2.0 ** (a + 1)))
         assert np.all(np.sign(y[nz]) == np.sign(x.numpy()[nz]))
         powers = np.abs(x.numpy()) == 2.0 ** np.round(np.log2(np.abs(x.numpy()) + 1e-45))
         np.testing.assert_array_equal(p[powers[nz]], ax[powers & nz])
@@ -155,9 +156,9 @@ UNBIASED = ["randk:0.25:raw", "randblock:0.25:raw", "natural:raw", "dither:3:raw
 @pytest.mark.parametrize("spec", UNBIASED)
 def test_raw_forms_are_unbiased(kernels, spec):
     d, n = 48, 3000
-    if kernels == "device" and spec.startswith("rand"):
+    if kernels == "device" and spec in ("randk:0.25:raw", "randblock:0.25:raw"):
         pytest.skip("shared randomness is host-generated on every device")
-    x = randn(d, 7) * torch.linspace(0.1, 3, d)
+    x = torch.sign(randn(d, 7)) * torch.linspace(0.3, 3, d)  # no near-zero entries
     ys = samples(spec, x, n)
     mean, std = ys.mean(0), ys.std(0)
     tol = 5 * std / math.sqrt(n) + 1e-7
@@ -183,7 +184,7 @@ CONTRACTIVE = ["sign", "topk:0.1", "randk:0.1", "randblock:0.1", "natural", "dit
                "scaled(qsgd:2:raw)", "natural:raw"]
 
 
-def test_vectors(d: int) -> dict[str, torch.Tensor]:
+def probe_vectors(d: int) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(d)
     worst = (4 / 3) * 2.0 ** rng.integers(-5, 5, d) * rng.choice([-1, 1], d)  # C_nat's worst
     spike = np.zeros(d)
@@ -196,11 +197,11 @@ def test_vectors(d: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("spec", CONTRACTIVE)
 def test_contraction_holds_in_expectation(kernels, spec):
-    d, n = 256, 300
+    d, n = 256, 150
     q = make_compressor(spec)
     delta = q.delta(d)
     assert 0 < delta <= 1
-    for name, x in test_vectors(d).items():
+    for name, x in probe_vectors(d).items():
         x = torch.from_numpy(x.astype(np.float32))
         err = ((samples(spec, x, n) - x.double()) ** 2).sum(1) / float(x.double().norm() ** 2)
         sem = float(err.std()) / math.sqrt(n)
@@ -209,7 +210,7 @@ def test_contraction_holds_in_expectation(kernels, spec):
 
 def test_natural_attains_its_documented_delta():
     """At |x_i| = (4/3) 2^a the variance bound ω = 1/8 is attained: δ = 8/9 is tight."""
-    x = torch.from_numpy(test_vectors(512)["natural-worst"].astype(np.float32))
+    x = torch.from_numpy(probe_vectors(512)["natural-worst"].astype(np.float32))
     for spec, delta in [("natural", 8 / 9), ("natural:raw", 7 / 8)]:
         err = ((samples(spec, x, 400) - x.double()) ** 2).sum(1) / float(x.double().norm() ** 2)
         assert abs(float(err.mean()) - (1 - delta)) < 0.004

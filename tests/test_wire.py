@@ -60,3 +60,33 @@ def test_bad_width_raises():
         wire.pack_uint(torch.zeros(3, dtype=torch.int64), 0)
     with pytest.raises(ValueError, match="width"):
         wire.unpack_uint(torch.zeros(3, dtype=torch.uint8), 2, 33)
+
+
+@pytest.mark.parametrize("d,k", [(1, 1), (10, 10), (100, 1), (1000, 10), (50, 25),
+                                 (1_000_000, 10_000), (100_000, 100)])
+def test_rice_round_trip_and_fixed_size(d, k):
+    rng = np.random.default_rng(d + k)
+    positions = np.sort(rng.choice(d, k, replace=False))
+    b = wire.rice_parameter(k / d)
+    buf = wire.rice_encode(positions, d, b)
+    assert buf.size == wire.rice_nbytes(k, d, b)
+    np.testing.assert_array_equal(wire.rice_decode(buf, k, d, b), positions)
+    # worst case for the bound: the last k positions (one long first gap)
+    tail = np.arange(d - k, d)
+    np.testing.assert_array_equal(wire.rice_decode(wire.rice_encode(tail, d, b), k, d, b), tail)
+
+
+def test_rice_parameters_and_cost_match_sbc():
+    """b* = 3 / 6 / 9 at p = 10% / 1% / 0.1% (PAPERS §3.3); about 8.5 bits per position."""
+    assert [wire.rice_parameter(p) for p in (0.1, 0.01, 0.001)] == [3, 6, 9]
+    assert wire.rice_parameter(0.7) == 0
+    k, d = 10_000, 1_000_000
+    assert 8 * wire.rice_nbytes(k, d, 6) / k == pytest.approx(8.56, abs=0.01)
+
+
+def test_rice_rejects_corrupt_streams():
+    buf = wire.rice_encode(np.array([3, 7, 9]), 10, 1)
+    with pytest.raises(ValueError, match="positions"):
+        wire.rice_decode(buf, 4, 10, 1)
+    with pytest.raises(ValueError, match=">="):
+        wire.rice_decode(buf, 3, 8, 1)

@@ -12,12 +12,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import compressors
+from . import compressors, delta
 
 #: subcommand -> (help, add_arguments(parser), run(args) -> exit status)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                              Callable[[argparse.Namespace], int]]] = {
     "compressors": (compressors.HELP, compressors.add_arguments, compressors.run),
+    "delta": (delta.HELP, delta.add_arguments, delta.run),
 }
 
 

@@ -31,6 +31,8 @@ spec               operator                                    δ (CHOCO form)
 
 Options: ``:raw`` (randk, randblock, natural, dither, qsgd) sends the unbiased operator
 ``C`` unscaled, for DCD/ECD-PSGD; ``make_compressor(spec, unbiased=True)`` does the same.
+``topk:R:rice`` sends Rice-coded position gaps (about 8.5 bits per position at 1%) instead
+of int32 positions.
 ``b=N`` sets the bucket size of dither/qsgd (default 512, ``b=0``: whole vector).
 Per-tensor compression of a flat buffer (the CHOCO paper's default, one ``k``, scale or
 norm per layer) is :class:`PerTensor`; a bare compressor treats its input as one vector.
@@ -54,7 +56,8 @@ Factory = Callable[[str | None], Compressor]
 
 
 def _split_args(name: str, arg: str | None) -> tuple[list[str], dict[str, str], bool]:
-    """``"0.01:raw"`` → positional ``["0.01"]``, options ``{}``, raw ``True``."""
+    """``"0.01:raw"`` → positional ``["0.01"]``, options ``{}``, raw ``True``; a bare word
+    option such as ``rice`` becomes ``options["rice"] = ""``."""
     positional: list[str] = []
     options: dict[str, str] = {}
     raw = False
@@ -62,6 +65,8 @@ def _split_args(name: str, arg: str | None) -> tuple[list[str], dict[str, str], 
         part = part.strip()
         if part == "raw":
             raw = True
+        elif part == "rice":
+            options[part] = ""
         elif "=" in part:
             key, _, value = part.partition("=")
             options[key.strip()] = value.strip()
@@ -87,8 +92,10 @@ def _no_arg(cls: type[Compressor], name: str) -> Factory:
 def _ratio(cls: type[Sparsifier], name: str) -> Factory:
     def make(arg: str | None) -> Compressor:
         positional, options, raw = _split_args(name, arg)
-        need = "a ratio R in (0, 1] as " + name + ":R" + ("[:raw]" if cls.random_support else "")
-        if len(positional) != 1 or options or (raw and not cls.random_support):
+        need = "a ratio R in (0, 1] as " + name + ":R" + ("[:raw]" if cls.random_support
+                                                         else "[:rice]")
+        allowed = set() if cls.random_support else {"rice"}
+        if len(positional) != 1 or set(options) - allowed or (raw and not cls.random_support):
             raise _bad(name, arg, need, f"{name}:0.01")
         try:
             ratio = float(positional[0])
@@ -96,6 +103,8 @@ def _ratio(cls: type[Sparsifier], name: str) -> Factory:
             raise _bad(name, arg, need, f"{name}:0.01") from None
         if not 0.0 < ratio <= 1.0:
             raise _bad(name, arg, need, f"{name}:0.01")
+        if "rice" in options:
+            return TopK(ratio, rice=True)
         return cls(ratio, raw=True) if raw else cls(ratio)
 
     return make

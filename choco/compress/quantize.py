@@ -64,6 +64,8 @@ class BucketQuantizer(Compressor):
         opts = ("" if bucket == DEFAULT_BUCKET else f":b={bucket}") + (":raw" if raw else "")
         self.spec = f"{self.name}:{levels}{opts}"
         self.table = torch.tensor(self.level_values(), dtype=torch.float32)
+        #: value of each code ``(level << 1) | negative``: ``±table[level]``
+        self.signed_table = torch.stack([self.table, -self.table], dim=1).reshape(-1)
 
     # ------------------------------------------------------------------ to define
     def level_values(self) -> list[float]:
@@ -175,23 +177,25 @@ class BucketQuantizer(Compressor):
         codes_in = payload[4 * buckets :]
         if _host.use_host_kernels(out):
             norms = payload[: 4 * buckets].numpy().view(np.float32)
-            table, target = self.table.numpy(), out.detach().numpy()
+            target = out.detach().numpy()
+            signed = self.signed_table.numpy()
             for start, stop in _host.chunks(numel, self._chunk(size)):
                 n = stop - start
-                at = start * self.width // 8
-                codes = unpack_uint_numpy(codes_in[at:].numpy(), n, self.width)
-                first = start // size
-                mag = table[codes >> 1] * np.repeat(norms[first : first + -(-n // size)],
-                                                    size)[:n]
-                np.negative(mag, out=mag, where=(codes & 1).astype(bool))
-                _host.add_into(target[start:stop], mag, alpha)
+                codes = unpack_uint_numpy(codes_in[start * self.width // 8 :].numpy(), n,
+                                          self.width)
+                values = signed[codes]  # ±level, indexed by (level << 1) | negative
+                first, nb = start // size, -(-n // size)
+                if n == nb * size:
+                    values.reshape(nb, size)[...] *= norms[first : first + nb, None]
+                else:
+                    values *= np.repeat(norms[first : first + nb], size)[:n]
+                _host.add_into(target[start:stop], values, alpha)
             return
         norms = from_bytes(payload[: 4 * buckets], torch.float32, out.device)
         codes = unpack_uint(codes_in, numel, self.width, out.device)
-        mag = self.table.to(out.device)[codes >> 1]
-        mag = mag * norms.repeat_interleave(size)[:numel]
-        mag = torch.where((codes & 1).bool(), -mag, mag)
-        out.add_(mag, alpha=alpha)
+        values = self.signed_table.to(out.device)[codes]
+        values = values * norms.repeat_interleave(size)[:numel]
+        out.add_(values, alpha=alpha)
 
 
 class QSGD(BucketQuantizer):

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from ..wire import rice_decode, rice_encode, rice_nbytes, rice_parameter
 from . import _host
 from .base import CompressionError, from_bytes, to_bytes
 from .sparse import Sparsifier, Support
@@ -90,23 +91,46 @@ def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class TopK(Sparsifier):
-    """Top-k sparsification with ``k = max(1, ceil(ratio * d))``; ``δ >= k/d``."""
+    """Top-k sparsification with ``k = max(1, ceil(ratio * d))``; ``δ >= k/d``.
+
+    ``topk:R:rice`` codes the positions as Rice-coded gaps instead of int32
+    (:func:`choco.wire.rice_encode`, parameter ``b*`` from ``p = k/d``), in a fixed-size
+    buffer of ``k (b* + 1) + floor((d - k) / 2^b*)`` bits: about 8.5 bits per position at
+    ``p = 1%`` instead of 32 (``0.405`` instead of ``0.64`` bits per element).
+    """
 
     codec_id = 3
     name = "topk"
     random_support = False
 
-    def __init__(self, ratio: float) -> None:
+    def __init__(self, ratio: float, rice: bool = False) -> None:
         super().__init__(ratio)
+        self.rice = rice
+        if rice:
+            self.codec_id = 9  # a different wire format: the header tells them apart
+            self.spec += ":rice"
+
+    def rice_b(self, numel: int) -> int:
+        return rice_parameter(self.k(numel) / numel)
 
     def position_nbytes(self, numel: int) -> int:
-        return 4 * self.k(numel)
+        k = self.k(numel)
+        return rice_nbytes(k, numel, self.rice_b(numel)) if self.rice else 4 * k
 
     def select(self, x, seed):
         idx = topk_indices(x, self.k(x.numel()))
+        if self.rice:
+            coded = rice_encode(idx.cpu().numpy(), x.numel(), self.rice_b(x.numel()))
+            return Support(idx.numel(), idx), torch.from_numpy(coded)
         return Support(idx.numel(), idx), to_bytes(idx.to(torch.int32))
 
     def support(self, positions, numel, seed, device):
+        if self.rice:
+            try:
+                idx = rice_decode(positions.numpy(), self.k(numel), numel, self.rice_b(numel))
+            except ValueError as exc:
+                raise CompressionError(f"{self.spec}: {exc}; corrupt buffer") from None
+            return Support(idx.size, torch.from_numpy(idx).to(device))
         idx = from_bytes(positions, torch.int32, device).long()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
             raise CompressionError(f"{self.spec}: positions out of range; corrupt buffer")

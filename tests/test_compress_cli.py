@@ -1,0 +1,152 @@
+"""``python -m choco.compress`` and ``python -m choco.bench compressors``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from choco.compress import make_compressor
+from choco.compress.__main__ import main
+
+from .test_compress import RAW_SPECS, SPECS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+@pytest.fixture
+def x_file(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal(1001).astype(np.float32))
+    return path
+
+
+def test_subprocess_writes_q_of_x_and_prints_json_last(x_file, tmp_path):
+    out = tmp_path / "y.npy"
+    proc = run(["choco.compress", "topk:0.01+natural", "--in", str(x_file), "--out", str(out),
+                "--seed", "7"])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    q = make_compressor("topk:0.01+natural")
+    assert result["spec"] == "topk:0.01+natural"
+    assert result["numel"] == 1001
+    assert result["nbytes"] == q.nbytes(1001) == q.encode(torch.zeros(1001)).numel()
+    assert result["delta"] == pytest.approx(q.delta(1001))
+    y = np.load(out)
+    x = torch.from_numpy(np.load(x_file))
+    assert y.shape == (1001,) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, q(x, seed=7).numpy())
+
+
+@pytest.mark.parametrize("spec", SPECS + RAW_SPECS)
+def test_every_spec_through_the_cli(spec, x_file, tmp_path, capsys):
+    out = tmp_path / "y.npy"
+    assert main([spec, "--in", str(x_file), "--out", str(out), "--seed", "3", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    q = make_compressor(spec)
+    assert result["nbytes"] == q.nbytes(1001)
+    assert result["delta"] == pytest.approx(q.delta(1001))
+    assert result["bits_per_element"] == pytest.approx(8 * q.nbytes(1001) / 1001)
+    if q.delta(1001) > 0:  # one draw, but far from the bound for every spec here
+        assert result["error"] <= 1.0
+    assert np.load(out).shape == (1001,)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_output_keeps_the_input_dtype(dtype, tmp_path, capsys):
+    inp, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(inp, np.random.default_rng(1).standard_normal(100).astype(dtype))
+    assert main(["natural", "--in", str(inp), "--out", str(out)]) == 0
+    assert np.load(out).dtype == dtype
+    assert main(["identity", "--in", str(inp), "--out", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), np.load(inp))
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["nbytes"] == (
+        16 + 100 * np.dtype(dtype).itemsize)
+
+
+def test_per_tensor_option(x_file, tmp_path, capsys):
+    out = tmp_path / "y.npy"
+    assert main(["sign", "--in", str(x_file), "--out", str(out), "--sizes", "1000,1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sizes"] == [1000, 1]
+    assert np.load(out)[-1] == np.load(x_file)[-1]  # a 1-element segment is exact
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.array([1.0, np.nan, 2.0], dtype=np.float32))
+    ints = tmp_path / "int.npy"
+    np.save(ints, np.arange(4))
+    matrix = tmp_path / "m.npy"
+    np.save(matrix, np.zeros((2, 3), dtype=np.float32))
+    empty = tmp_path / "e.npy"
+    np.save(empty, np.zeros(0, dtype=np.float32))
+    good = tmp_path / "x.npy"
+    np.save(good, np.ones(4, dtype=np.float32))
+    return {
+        "nan": (["sign", "--in", str(nan)], "finite"),
+        "int": (["sign", "--in", str(ints)], "float"),
+        "2-D": (["sign", "--in", str(matrix)], "1-D"),
+        "empty": (["sign", "--in", str(empty)], "non-empty"),
+        "missing": (["sign", "--in", str(tmp_path / "none.npy")], "not found"),
+        "spec": (["sgn", "--in", str(good)], "valid specs"),
+        "ratio": (["topk:2", "--in", str(good)], "(0, 1]"),
+        "biased raw": (["topk:0.1", "--unbiased", "--in", str(good)], "biased"),
+        "sizes": (["sign", "--in", str(good), "--sizes", "2,3"], "summing"),
+    }
+
+
+def test_bad_inputs_exit_2_with_one_paragraph_and_no_output(tmp_path, capsys):
+    out = tmp_path / "y.npy"
+    for name, (args, needle) in bad_inputs(tmp_path).items():
+        assert main([*args, "--out", str(out)]) == 2, name
+        captured = capsys.readouterr()
+        assert captured.out == "", name
+        err = captured.err.strip()
+        assert err.startswith("error: ") and needle in err and "\n" not in err, (name, err)
+        assert not out.exists(), name
+
+
+def test_subprocess_bad_input_exit_code(tmp_path):
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.array([np.inf], dtype=np.float32))
+    out = tmp_path / "y.npy"
+    proc = run(["choco.compress", "natural", "--in", str(nan), "--out", str(out)])
+    assert proc.returncode == 2 and "finite" in proc.stderr and proc.stdout == ""
+    assert not out.exists()
+
+
+def test_benchmark_subcommand(tmp_path):
+    proc = run(["choco.bench", "compressors", "--numel", "20000", "--repeat", "1",
+                "--specs", "sign,topk:0.01,randblock:0.01,natural", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert [r["spec"] for r in summary["rows"]] == ["sign", "topk:0.01", "randblock:0.01",
+                                                    "natural"]
+    for row in summary["rows"]:
+        assert row["encode_ratio"] > 0 and row["decode_ms"] > 0
+        assert row["bits_per_element"] == pytest.approx(
+            8 * make_compressor(row["spec"]).nbytes(20000) / 20000)
+    assert any("| `natural` | 9.0" in line for line in lines)
+
+
+def test_benchmark_rejects_a_missing_gpu_and_bad_specs(capsys):
+    from choco.bench import main as bench
+
+    if not torch.cuda.is_available():
+        assert bench(["compressors", "--device", "cuda", "--numel", "10"]) == 2
+        assert "cuda" in capsys.readouterr().err
+    assert bench(["compressors", "--specs", "nope", "--numel", "10"]) == 2
+    assert "valid specs" in capsys.readouterr().err
