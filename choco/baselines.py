@@ -24,23 +24,15 @@ import torch
 
 from .comm.base import Communicator, Exchange
 from .compress.base import Compressor
-from .gossip import GossipError, round_seed
+from .gossip import GossipError, neighbour_weights, round_seed
 
 
 class _Neighbourhood:
     """Mixing weights of this node's row, in the communicator's neighbour order."""
 
     def __init__(self, comm: Communicator, W_row) -> None:
-        row = [float(w) for w in W_row]
-        support = [j for j in range(comm.size) if j != comm.rank and row[j] != 0]
-        if support != list(comm.neighbors):
-            raise GossipError(
-                f"node {comm.rank}: mixing row support {support} differs from the "
-                f"communicator's neighbours {comm.neighbors}; build both from one topology."
-            )
         self.comm = comm
-        self.w_self = row[comm.rank]
-        self.w_neighbors = [row[j] for j in comm.neighbors]
+        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
         self.bytes_sent = 0
         self._pending: tuple[torch.Tensor, Exchange] | None = None
 

@@ -54,6 +54,26 @@ class _Pending:
     exchange: Exchange
 
 
+def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
+    """``(w_ii, [w_ij for j in comm.neighbors])`` from row ``comm.rank`` of ``W``.
+
+    Raises if the row's off-diagonal support is not the communicator's neighbour list.
+    """
+    row = np.asarray(W_row, dtype=np.float64).reshape(-1)
+    if row.shape[0] != comm.size:
+        raise GossipError(
+            f"the mixing row has {row.shape[0]} entries but the network has {comm.size} "
+            "nodes; use row `rank` of the topology's n x n matrix."
+        )
+    support = [j for j in range(comm.size) if j != comm.rank and row[j] != 0]
+    if support != list(comm.neighbors):
+        raise GossipError(
+            f"node {comm.rank}: mixing row support {support} differs from the "
+            f"communicator's neighbours {comm.neighbors}; build both from one topology."
+        )
+    return float(row[comm.rank]), [float(row[j]) for j in comm.neighbors]
+
+
 def round_seed(seed: int, rank: int, step: int) -> int:
     """The compressor seed of round ``step`` on ``rank``: independent streams per (rank, step)."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
@@ -89,24 +109,11 @@ class ChocoGossip:
                 f"gamma must be in (0, 1], got {gamma}; CHOCO's consensus step is a convex "
                 "combination (try 0.5 for sign, 0.05 for top-1%)."
             )
-        row = np.asarray(W_row, dtype=np.float64).reshape(-1)
-        if row.shape[0] != comm.size:
-            raise GossipError(
-                f"the mixing row has {row.shape[0]} entries but the network has {comm.size} "
-                "nodes; use row `rank` of the topology's n x n matrix."
-            )
-        support = [j for j in range(comm.size) if j != comm.rank and row[j] != 0]
-        if support != list(comm.neighbors):
-            raise GossipError(
-                f"node {comm.rank}: mixing row support {support} differs from the "
-                f"communicator's neighbours {comm.neighbors}; build both from one topology."
-            )
+        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
         self.comm = comm
         self.compressor = compressor
         self.gamma = float(gamma)
         self.seed = int(seed)
-        self.w_self = float(row[comm.rank])
-        self.w_neighbors = [float(row[j]) for j in comm.neighbors]
         self.state: GossipState | None = None
         self._pending: _Pending | None = None
 

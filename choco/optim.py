@@ -52,7 +52,28 @@ class Averager(Protocol):
     def load_state_dict(self, sd: dict) -> None: ...
 
 
-class ChocoSGD:
+class _Wrapped:
+    """What both wrappers share: the user's optimizer and the flat parameter buffer."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.flat = FlatParameters(p for g in optimizer.param_groups for p in g["params"])
+        self.local_steps = 0
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def x(self) -> torch.Tensor:
+        """This node's model as one flat vector (a live view, not a copy)."""
+        return self.flat.buffer
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+class ChocoSGD(_Wrapped):
     """Local optimizer step, then one gossip round over all parameters as one flat buffer.
 
     Parameters
@@ -74,31 +95,17 @@ class ChocoSGD:
             raise ValueError(f"order must be 'overlap' or 'sync', got {order!r}")
         if gossip_every < 1:
             raise ValueError(f"gossip_every must be >= 1, got {gossip_every}")
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.gossip = gossip
         self.order = order
         self.gossip_every = gossip_every
-        self.flat = FlatParameters(p for g in optimizer.param_groups for p in g["params"])
-        self.local_steps = 0
         with torch.no_grad():
             gossip.init(self.flat.buffer)
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def x(self) -> torch.Tensor:
-        """This node's model as one flat vector (a live view, not a copy)."""
-        return self.flat.buffer
 
     @property
     def bytes_sent(self) -> int:
         """Payload bytes this node has put on the wire so far."""
         return self.gossip.bytes_sent
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure=None):
         """Local optimizer step, then a gossip round every ``gossip_every`` steps."""
@@ -137,7 +144,7 @@ class ChocoSGD:
         self.local_steps = int(sd["local_steps"])
 
 
-class AllReduceSGD:
+class AllReduceSGD(_Wrapped):
     """Centralized baseline: all-reduce the mean gradient, then the same step everywhere.
 
     Equivalent to gossip with ``W = 11ᵀ/n``. ``bytes_sent`` counts what a ring all-reduce
@@ -145,22 +152,9 @@ class AllReduceSGD:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, comm: Communicator) -> None:
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.comm = comm
-        self.flat = FlatParameters(p for g in optimizer.param_groups for p in g["params"])
-        self.local_steps = 0
         self.bytes_sent = 0
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def x(self) -> torch.Tensor:
-        return self.flat.buffer
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure=None):
         grad = self.flat.grad_buffer()
@@ -168,7 +162,7 @@ class AllReduceSGD:
         mean = torch.from_numpy(np.asarray(total) / self.comm.size).to(grad)
         self.flat.set_grads(mean)
         n = self.comm.size
-        self.bytes_sent += int(round(2 * (n - 1) / n * grad.numel() * grad.element_size()))
+        self.bytes_sent += round(2 * (n - 1) / n * grad.numel() * grad.element_size())
         self.local_steps += 1
         return self.optimizer.step(closure)
 
