@@ -150,3 +150,16 @@ def test_benchmark_rejects_a_missing_gpu_and_bad_specs(capsys):
         assert "cuda" in capsys.readouterr().err
     assert bench(["compressors", "--specs", "nope", "--numel", "10"]) == 2
     assert "valid specs" in capsys.readouterr().err
+
+
+def test_delta_subcommand_reports_measured_and_documented(capsys):
+    from choco.bench import main as bench
+
+    assert bench(["delta", "--numel", "4096", "--seeds", "2", "--specs",
+                  "sign,randk:0.1,natural", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    by_spec = {r["spec"]: r for r in rows}
+    assert by_spec["sign"]["delta_measured"] == pytest.approx(2 / np.pi, abs=0.02)
+    assert by_spec["randk:0.1"]["delta_measured"] == pytest.approx(0.1, abs=0.02)
+    assert by_spec["natural"]["omega"] == 0.125
+    assert by_spec["natural"]["delta_measured"] >= by_spec["natural"]["delta"]

@@ -1,7 +1,8 @@
 """``python -m choco.bench compressors``: encode/decode time of every compressor.
 
 For each spec, on one ``N(0, 1)`` fp32 vector of ``--numel`` entries on ``--device``, the
-benchmark interleaves ``--repeat`` rounds of: a plain fp32 copy (``x.clone()``), an encode
+benchmark interleaves ``--repeat`` rounds of: a plain fp32 copy (``x.clone()``, the
+baseline of the ratios; ``y.copy_(x)`` into a preallocated buffer is reported too), an encode
 (``encode(x, seed)``, which ends with the bytes on the host) and a decode-and-add into a
 preallocated vector (``decode_add_``, what a receiver does per neighbour). It reports the
 best round (``--stat min``, robust to other load on the machine) or the median, the bits per
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,8 +27,9 @@ from ..compress import make_compressor
 HELP = "time encode/decode of every compressor against a plain fp32 copy"
 
 DEFAULT_SPECS = [
-    "identity", "sign", "topk:0.01", "randk:0.01", "randblock:0.01", "natural", "dither:8",
-    "qsgd:16", "topk:0.01+natural", "randk:0.01+natural", "scaled(qsgd:16)",
+    "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
+    "randblock:0.01", "natural", "dither:8", "qsgd:16", "topk:0.01+natural",
+    "topk:0.01:rice+natural", "randk:0.01+natural", "scaled(qsgd:16)",
 ]
 
 
@@ -74,28 +77,44 @@ def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
     q = make_compressor(spec)
     timed = _timer(x.device)
     out = torch.zeros_like(x)
+    target = torch.zeros_like(x)  # touched once, so copy_ into it pays no page faults
     buf = q.encode(x, 0)  # warm-up (allocator, lazy init)
     q.decode_add_(buf, out)
-    copy, enc, dec = [], [], []
+    copy, copy_into, enc, dec = [], [], [], []
     for r in range(repeat):
         copy.append(timed(lambda: x.clone()))
+        copy_into.append(timed(lambda: target.copy_(x)))
         enc.append(timed(lambda r=r: q.encode(x, r + 1)))
         buf = q.encode(x, r + 1)
         dec.append(timed(lambda buf=buf: q.decode_add_(buf, out)))
     pick = min if stat == "min" else statistics.median
-    c, e, d = pick(copy), pick(enc), pick(dec)
+    c, e, d, ci = pick(copy), pick(enc), pick(dec), pick(copy_into)
     numel = x.numel()
     return {
         "spec": q.spec, "nbytes": int(buf.numel()), "bits_per_element": 8 * buf.numel() / numel,
-        "delta": q.delta(numel), "copy_ms": 1e3 * c, "encode_ms": 1e3 * e,
+        "delta": q.delta(numel), "copy_ms": 1e3 * c, "copy_into_ms": 1e3 * ci,
+        "encode_ms": 1e3 * e,
         "decode_ms": 1e3 * d, "encode_ratio": e / c, "decode_ratio": d / c,
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def table(rows: list[dict], numel: int, device: torch.device, stat: str) -> str:
     """The results as a Markdown table."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     lines = [
-        f"d = {numel:,}, device {device}, {stat} of the rounds, torch "
+        f"d = {numel:,}, device {device} ({where}), {stat} of the rounds, torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU threads",
         "",
         "| spec | bits/elem | encode ms | decode ms | copy ms | encode/copy | decode/copy |",
@@ -107,6 +126,9 @@ def table(rows: list[dict], numel: int, device: torch.device, stat: str) -> str:
             f"{r['decode_ms']:.2f} | {r['copy_ms']:.2f} | {r['encode_ratio']:.2f} | "
             f"{r['decode_ratio']:.2f} |"
         )
+    into = min(r["copy_into_ms"] for r in rows)
+    lines += ["", f"copy = `x.clone()` (a fresh fp32 buffer, like an encode's output); a copy "
+              f"into a preallocated, already-touched buffer (`y.copy_(x)`) took {into:.2f} ms."]
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ from .quantize import DEFAULT_BUCKET, QSGD, Dither
 from .segmented import PerTensor
 from .sign import Sign
 from .sparse import RandBlock, RandK, Sparsifier
-from .topk import TopK
+from .topk import TopK, TopKRice
 
 Factory = Callable[[str | None], Compressor]
 
@@ -104,7 +104,7 @@ def _ratio(cls: type[Sparsifier], name: str) -> Factory:
         if not 0.0 < ratio <= 1.0:
             raise _bad(name, arg, need, f"{name}:0.01")
         if "rice" in options:
-            return TopK(ratio, rice=True)
+            return TopKRice(ratio)
         return cls(ratio, raw=True) if raw else cls(ratio)
 
     return make
@@ -244,6 +244,7 @@ __all__ = [
     "Sign",
     "Sparsifier",
     "TopK",
+    "TopKRice",
     "available",
     "make_compressor",
     "register",

@@ -81,29 +81,25 @@ def block_start(seed: int, numel: int) -> int:
 def sample_positions(seed: int, numel: int, k: int) -> np.ndarray:
     """``k`` distinct positions of ``range(numel)``, uniformly at random, ascending (int64).
 
-    The first ``k`` distinct values of the raw stream taken modulo ``numel`` form a uniform
-    ``k``-subset (the bias of the modulo is below ``numel / 2^64``). For ``k > numel/2`` the
-    complement is drawn instead, so at most ``ln 2 · numel`` draws are expected. Depends only
-    on ``(seed, numel, k)``: every receiver regenerates the same set.
+    Sparse draws (``k <= numel/32``) take the first ``k`` distinct values of the raw stream
+    modulo ``numel`` (a uniform ``k``-subset by symmetry; the modulo's bias is below
+    ``numel / 2^64``), about ``k`` draws. Dense draws give every position a raw 64-bit key and
+    keep the ``k`` smallest keys (exchangeable keys: a uniform ``k``-subset; ties, of
+    probability ``~numel²/2^65``, are broken deterministically). Depends only on
+    ``(seed, numel, k)``: every receiver regenerates the same set.
     """
     if k >= numel:
         return np.arange(numel, dtype=np.int64)
-    complement = k > numel // 2
-    m = numel - k if complement else k
     bitgen = host_bitgen(seed)
-    expected = numel * (math.log(numel) - math.log(numel - m))
-    draw = int(expected * 1.05) + 16
+    if 32 * k > numel:
+        keys = bitgen.random_raw(numel)
+        return np.sort(np.argpartition(keys, k - 1)[:k]).astype(np.int64)
+    draw = int(numel * (math.log(numel) - math.log(numel - k)) * 1.05) + 16
     stream = np.empty(0, dtype=np.int64)
     while True:
         new = (bitgen.random_raw(draw) % np.uint64(numel)).astype(np.int64)
         stream = np.concatenate([stream, new])
         values, first = np.unique(stream, return_index=True)
-        if values.size >= m:
-            break
-        draw = int((m - values.size) * 2) + 16
-    chosen = np.sort(stream[np.sort(first)[:m]])
-    if not complement:
-        return chosen
-    keep = np.ones(numel, dtype=bool)
-    keep[chosen] = False
-    return np.flatnonzero(keep).astype(np.int64)
+        if values.size >= k:
+            return np.sort(stream[np.sort(first)[:k]])
+        draw = int((k - values.size) * 2) + 16

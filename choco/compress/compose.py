@@ -9,7 +9,7 @@ entries and ``B`` compresses the ``k`` kept values ``x_S``. With ``B`` δ_B-cont
           \\le \\|x\\|^2 - δ_B \\|x_S\\|^2 \\le (1 - δ_A δ_B)\\,\\|x\\|^2,
 
 so ``δ = δ_A δ_B`` (PAPERS §3.1). Two ``:raw`` unbiased parts compose to an unbiased
-operator with ``1 + ω = (1 + ω_A)(1 + ω_B)`` (NC, Theorem 3), ``δ = 1 - ω``.
+operator with ``1 + ω = (1 + ω_A)(1 + ω_B)`` (NC, composition of unbiased operators), ``δ = 1 - ω``.
 Wire: ``B``'s payload for the ``k`` values (``B``'s flags in the header, its randomness
 keyed by a seed derived from the header's), then ``A``'s position bytes.
 
@@ -95,6 +95,9 @@ class Scaled(Compressor):
     def __init__(self, inner: Compressor) -> None:
         self.inner = inner
         self.spec = f"scaled({inner.spec})"
+
+    def nbytes(self, numel: int, dtype: torch.dtype = torch.float32) -> int:
+        return 4 + self.inner.nbytes(numel, dtype)
 
     def payload_nbytes(self, numel: int) -> int:
         return 4 + self.inner.payload_nbytes(numel)

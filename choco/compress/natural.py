@@ -6,7 +6,7 @@ Each entry is rounded stochastically to one of the two powers of two around it,
    2^a \\le |x_i| < 2^{a+1}, \\quad
    \\xi_i \\sim \\operatorname{Bernoulli}\\!\\left(\\frac{|x_i|}{2^a} - 1\\right),
 
-which is unbiased with ``E||C_nat(x) - x||^2 <= ω ||x||^2``, ``ω = 1/8`` (NC, Theorem 1;
+which is unbiased with ``E||C_nat(x) - x||^2 <= ω ||x||^2``, ``ω = 1/8`` (arXiv:1905.10988;
 attained at ``|x_i| = (4/3) 2^a``). CHOCO needs a contraction, so ``natural`` sends
 ``Q = C_nat / (1 + ω) = (8/9) C_nat`` with ``δ = 1/(1 + ω) = 8/9`` (arXiv:1907.09356 §3);
 ``natural:raw`` sends ``C_nat`` itself (unbiased, ``δ = 1 - ω = 7/8``), for DCD/ECD-PSGD.

@@ -6,10 +6,11 @@ option ``b=N``; ``b=0`` means one bucket per vector, the CHOCO paper's per-tenso
 send, per bucket ``v``, its norm ``||v||_2`` (fp32) and, per entry, a sign bit and a level
 index ``l_i`` drawn so that ``E[level(l_i)] = |v_i| / ||v||_2`` (unbiased):
 
-* ``qsgd:S``: levels ``0, 1/S, …, 1``; ``l_i = floor(S |v_i|/||v|| + u_i)``, ``u_i ~ U[0,1)``.
+* ``qsgd:S``: levels ``0, 1/S, …, 1``; ``l_i = floor(S |v_i|/||v|| + u_i)``, ``u_i ~ U[0,1)``
+  (24 random bits, so unbiased up to the float32 rounding of ``|v_i|/||v||``).
   Variance ``ω = min(B/S², √B/S)`` (QSGD, Lemma 3.1).
 * ``dither:S``: levels ``0, 2^(1-S), …, 1/2, 1``; stochastic rounding between the two
-  adjacent levels. ``ω = 1/8 + √B 2^(1-S) min(1, √B 2^(1-S))`` (NC, Theorem 5 with ``p = 2``).
+  adjacent levels. ``ω = 1/8 + √B 2^(1-S) min(1, √B 2^(1-S))`` (NC, natural dithering, ``p = 2``).
 
 CHOCO needs a contraction, so both send ``Q = C/(1 + ω)`` with ``δ = 1/(1 + ω)``
 (arXiv:1907.09356 §3, the CHOCO paper's rescaled QSGD); the ``:raw`` suffix sends ``C``
@@ -48,12 +49,13 @@ class BucketQuantizer(Compressor):
 
     name: str
     unbiased = True
+    max_levels = MAX_LEVELS
 
     def __init__(self, levels: int, bucket: int = DEFAULT_BUCKET, raw: bool = False) -> None:
-        if not 1 <= levels <= MAX_LEVELS:
+        if not 1 <= levels <= self.max_levels:
             raise CompressionError(
-                f"{self.name}: a number of levels S in [1, {MAX_LEVELS}] is required, got "
-                f"{levels}; e.g. {self.name}:16."
+                f"{self.name}: a number of levels S in [1, {self.max_levels}] is required, got "
+                f"{levels}; e.g. {self.name}:{min(16, self.max_levels)}."
             )
         if bucket < 0:
             raise CompressionError(
@@ -72,9 +74,9 @@ class BucketQuantizer(Compressor):
         """Magnitude (fraction of the bucket norm) of each level index ``0..S``."""
         raise NotImplementedError
 
-    def levels_of(self, y, u):
-        """Level indices (int32) of ``y = |v|/||v|| ∈ [0, 1]`` with uniforms ``u``; numpy or
-        torch arrays (only operators and methods common to both are used)."""
+    def levels_of(self, y, r):
+        """Level indices (int32) of ``y = |v|/||v|| ∈ [0, 1]`` (float32), drawn with ``r``,
+        uniform 24-bit integers (uint32 numpy or int32 torch arrays of ``y``'s shape)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ sizes, δ
@@ -130,7 +132,7 @@ class BucketQuantizer(Compressor):
         payload = message.payload
         norms_out = payload[: 4 * buckets].view(np.float32)
         codes_out = payload[4 * buckets :]
-        rng = np.random.Generator(_host.host_bitgen(seed))
+        bitgen = _host.host_bitgen(seed)
         for start, stop in _host.chunks(numel, self._chunk(size)):
             n = stop - start
             nb = -(-n // size)
@@ -141,8 +143,9 @@ class BucketQuantizer(Compressor):
             norms = self._norms_host(v, xn)
             inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
             y = np.abs(v) * inv[:, None]
-            u = rng.random(y.shape, dtype=np.float32)
-            codes = (self.levels_of(y, u) << 1) | (v < 0)
+            r = _host.random_u32(bitgen, y.size).reshape(y.shape)
+            r >>= 8
+            codes = (self.levels_of(y, r) << 1) | (v < 0)
             packed = pack_uint_numpy(codes.reshape(-1)[:n], self.width)
             at = start * self.width // 8
             codes_out[at : at + packed.size] = packed
@@ -163,8 +166,9 @@ class BucketQuantizer(Compressor):
         inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
         y = v.abs() * inv[:, None]
         gen = _host.device_generator(seed, x32.device)
-        u = torch.rand(y.shape, generator=gen, device=x32.device)
-        codes = (self.levels_of(y, u) << 1) | (v < 0).to(torch.int32)
+        r = torch.randint(0, 1 << 24, y.shape, dtype=torch.int32, generator=gen,
+                          device=x32.device)
+        codes = (self.levels_of(y, r) << 1) | (v < 0).to(torch.int32)
         packed = pack_uint(codes.view(-1)[:numel], self.width)
         return torch.cat([to_bytes(norms), packed])
 
@@ -213,10 +217,13 @@ class QSGD(BucketQuantizer):
     def level_values(self) -> list[float]:
         return [i / self.levels for i in range(self.levels + 1)]
 
-    def levels_of(self, y, u):
-        level = y * self.levels + u
-        level = level.astype(np.int32) if isinstance(level, np.ndarray) else level.to(torch.int32)
-        return level.clip(0, self.levels)
+    def levels_of(self, y, r):
+        # floor(S y + u) with u = r / 2^24, exact in float32
+        if isinstance(y, np.ndarray):
+            level = (y * np.float32(self.levels) + r.astype(np.float32) * np.float32(2.0**-24))
+            return level.astype(np.int32).clip(0, self.levels)
+        level = y * self.levels + r.to(torch.float32) * 2.0**-24
+        return level.to(torch.int32).clip(0, self.levels)
 
     def omega(self, numel: int) -> float:
         b = self.bucket_size(numel)
@@ -235,21 +242,31 @@ class Dither(BucketQuantizer):
 
     codec_id = 8
     name = "dither"
+    max_levels = 32  # the smallest level 2^(1-S) stays a normal float32
 
     def level_values(self) -> list[float]:
         return [0.0] + [2.0 ** (j - self.levels) for j in range(1, self.levels + 1)]
 
-    def levels_of(self, y, u):
-        t = y * float(2 ** (self.levels - 1))
-        if isinstance(t, np.ndarray):
-            mant, ex = np.frexp(t)  # t = mant 2^ex, mant in [0.5, 1)
-            up = u < (2 * mant - 1)
-            level = np.where(t >= 1, ex + up, u < t).astype(np.int32)
-        else:
-            mant, ex = torch.frexp(t)
-            up = (u < (2 * mant - 1)).to(torch.int32)
-            level = torch.where(t >= 1, ex + up, (u < t).to(torch.int32)).to(torch.int32)
-        return level.clip(0, self.levels)
+    def levels_of(self, y, r):
+        # t = 2^(S-1) y; t >= 1: the natural-compression bit trick on t's float32 bits
+        # (exponent rounded up with probability m / 2^23) gives level a+1 or a+2 for
+        # t in [2^a, 2^(a+1)); t < 1: level 1 with probability t (r < t 2^24), else 0.
+        if isinstance(y, np.ndarray):
+            t = y * np.float32(2.0 ** (self.levels - 1))
+            bits = t.view(np.uint32)
+            high = bits + (r >> 1)
+            high >>= 23
+            low = r.astype(np.float32) < t * np.float32(2.0**24)  # float32, exact: r < 2^24
+            level = high.view(np.int32)
+            level -= 126 + low  # level = low + [t >= 1] (high - 126 - low), no np.where
+            level *= bits >= 0x3F800000
+            level += low
+            return level.clip(0, self.levels)
+        t = y * 2.0 ** (self.levels - 1)
+        bits = t.view(torch.int32)
+        high = ((bits + (r >> 1)) >> 23) - 126
+        level = torch.where(bits >= 0x3F800000, high, (r < t * 2.0**24).to(torch.int32))
+        return level.to(torch.int32).clip(0, self.levels)
 
     def omega(self, numel: int) -> float:
         r = math.sqrt(self.bucket_size(numel)) * 2.0 ** (1 - self.levels)

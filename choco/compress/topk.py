@@ -103,12 +103,10 @@ class TopK(Sparsifier):
     name = "topk"
     random_support = False
 
-    def __init__(self, ratio: float, rice: bool = False) -> None:
+    rice = False
+
+    def __init__(self, ratio: float) -> None:
         super().__init__(ratio)
-        self.rice = rice
-        if rice:
-            self.codec_id = 9  # a different wire format: the header tells them apart
-            self.spec += ":rice"
 
     def rice_b(self, numel: int) -> int:
         return rice_parameter(self.k(numel) / numel)
@@ -135,3 +133,14 @@ class TopK(Sparsifier):
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
             raise CompressionError(f"{self.spec}: positions out of range; corrupt buffer")
         return Support(idx.numel(), idx)
+
+
+class TopKRice(TopK):
+    """``topk:R:rice``: :class:`TopK` with Rice-coded positions (its own codec id)."""
+
+    codec_id = 9
+    rice = True
+
+    def __init__(self, ratio: float) -> None:
+        super().__init__(ratio)
+        self.spec += ":rice"
