@@ -23,6 +23,7 @@ Wire: ``ceil(d/B)`` fp32 norms, then one ``(1 + ceil(log2(S+1)))``-bit field per
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import numpy as np
 import torch
@@ -70,14 +71,14 @@ class BucketQuantizer(Compressor):
         self.signed_table = torch.stack([self.table, -self.table], dim=1).reshape(-1)
 
     # ------------------------------------------------------------------ to define
+    @abstractmethod
     def level_values(self) -> list[float]:
         """Magnitude (fraction of the bucket norm) of each level index ``0..S``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def levels_of(self, y, r):
         """Level indices (int32) of ``y = |v|/||v|| ∈ [0, 1]`` (float32), drawn with ``r``,
         uniform 24-bit integers (uint32 numpy or int32 torch arrays of ``y``'s shape)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ sizes, δ
     def bucket_size(self, numel: int) -> int:
