@@ -54,7 +54,8 @@ def tune_gamma(W: np.ndarray, spec: str, dim: int = 1000, steps: int = 300,
                ) -> tuple[float, dict[float, float]]:
     """Best γ in ``logspace(-3, 0, grid)`` for consensus with ``spec`` on ``W``.
 
-    Returns ``(gamma, {gamma: residual})``. Ties (to 1e-12) go to the larger γ.
+    Returns ``(gamma, {gamma: residual})``. Residuals below ``1e-9`` of the starting one
+    (``2 n dim``: float32 round-off) count as ties, and ties go to the larger γ.
     ``share = (rank, size, allgather)`` splits the grid over ranks (rank ``r`` simulates
     γ_k for k ≡ r mod size) and merges the scores with ``allgather(list) -> list of lists``;
     every rank returns the same answer.
@@ -64,7 +65,8 @@ def tune_gamma(W: np.ndarray, spec: str, dim: int = 1000, steps: int = 300,
     mine = [(k, consensus_residual(W, spec, gammas[k], dim, steps, seed))
             for k in range(rank, grid, size)]
     scores = {gammas[k]: value for part in allgather(mine) for k, value in part}
-    best = min(gammas, key=lambda g: (round(scores[g], 12), -g))
+    floor = 1e-9 * 2 * W.shape[0] * dim
+    best = min(gammas, key=lambda g: (max(scores[g], floor), -g))
     return best, scores
 
 

@@ -51,6 +51,10 @@ class Communicator(ABC):
     def allgather(self, array: np.ndarray) -> np.ndarray:
         """Stack every rank's equal-shape ``array`` along a new axis 0, in rank order."""
 
+    @abstractmethod
+    def allgather_object(self, obj: object) -> list:
+        """Every rank's (picklable, small) ``obj``, in rank order; never on the hot path."""
+
     def barrier(self) -> None:
         """Wait for every rank."""
         self.allreduce(np.zeros(1))

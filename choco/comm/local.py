@@ -177,5 +177,8 @@ class LocalCommunicator(Communicator):
 
         return self.net._collective(self.rank, np.asarray(array), total)  # type: ignore[return-value]
 
+    def allgather_object(self, obj: object) -> list:
+        return self.net._collective(self.rank, obj, list)  # type: ignore[return-value]
+
     def allgather(self, array: np.ndarray) -> np.ndarray:
         return self.net._collective(self.rank, np.asarray(array), np.stack)  # type: ignore[return-value]

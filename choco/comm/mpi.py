@@ -78,6 +78,9 @@ class MPICommunicator(Communicator):
         self.world.Allgather(arr, out)
         return out
 
+    def allgather_object(self, obj: object) -> list:
+        return self.world.allgather(obj)
+
     def barrier(self) -> None:
         self.world.Barrier()
 
