@@ -13,6 +13,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 from .comm.base import CommError
 from .compress.base import CompressionError
@@ -26,6 +29,22 @@ GRACE_SECONDS = 2.0
 
 class UsageError(ValueError):
     """Bad user input; the message says what is required, what was given and the fix."""
+
+
+def load_npy(path: Path, option: str, holding: str, example: str) -> np.ndarray:
+    """Load a ``.npy`` array given on the command line, or raise a one-paragraph error.
+
+    ``holding`` says what the file must hold (``"a 1-D float array"``), ``example`` how to
+    make one (``"numpy.save('x.npy', numpy.random.randn(1000))"``).
+    """
+    if not path.is_file():
+        raise UsageError(f"{option} must be an existing .npy file holding {holding}, got "
+                         f"{path} (not found); create one with {example}.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{option} {path} is not a readable .npy array ({exc}); write it "
+                         "with numpy.save.") from None
 
 
 #: exceptions reported as one paragraph, without a traceback

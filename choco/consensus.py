@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import UsageError, run_local, run_mpi
+from .cli import UsageError, load_npy, run_local, run_mpi
 from .comm.base import Communicator
 from .compress import CompressionError, make_compressor
 from .gossip import ChocoGossip
@@ -99,15 +99,8 @@ def load_problem(args: argparse.Namespace) -> Problem:
     if args.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {args.steps}.")
     path = Path(args.init)
-    if not path.is_file():
-        raise UsageError(
-            f"--init must be an existing .npy file holding an (n, d) array, got {path} "
-            "(not found); create one with numpy.save('X0.npy', numpy.random.randn(n, d))."
-        )
-    try:
-        x0 = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"--init {path} is not a readable .npy array ({exc}).") from None
+    x0 = load_npy(path, "--init", "an (n, d) array",
+                  "numpy.save('X0.npy', numpy.random.randn(n, d))")
     n = topology.n  # type: ignore[attr-defined]
     if x0.ndim != 2 or x0.shape[0] != n:
         raise UsageError(

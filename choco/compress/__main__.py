@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import UsageError, run_local
+from ..cli import UsageError, load_npy, run_local
 from . import PerTensor, available, make_compressor
 from .base import CompressionError, Compressor
 
@@ -53,16 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_input(path: Path) -> np.ndarray:
     """Read and validate the input array."""
-    if not path.is_file():
-        raise UsageError(
-            f"--in must be an existing .npy file holding a 1-D float array, got {path} (not "
-            "found); create one with numpy.save('x.npy', numpy.random.randn(1000))."
-        )
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"--in {path} is not a readable .npy array ({exc}); write it with "
-                         "numpy.save.") from None
+    x = load_npy(path, "--in", "a 1-D float array",
+                 "numpy.save('x.npy', numpy.random.randn(1000))")
     if not isinstance(x, np.ndarray) or x.ndim != 1 or x.size == 0:
         shape = getattr(x, "shape", type(x).__name__)
         raise UsageError(
