@@ -78,7 +78,8 @@ def _checkpoint_dir(cfg: TrainConfig) -> Path:
 def _save_checkpoint(plan: Plan, comm: Communicator, epoch: int, model, opt, elapsed) -> None:
     folder = _checkpoint_dir(plan.cfg)
     atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                       "elapsed": elapsed, "n": comm.size}, folder / f"rank{comm.rank}.pt")
+                       "elapsed": elapsed, "n": comm.size, "rng": torch.get_rng_state()},
+                      folder / f"rank{comm.rank}.pt")
     comm.barrier()  # every rank's file is in place before the marker names the epoch
     if comm.rank == 0:
         atomic_write_text(folder / "meta.json", json.dumps({"epoch": epoch, "n": comm.size}))
@@ -120,11 +121,16 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
     model = plan.new_model()
     _broadcast_model(comm, model)
     opt = build_optimizer(plan, comm, model)
+    # Dropout draws from torch's global generator: one stream per rank, checkpointed. (In the
+    # local backend all nodes share one process-wide generator, so dropout runs there are
+    # not bit-reproducible; models without dropout are.)
+    torch.manual_seed(cfg.seed * 1_000_003 + rank)
     start_epoch, elapsed0 = 0, 0.0
     if cfg.resume:
         state = _load_checkpoint(plan, comm)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng"])
         start_epoch, elapsed0 = state["epoch"], state["elapsed"]
     out = Path(cfg.out)
     writer = JsonlWriter(out / "metrics.jsonl", start_epoch if cfg.resume else None) \

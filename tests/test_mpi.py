@@ -77,6 +77,7 @@ def test_training_over_mpi(tmp_path):
     checks = json.loads((tmp_path / "checks.json").read_text())
     failed = {k: v for k, v in checks.items() if not v[0]}
     assert not failed, failed
-    assert {"resume_exact", "identity_gamma1_equals_exact_dpsgd", "allreduce_replicas_identical",
+    assert {"resume_exact/mlp", "resume_exact/lstm-dropout",
+            "identity_gamma1_equals_exact_dpsgd", "allreduce_replicas_identical",
             "gossip_preserves_network_mean", "paper/dcd_randk_diverges_choco_trains"} <= set(checks)
     assert sum(k.startswith("short_run/") for k in checks) == 7

@@ -7,7 +7,8 @@ Training checks over real MPI; rank 0 writes OUTDIR/checks.json with ``[ok, deta
 * all-reduce SGD keeps every replica identical,
 * the gossip part of a CHOCO step leaves the network average unchanged,
 * DCD with rand-k 10 % diverges where CHOCO with the same compressor trains (ICLR Table 1),
-* resume is exact: 4 epochs == 2 epochs + checkpoint + resume to 4.
+* resume is exact: 4 epochs == 2 epochs + checkpoint + resume to 4 (MLP, and an LSTM
+  with dropout, whose random stream is checkpointed too).
 Every comparison goes through an allgather, so ranks never disagree about raising.
 """
 
@@ -133,9 +134,21 @@ def dcd_diverges_where_choco_trains() -> None:
            {k: (v.get("epoch"), v.get("test_accuracy")) for k, v in rows.items()})
 
 
-def resume_is_exact() -> None:
-    common = ["--topology", "ring", "--gamma", "0.5", "--quiet", "--seed", "5"]
-    a, b = OUT / "resume-A", OUT / "resume-B"
+def write_tokens(folder: Path) -> None:
+    """Tiny WikiText-2-format files (rank 0 writes, everyone waits)."""
+    if RANK == 0:
+        rng = np.random.default_rng(0)
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, lines in (("train", 200), ("valid", 20), ("test", 40)):
+            text = "\n".join(" ".join(f"w{j}" for j in rng.integers(0, 40, 10))
+                             for _ in range(lines))
+            (folder / f"wiki.{split}.tokens").write_text(text + "\n")
+    world.Barrier()
+
+
+def resume_is_exact(tag: str = "mlp", extra: tuple[str, ...] = ()) -> None:
+    common = ["--topology", "ring", "--gamma", "0.5", "--quiet", "--seed", "5", *extra]
+    a, b = OUT / f"resume-{tag}-A", OUT / f"resume-{tag}-B"
     codes = [train_main([*common, "--epochs", "4", "--out", str(a)]),
              train_main([*common, "--epochs", "2", "--out", str(b), "--checkpoint-every",
                          "1"]),
@@ -150,13 +163,24 @@ def resume_is_exact() -> None:
         detail = {"codes": codes, "rows_equal": rows[0] == rows[1], "model_equal": same_model}
     else:
         ok, detail = codes == [0, 0, 0], codes
-    record("resume_exact", ok, detail)
+    record(f"resume_exact/{tag}", ok, detail)
+
+
+def lstm_with_dropout_resume_is_exact() -> None:
+    data = OUT / "wiki"
+    write_tokens(data)
+    resume_is_exact("lstm-dropout", ("--dataset", "wikitext2", "--data-dir", str(data),
+                                     "--model", "lstm", "--model-args",
+                                     "embed_dim=16,hidden_size=16,num_layers=1,dropout=0.3",
+                                     "--batch-size", "4", "--bptt", "8", "--momentum", "0",
+                                     "--lr", "1", "--clip", "0.4"))
 
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     for check in (short_runs, identity_equals_exact, allreduce_identical, gossip_preserves_mean,
-                  dcd_diverges_where_choco_trains, resume_is_exact):
+                  dcd_diverges_where_choco_trains, resume_is_exact,
+                  lstm_with_dropout_resume_is_exact):
         check()
     if RANK == 0:
         (OUT / "checks.json").write_text(json.dumps(checks, indent=1))
