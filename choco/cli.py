@@ -9,6 +9,7 @@ abort within a grace period (errors raised on every rank are printed once).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -29,6 +30,25 @@ GRACE_SECONDS = 2.0
 
 class UsageError(ValueError):
     """Bad user input; the message says what is required, what was given and the fix."""
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (mpiexec, srun) started this process with more than one rank."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(var, "1")
+        if value.isdigit() and int(value) > 1:
+            return True
+    return False
+
+
+def refuse_local_under_mpi() -> None:
+    """Every rank running the whole network would write the same files: refuse it."""
+    if launched_by_mpi():
+        raise UsageError(
+            "--backend local runs every node in one process, but this process was started by "
+            "an MPI launcher with several ranks (each would run the whole network and write "
+            "the same files); pass --backend mpi, or run without mpiexec."
+        )
 
 
 def load_npy(path: Path, option: str, holding: str, example: str) -> np.ndarray:

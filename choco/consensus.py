@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import UsageError, load_npy, run_local, run_mpi
+from .cli import UsageError, load_npy, refuse_local_under_mpi, run_local, run_mpi
 from .comm.base import Communicator
 from .compress import CompressionError, make_compressor
 from .gossip import ChocoGossip
@@ -189,6 +189,7 @@ def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: b
 
 
 def main_local(args: argparse.Namespace) -> int:
+    refuse_local_under_mpi()
     problem = load_problem(args)
     from .comm.local import LocalNetwork
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .cli import UsageError, run_local, run_mpi
+from .cli import UsageError, launched_by_mpi, refuse_local_under_mpi, run_local, run_mpi
 from .comm.base import Communicator
 from .config import ALGORITHMS, TrainConfig, parse_config
 from .metrics import (
@@ -260,6 +260,7 @@ def _finish(plan: Plan, row: dict) -> None:
 
 
 def train_local(cfg: TrainConfig) -> int:
+    refuse_local_under_mpi()
     from .comm.local import LocalNetwork
 
     plan = make_plan(cfg, cfg.nodes or None)
@@ -300,14 +301,6 @@ def train_mpi(cfg: TrainConfig) -> int:
     if rank == 0:
         _finish(plan, row)
     return 0
-
-
-def launched_by_mpi() -> bool:
-    """Whether an MPI launcher started this process with more than one rank."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        if int(os.environ.get(var, "1") or 1) > 1:
-            return True
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

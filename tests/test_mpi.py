@@ -81,3 +81,15 @@ def test_training_over_mpi(tmp_path):
             "identity_gamma1_equals_exact_dpsgd", "allreduce_replicas_identical",
             "gossip_preserves_network_mean", "paper/dcd_randk_diverges_choco_trains"} <= set(checks)
     assert sum(k.startswith("short_run/") for k in checks) == 7
+
+
+def test_local_backend_under_mpiexec_is_refused(tmp_path):
+    """Each rank would run the whole network and write the same file: refused, nothing written."""
+    np.save(tmp_path / "X0.npy", np.zeros((4, 3)))
+    out = tmp_path / "out.npz"
+    proc = run_mpi(2, ["choco.consensus", "--topology", "ring:4", "--compressor", "sign",
+                       "--gamma", "0.5", "--steps", "2", "--init", str(tmp_path / "X0.npy"),
+                       "--out", str(out)], module=True, timeout=120)
+    assert proc.returncode == 2
+    assert "pass --backend mpi" in proc.stderr
+    assert not out.exists()
