@@ -219,12 +219,21 @@ def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
 
 
 def _progress(cfg: TrainConfig, row: dict) -> str:
-    quality = (f"ppl {row['test_perplexity']:.2f}" if "test_perplexity" in row
-               else f"acc(x̄) {100 * row['test_accuracy']:.2f}%")
-    local = row.get("test_accuracy_local")
-    local_s = f"  acc(local) {100 * local:.2f}%" if local is not None else ""
-    return (f"epoch {row['epoch']:>4}/{cfg.epochs}  loss {row['train_loss']:.4f}  {quality}"
-            f"{local_s}  consensus {row['consensus_distance']:.3e}  "
+    """One line per epoch: loss, test quality of x̄ and of the nodes, consensus, bytes, lr."""
+    head = f"epoch {row['epoch']:>4}/{cfg.epochs}"
+    if row.get("diverged"):
+        return (f"{head}  DIVERGED (non-finite loss)  sent {row['bytes_sent'] / 2**20:.3f} "
+                f"MiB/node  {row['wall_time_s']:.1f}s")
+    if "test_perplexity" in row:
+        quality = f"ppl {row['test_perplexity']:.2f}"
+        local = row.get("test_perplexity_local")
+        local_s = f"  ppl(local) {local:.2f}" if local is not None else ""
+    else:
+        quality = f"acc(x̄) {100 * row['test_accuracy']:.2f}%"
+        local = row.get("test_accuracy_local")
+        local_s = f"  acc(local) {100 * local:.2f}%" if local is not None else ""
+    return (f"{head}  loss {row['train_loss']:.4f}  {quality}{local_s}  "
+            f"consensus {row['consensus_distance']:.3e}  "
             f"sent {row['bytes_sent'] / 2**20:.3f} MiB/node  lr {row['lr']:.4g}  "
             f"{row['wall_time_s']:.1f}s")
 

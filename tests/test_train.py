@@ -166,3 +166,15 @@ def test_lstm_on_wikitext_files_end_to_end(tmp_path):
     # a uniform guess over the 32-word vocabulary (30 words, <eos>, <unk>) has perplexity 32
     assert rows[-1]["test_perplexity"] < 32
     assert "test_perplexity_local" in rows[-1]
+
+
+def test_divergence_stops_every_node_and_is_reported(tmp_path, capsys):
+    """DCD with unbiased rand-10% diverges on ring:8 (ICLR Table 1): a row says so, exit 0."""
+    out = tmp_path / "dcd"
+    assert main(["--algorithm", "dcd", "--compressor", "randk:0.1", "--epochs", "30",
+                 "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["diverged"] is True and rows[-1]["train_loss"] is None
+    assert len(rows) < 30 and all("diverged" not in r for r in rows[:-1])
+    assert "DIVERGED" in capsys.readouterr().out
+    assert not (out / "model.pt").exists()
