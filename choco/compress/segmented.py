@@ -1,9 +1,10 @@
 """Per-tensor compression of a flat parameter buffer.
 
 The CHOCO paper compresses each layer on its own (per-tensor ``k``, scale and norm; ResNet-20
-has 59 tensors with option-A shortcuts, 65 with option B; arXiv:1907.09356 §5). :class:`PerTensor` applies an inner compressor to each
-segment of a flat vector and concatenates the messages, so one buffer still travels per
-step. Its contraction is the worst over the segments: ``δ = min_l δ_l(d_l)``, because
+has 59 tensors with option-A shortcuts, 65 with option B; arXiv:1907.09356 §5).
+:class:`PerTensor` applies an inner compressor to each segment of a flat vector and
+concatenates the messages, so one buffer still travels per step. Its contraction is the
+worst over the segments: ``δ = min_l δ_l(d_l)``, because
 ``||Q(x) - x||^2 = Σ_l ||Q(x_l) - x_l||^2 <= Σ_l (1 - δ_l) ||x_l||^2``.
 """
 
