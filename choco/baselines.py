@@ -22,38 +22,12 @@ from __future__ import annotations
 
 import torch
 
-from .comm.base import Communicator, Exchange
+from .comm.base import Communicator
 from .compress.base import Compressor
-from .gossip import GossipError, neighbour_weights, round_seed
+from .gossip import GossipError, NeighbourRound, round_seed
 
 
-class _Neighbourhood:
-    """Mixing weights of this node's row, in the communicator's neighbour order."""
-
-    def __init__(self, comm: Communicator, W_row) -> None:
-        self.comm = comm
-        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
-        self.bytes_sent = 0
-        self._pending: tuple[torch.Tensor, Exchange] | None = None
-
-    @property
-    def in_flight(self) -> bool:
-        return self._pending is not None
-
-    def _post(self, message: torch.Tensor) -> None:
-        if self._pending is not None:
-            raise GossipError("begin called twice: call finish(x) before the next begin(x)")
-        self._pending = (message, self.comm.neighbor_exchange(message))
-        self.bytes_sent += message.numel() * len(self.comm.neighbors)
-
-    def _wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if self._pending is None:
-            raise GossipError("finish called without begin: call begin(x) first")
-        (message, exchange), self._pending = self._pending, None
-        return message, exchange.wait()
-
-
-class ExactGossip(_Neighbourhood):
+class ExactGossip(NeighbourRound):
     """Exact D-PSGD: send ``x`` uncompressed, then ``x += Σ_j w_ij x_j^sent − x_i^sent``.
 
     In the training loop's default order (local step, finish, begin) this gives
@@ -84,19 +58,13 @@ class ExactGossip(_Neighbourhood):
         x.add_(mixed - sent)
 
     def state_dict(self) -> dict:
-        sd: dict = {"bytes_sent": self.bytes_sent}
-        if self._pending is not None:
-            sd["pending_message"] = self._pending[0].clone()
-        return sd
+        return self._exchange_state()
 
     def load_state_dict(self, sd: dict) -> None:
-        self.bytes_sent = int(sd.get("bytes_sent", 0))
-        if "pending_message" in sd:
-            message = sd["pending_message"]
-            self._pending = (message, self.comm.neighbor_exchange(message))
+        self._restore_exchange(sd)
 
 
-class _Replicated(_Neighbourhood):
+class _Replicated(NeighbourRound):
     """Shared machinery of DCD/ECD: compressed messages, per-neighbour vectors kept locally."""
 
     synchronous = True

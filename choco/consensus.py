@@ -149,8 +149,7 @@ def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
                     f"(x{total[1] / max(total[0], 1e-300):.3g} reduction)",
                     flush=True,
                 )
-    bytes_sent = gossip.state.bytes_sent if gossip.state is not None else 0
-    return NodeResult(x.numpy(), error, bytes_sent)
+    return NodeResult(x.numpy(), error, gossip.bytes_sent)
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:

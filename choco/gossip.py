@@ -44,14 +44,6 @@ class GossipState:
     s: torch.Tensor
     #: completed rounds; keys the compressor's randomness with the base seed and rank
     step: int = 0
-    #: payload bytes this node put on the wire (message length × neighbours), cumulative
-    bytes_sent: int = 0
-
-
-@dataclass
-class _Pending:
-    message: torch.Tensor
-    exchange: Exchange
 
 
 def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
@@ -79,7 +71,55 @@ def round_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
 
 
-class ChocoGossip:
+class NeighbourRound:
+    """One node's neighbourhood and its non-blocking exchange, shared by every gossip.
+
+    Holds the mixing weights in the communicator's neighbour order, the exchange in flight
+    (at most one), and the payload bytes posted so far. An in-flight message is part of the
+    checkpoint: :meth:`_restore_exchange` posts it again on resume (collective).
+    """
+
+    def __init__(self, comm: Communicator, W_row) -> None:
+        self.comm = comm
+        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
+        #: payload bytes this node put on the wire (message length × neighbours), cumulative
+        self.bytes_sent = 0
+        self._pending: tuple[torch.Tensor, Exchange] | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether ``begin`` was called without its ``finish``."""
+        return self._pending is not None
+
+    def _post(self, message: torch.Tensor) -> None:
+        if self._pending is not None:
+            raise GossipError("begin called twice: call finish(x) before the next begin(x)")
+        self._pending = (message, self.comm.neighbor_exchange(message))
+        self.bytes_sent += message.numel() * len(self.comm.neighbors)
+
+    def _wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self._pending is None:
+            raise GossipError("finish called without begin: call begin(x) first")
+        (message, exchange), self._pending = self._pending, None
+        return message, exchange.wait()
+
+    def _exchange_state(self) -> dict:
+        sd: dict = {"bytes_sent": self.bytes_sent}
+        if self._pending is not None:
+            sd["pending_message"] = self._pending[0].clone()
+        return sd
+
+    def _restore_exchange(self, sd: dict) -> None:
+        if self._pending is not None:
+            raise GossipError("cannot load a state with an exchange in flight: finish it first")
+        self.bytes_sent = int(sd.get("bytes_sent", 0))
+        message = sd.get("pending_message")
+        if message is not None:
+            self._post(message)
+            self.bytes_sent -= message.numel() * len(self.comm.neighbors)  # counted already
+
+
+class ChocoGossip(NeighbourRound):
     """CHOCO-Gossip state and round for one node (Alg. 1, arXiv:1907.09356).
 
     Parameters
@@ -109,13 +149,11 @@ class ChocoGossip:
                 f"gamma must be in (0, 1], got {gamma}; CHOCO's consensus step is a convex "
                 "combination (try 0.5 for sign, 0.05 for top-1%)."
             )
-        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
-        self.comm = comm
+        super().__init__(comm, W_row)
         self.compressor = compressor
         self.gamma = float(gamma)
         self.seed = int(seed)
         self.state: GossipState | None = None
-        self._pending: _Pending | None = None
 
     # ------------------------------------------------------------------ state
     def init_state(self, x: torch.Tensor, x_hat: torch.Tensor | None = None) -> GossipState:
@@ -136,20 +174,10 @@ class ChocoGossip:
         """Zero ``x_hat`` and ``s`` for a vector shaped like ``x`` (paper and authors' code)."""
         self.init_state(x)
 
-    @property
-    def bytes_sent(self) -> int:
-        """Payload bytes this node has put on the wire so far."""
-        return self.state.bytes_sent if self.state is not None else 0
-
-    @property
-    def in_flight(self) -> bool:
-        """Whether ``begin`` was called without its ``finish``."""
-        return self._pending is not None
-
     # ------------------------------------------------------------------ one round
     def begin(self, x: torch.Tensor) -> None:
         """Compress ``x - x_hat`` and post it to every neighbour (Alg. 1 lines 4–5)."""
-        if self._pending is not None:
+        if self.in_flight:
             raise GossipError("begin called twice: call finish(x) before the next begin(x)")
         state = self.state if self.state is not None else self.init_state(x)
         if x.shape != state.x_hat.shape:
@@ -158,23 +186,19 @@ class ChocoGossip:
                 f"{tuple(state.x_hat.shape)}; gossip one flat buffer of fixed size."
             )
         seed = round_seed(self.seed, self.comm.rank, state.step)
-        message = self.compressor.encode(x - state.x_hat, seed)
-        exchange = self.comm.neighbor_exchange(message)
-        self._pending = _Pending(message, exchange)
-        state.bytes_sent += message.numel() * len(self.comm.neighbors)
+        self._post(self.compressor.encode(x - state.x_hat, seed))
 
     def finish(self, x: torch.Tensor) -> None:
         """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8)."""
-        if self._pending is None or self.state is None:
+        if self.state is None:
             raise GossipError("finish called without begin: call begin(x) first")
-        pending, self._pending = self._pending, None
-        received = pending.exchange.wait()
+        message, received = self._wait()
         state = self.state
-        q = self.compressor.decode(pending.message, x.dtype, x.device).view_as(x)
+        q = self.compressor.decode(message, x.dtype, x.device).view_as(x)
         state.x_hat.add_(q)
         state.s.add_(q, alpha=self.w_self)
-        for w, message in zip(self.w_neighbors, received, strict=True):
-            self.compressor.decode_add_(message, state.s.view(-1), alpha=w)
+        for w, buf in zip(self.w_neighbors, received, strict=True):
+            self.compressor.decode_add_(buf, state.s.view(-1), alpha=w)
         x.add_(state.s - state.x_hat, alpha=self.gamma)
         state.step += 1
 
@@ -193,23 +217,16 @@ class ChocoGossip:
         if self.state is None:
             return {}
         st = self.state
-        sd = {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
-              "bytes_sent": st.bytes_sent}
-        if self._pending is not None:
-            sd["pending_message"] = self._pending.message.clone()
-        return sd
+        return {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
+                **self._exchange_state()}
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore :meth:`state_dict`; re-posts a saved in-flight exchange (collective)."""
-        if self._pending is not None:
-            raise GossipError("cannot load a state with an exchange in flight: finish it first")
         if not sd:
+            if self.in_flight:
+                raise GossipError("cannot load a state with an exchange in flight")
             self.state = None
             return
-        self.state = GossipState(
-            x_hat=sd["x_hat"].clone(), s=sd["s"].clone(), step=int(sd["step"]),
-            bytes_sent=int(sd["bytes_sent"]),
-        )
-        message = sd.get("pending_message")
-        if message is not None:
-            self._pending = _Pending(message, self.comm.neighbor_exchange(message))
+        self._restore_exchange(sd)
+        self.state = GossipState(x_hat=sd["x_hat"].clone(), s=sd["s"].clone(),
+                                 step=int(sd["step"]))
