@@ -20,14 +20,21 @@ been applied to ``x`` when ``begin(x)`` is called (``x = x_prev − η d``).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .comm.base import Communicator
 from .compress.base import Compressor
-from .gossip import GossipError, NeighbourRound, round_seed
+from .compress.identity import Identity
+from .errors import GossipError
+from .gossip import _HoldsRound
+from .neighbourhood import NeighbourRound, RoundState, round_seed
+
+__all__ = ["BASELINES", "DCDGossip", "ECDGossip", "ExactGossip", "NoGossip"]
 
 
-class ExactGossip(NeighbourRound):
+class ExactGossip(_HoldsRound):
     """Exact D-PSGD: send ``x`` uncompressed, then ``x += Σ_j w_ij x_j^sent − x_i^sent``.
 
     In the training loop's default order (local step, finish, begin) this gives
@@ -35,22 +42,20 @@ class ExactGossip(NeighbourRound):
     gives the adapt-then-combine form ``x⁺ = W (x − η D)``.
     """
 
-    synchronous = False
+    synchronous: ClassVar[bool] = False
 
     def __init__(self, comm: Communicator, W_row) -> None:
-        super().__init__(comm, W_row)
-        from .compress.identity import Identity
-
+        self.round = NeighbourRound(comm, W_row)
         self.codec = Identity()
 
     def init(self, x: torch.Tensor) -> None:
         pass
 
     def begin(self, x: torch.Tensor) -> None:
-        self._post(self.codec.encode(x))
+        self.round.post(self.codec.encode(x))
 
     def finish(self, x: torch.Tensor) -> None:
-        message, received = self._wait()
+        message, received = self.round.wait()
         sent = self.codec.decode(message, x.dtype, x.device)
         mixed = sent * self.w_self
         for w, buf in zip(self.w_neighbors, received, strict=True):
@@ -58,19 +63,19 @@ class ExactGossip(NeighbourRound):
         x.add_(mixed - sent)
 
     def state_dict(self) -> dict:
-        return self._exchange_state()
+        return self.round.state().to_dict()
 
     def load_state_dict(self, sd: dict) -> None:
-        self._restore_exchange(sd)
+        self.round.restore(RoundState.from_dict(sd))
 
 
-class _Replicated(NeighbourRound):
+class _Replicated(_HoldsRound):
     """Shared machinery of DCD/ECD: compressed messages, per-neighbour vectors kept locally."""
 
-    synchronous = True
+    synchronous: ClassVar[bool] = True
 
     def __init__(self, comm: Communicator, W_row, compressor: Compressor, seed: int) -> None:
-        super().__init__(comm, W_row)
+        self.round = NeighbourRound(comm, W_row)
         self.compressor = compressor
         self.seed = seed
         self.step = 0
@@ -93,17 +98,18 @@ class _Replicated(NeighbourRound):
         return out
 
     def _send(self, v: torch.Tensor) -> None:
-        self._post(self.compressor.encode(v, round_seed(self.seed, self.comm.rank, self.step)))
+        self.round.post(self.compressor.encode(v, round_seed(self.seed, self.comm.rank,
+                                                              self.step)))
 
     def _apply(self, update) -> None:
-        message, received = self._wait()
+        message, received = self.round.wait()
         copies = self._copies()
         for c, buf in zip(copies, [message, *received], strict=True):
             update(c, buf)
         self.step += 1
 
     def state_dict(self) -> dict:
-        if self._pending is not None:
+        if self.round.in_flight:
             raise GossipError(f"{type(self).__name__} is synchronous: nothing may be in flight")
         return {"copies": None if self.copies is None else [c.clone() for c in self.copies],
                 "step": self.step, "bytes_sent": self.bytes_sent}
@@ -112,7 +118,7 @@ class _Replicated(NeighbourRound):
         copies = sd.get("copies")
         self.copies = None if copies is None else [c.clone() for c in copies]
         self.step = int(sd.get("step", 0))
-        self.bytes_sent = int(sd.get("bytes_sent", 0))
+        self.round.restore(RoundState(int(sd.get("bytes_sent", 0))))
 
 
 class DCDGossip(_Replicated):
@@ -171,9 +177,9 @@ class ECDGossip(_Replicated):
 class NoGossip:
     """No communication: every node trains alone (the ``local`` baseline)."""
 
-    synchronous = True
-    in_flight = False
-    bytes_sent = 0
+    synchronous: ClassVar[bool] = True
+    in_flight: ClassVar[bool] = False
+    bytes_sent: ClassVar[int] = 0
 
     def init(self, x: torch.Tensor) -> None:
         pass
@@ -189,3 +195,9 @@ class NoGossip:
 
     def load_state_dict(self, sd: dict) -> None:
         pass
+
+
+#: the gossip classes of the baselines, by the name ``choco-train --algorithm`` uses
+BASELINES: dict[str, type] = {
+    "exact": ExactGossip, "dcd": DCDGossip, "ecd": ECDGossip, "local": NoGossip,
+}

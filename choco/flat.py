@@ -12,9 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
-
-class FlatError(ValueError):
-    """Parameters that cannot share one buffer (mixed dtype or device, none at all)."""
+from .errors import FlatError
 
 
 class FlatParameters:

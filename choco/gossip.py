@@ -19,19 +19,49 @@ local step (see :mod:`choco.optim`). ``x`` is one flat tensor updated in place.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from .comm.base import Communicator, Exchange
+from .comm.base import Communicator
 from .compress.base import Compressor
+from .errors import GossipError
+from .neighbourhood import NeighbourRound, RoundState, neighbour_weights, round_seed
+
+__all__ = [
+    "ChocoGossip",
+    "GossipError",
+    "GossipState",
+    "check_gamma",
+    "lockstep",
+    "neighbour_weights",
+    "round_seed",
+]
 
 log = logging.getLogger(__name__)
 
 
-class GossipError(ValueError):
-    """Bad gossip configuration or call order (requirement, value received, fix)."""
+def check_gamma(gamma: float, what: str = "gamma") -> float:
+    """Return ``gamma`` as a float if ``0 < gamma <= 1``, else raise :class:`GossipError`.
+
+    CHOCO's consensus step ``x += γ (s − x̂)`` is a damped move toward the neighbours'
+    public copies; γ ∈ (0, 1] (arXiv:1907.09356, Alg. 1 line 8). One check, one wording, for
+    the library and every command-line program.
+    """
+    try:
+        value = float(gamma)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise GossipError(
+            f"{what} must be a number in (0, 1], got {gamma!r}; CHOCO's consensus step is a "
+            "damped average (try 1 for identity, 0.5 for sign, 0.05 for topk:0.01, or 'auto' "
+            "where the tuner is available)."
+        )
+    return value
 
 
 @dataclass
@@ -46,80 +76,50 @@ class GossipState:
     step: int = 0
 
 
-def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
-    """``(w_ii, [w_ij for j in comm.neighbors])`` from row ``comm.rank`` of ``W``.
+class _HoldsRound:
+    """Read-only views of the held :class:`NeighbourRound` (weights, bytes, in-flight)."""
 
-    Raises if the row's off-diagonal support is not the communicator's neighbour list.
-    """
-    row = np.asarray(W_row, dtype=np.float64).reshape(-1)
-    if row.shape[0] != comm.size:
-        raise GossipError(
-            f"the mixing row has {row.shape[0]} entries but the network has {comm.size} "
-            "nodes; use row `rank` of the topology's n x n matrix."
-        )
-    support = [j for j in range(comm.size) if j != comm.rank and row[j] != 0]
-    if support != list(comm.neighbors):
-        raise GossipError(
-            f"node {comm.rank}: mixing row support {support} differs from the "
-            f"communicator's neighbours {comm.neighbors}; build both from one topology."
-        )
-    return float(row[comm.rank]), [float(row[j]) for j in comm.neighbors]
+    round: NeighbourRound
+    #: whether ``begin`` and ``finish`` must run back to back (no overlap with computation)
+    synchronous: ClassVar[bool] = False
 
+    @property
+    def comm(self) -> Communicator:
+        return self.round.comm
 
-def round_seed(seed: int, rank: int, step: int) -> int:
-    """The compressor seed of round ``step`` on ``rank``: independent streams per (rank, step)."""
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+    @property
+    def w_self(self) -> float:
+        return self.round.w_self
 
-
-class NeighbourRound:
-    """One node's neighbourhood and its non-blocking exchange, shared by every gossip.
-
-    Holds the mixing weights in the communicator's neighbour order, the exchange in flight
-    (at most one), and the payload bytes posted so far. An in-flight message is part of the
-    checkpoint: :meth:`_restore_exchange` posts it again on resume (collective).
-    """
-
-    def __init__(self, comm: Communicator, W_row) -> None:
-        self.comm = comm
-        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
-        #: payload bytes this node put on the wire (message length × neighbours), cumulative
-        self.bytes_sent = 0
-        self._pending: tuple[torch.Tensor, Exchange] | None = None
+    @property
+    def w_neighbors(self) -> list[float]:
+        return self.round.w_neighbors
 
     @property
     def in_flight(self) -> bool:
         """Whether ``begin`` was called without its ``finish``."""
-        return self._pending is not None
+        return self.round.in_flight
 
-    def _post(self, message: torch.Tensor) -> None:
-        if self._pending is not None:
-            raise GossipError("begin called twice: call finish(x) before the next begin(x)")
-        self._pending = (message, self.comm.neighbor_exchange(message))
-        self.bytes_sent += message.numel() * len(self.comm.neighbors)
-
-    def _wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if self._pending is None:
-            raise GossipError("finish called without begin: call begin(x) first")
-        (message, exchange), self._pending = self._pending, None
-        return message, exchange.wait()
-
-    def _exchange_state(self) -> dict:
-        sd: dict = {"bytes_sent": self.bytes_sent}
-        if self._pending is not None:
-            sd["pending_message"] = self._pending[0].clone()
-        return sd
-
-    def _restore_exchange(self, sd: dict) -> None:
-        if self._pending is not None:
-            raise GossipError("cannot load a state with an exchange in flight: finish it first")
-        self.bytes_sent = int(sd.get("bytes_sent", 0))
-        message = sd.get("pending_message")
-        if message is not None:
-            self._post(message)
-            self.bytes_sent -= message.numel() * len(self.comm.neighbors)  # counted already
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes this node put on the wire so far (message length × neighbours)."""
+        return self.round.bytes_sent
 
 
-class ChocoGossip(NeighbourRound):
+def lockstep(gossips: Sequence, xs: Sequence[torch.Tensor], rounds: int = 1) -> None:
+    """Drive the nodes of a :class:`~choco.comm.LocalNetwork` through ``rounds`` rounds.
+
+    Calls ``begin`` on every node, then ``finish`` on every node, per round, in one thread
+    (deterministic). Used by the γ tuner and the tests.
+    """
+    for _ in range(rounds):
+        for g, x in zip(gossips, xs, strict=True):
+            g.begin(x)
+        for g, x in zip(gossips, xs, strict=True):
+            g.finish(x)
+
+
+class ChocoGossip(_HoldsRound):
     """CHOCO-Gossip state and round for one node (Alg. 1, arXiv:1907.09356).
 
     Parameters
@@ -144,14 +144,9 @@ class ChocoGossip(NeighbourRound):
         gamma: float,
         seed: int = 0,
     ) -> None:
-        if not 0.0 < gamma <= 1.0:
-            raise GossipError(
-                f"gamma must be in (0, 1], got {gamma}; CHOCO's consensus step is a convex "
-                "combination (try 0.5 for sign, 0.05 for top-1%)."
-            )
-        super().__init__(comm, W_row)
+        self.gamma = check_gamma(gamma)
+        self.round = NeighbourRound(comm, W_row)
         self.compressor = compressor
-        self.gamma = float(gamma)
         self.seed = int(seed)
         self.state: GossipState | None = None
 
@@ -186,13 +181,13 @@ class ChocoGossip(NeighbourRound):
                 f"{tuple(state.x_hat.shape)}; gossip one flat buffer of fixed size."
             )
         seed = round_seed(self.seed, self.comm.rank, state.step)
-        self._post(self.compressor.encode(x - state.x_hat, seed))
+        self.round.post(self.compressor.encode(x - state.x_hat, seed))
 
     def finish(self, x: torch.Tensor) -> None:
         """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8)."""
         if self.state is None:
             raise GossipError("finish called without begin: call begin(x) first")
-        message, received = self._wait()
+        message, received = self.round.wait()
         state = self.state
         q = self.compressor.decode(message, x.dtype, x.device).view_as(x)
         state.x_hat.add_(q)
@@ -218,7 +213,7 @@ class ChocoGossip(NeighbourRound):
             return {}
         st = self.state
         return {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
-                **self._exchange_state()}
+                **self.round.state().to_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore :meth:`state_dict`; re-posts a saved in-flight exchange (collective)."""
@@ -227,6 +222,6 @@ class ChocoGossip(NeighbourRound):
                 raise GossipError("cannot load a state with an exchange in flight")
             self.state = None
             return
-        self._restore_exchange(sd)
+        self.round.restore(RoundState.from_dict(sd))
         self.state = GossipState(x_hat=sd["x_hat"].clone(), s=sd["s"].clone(),
                                  step=int(sd["step"]))

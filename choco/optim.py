@@ -5,7 +5,7 @@ CHOCO-SGD (Alg. 1 of arXiv:1907.09356) is a local step followed by CHOCO-Gossip.
 optimizer (momentum, Nesterov and weight decay stay local, and are never sent) and runs the
 gossip over one flat buffer holding every parameter.
 
-Orders (PAPERS.md §1.1):
+Orders (docs/algorithms.md, "Orders"):
 
 * ``"overlap"`` (default; the authors' code = ICLR Alg. 1): local step, ``finish`` the
   exchange posted at the previous step (consensus step included), then ``begin`` the next
@@ -26,12 +26,13 @@ Usage, a plain training loop with two changed lines::
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
 from .comm.base import Communicator
+from .errors import GossipError
 from .flat import FlatParameters
 
 Order = Literal["overlap", "sync"]
@@ -40,6 +41,9 @@ Order = Literal["overlap", "sync"]
 class Averager(Protocol):
     """What :class:`ChocoSGD` needs from a gossip: :class:`choco.gossip.ChocoGossip` or a
     baseline of :mod:`choco.baselines`."""
+
+    #: ``begin`` and ``finish`` must run back to back (DCD/ECD, local): no overlap
+    synchronous: ClassVar[bool]
 
     @property
     def in_flight(self) -> bool: ...
@@ -92,9 +96,9 @@ class ChocoSGD(_Wrapped):
     def __init__(self, optimizer: torch.optim.Optimizer, gossip: Averager, *,
                  order: Order = "overlap", gossip_every: int = 1) -> None:
         if order not in ("overlap", "sync"):
-            raise ValueError(f"order must be 'overlap' or 'sync', got {order!r}")
+            raise GossipError(f"order must be 'overlap' or 'sync', got {order!r}")
         if gossip_every < 1:
-            raise ValueError(f"gossip_every must be >= 1, got {gossip_every}")
+            raise GossipError(f"gossip_every must be >= 1, got {gossip_every}")
         super().__init__(optimizer)
         self.gossip = gossip
         self.order = order
@@ -118,7 +122,7 @@ class ChocoSGD(_Wrapped):
     @torch.no_grad()
     def gossip_round(self) -> None:
         x = self.flat.buffer
-        if self.order == "sync" or getattr(self.gossip, "synchronous", False):
+        if self.order == "sync" or self.gossip.synchronous:
             self.gossip.begin(x)
             self.gossip.finish(x)
             return

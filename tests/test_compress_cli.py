@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from choco.compress import make_compressor
-from choco.compress.__main__ import main
+from choco.run.compress_cli import main
 
 from .test_compress import RAW_SPECS, SPECS
 
@@ -143,7 +143,7 @@ def test_benchmark_subcommand(tmp_path):
 
 
 def test_benchmark_rejects_a_missing_gpu_and_bad_specs(capsys):
-    from choco.bench import main as bench
+    from choco.run.bench import main as bench
 
     if not torch.cuda.is_available():
         assert bench(["compressors", "--device", "cuda", "--numel", "10"]) == 2
@@ -153,7 +153,7 @@ def test_benchmark_rejects_a_missing_gpu_and_bad_specs(capsys):
 
 
 def test_delta_subcommand_reports_measured_and_documented(capsys):
-    from choco.bench import main as bench
+    from choco.run.bench import main as bench
 
     assert bench(["delta", "--numel", "4096", "--seeds", "2", "--specs",
                   "sign,randk:0.1,natural", "--json"]) == 0

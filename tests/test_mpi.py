@@ -87,7 +87,8 @@ def test_local_backend_under_mpiexec_is_refused(tmp_path):
     """Each rank would run the whole network and write the same file: refused, nothing written."""
     np.save(tmp_path / "X0.npy", np.zeros((4, 3)))
     out = tmp_path / "out.npz"
-    proc = run_mpi(2, ["choco.consensus", "--topology", "ring:4", "--compressor", "sign",
+    proc = run_mpi(2, ["choco.consensus", "--backend", "local", "--topology", "ring:4",
+                       "--compressor", "sign",
                        "--gamma", "0.5", "--steps", "2", "--init", str(tmp_path / "X0.npy"),
                        "--out", str(out)], module=True, timeout=120)
     assert proc.returncode == 2

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from choco.cli import UsageError
 from choco.comm import LocalNetwork
 from choco.compress import make_compressor
-from choco.config import TrainConfig, parse_config
+from choco.errors import UsageError
 from choco.gossip import ChocoGossip
 from choco.optim import ChocoSGD
-from choco.runtime import lr_at, make_plan
+from choco.run.config import TrainConfig, parse_config
+from choco.run.plan import make_plan
 from choco.train import main
 
 
@@ -58,7 +58,7 @@ def test_config_precedence_and_unknown_keys(tmp_path):
     toml.write_text("epoch = 3\n")
     with pytest.raises(UsageError, match="did you mean epochs"):
         parse_config(["--config", str(toml)])
-    with pytest.raises(UsageError, match="int"):
+    with pytest.raises(UsageError, match="whole number"):
         parse_config(["--epochs", "many"])
 
 
@@ -69,11 +69,11 @@ def test_lr_schedule_paper_scaling_warmup_and_milestones():
     # peak = lr * batch/base * |N_i ∪ {i}|: centre of a star has 4 neighbours, leaves 1
     assert plan.lr_peaks == pytest.approx([0.1 * 2 * 5] + [0.1 * 2 * 2] * 4)
     steps = plan.steps_per_epoch
-    assert lr_at(plan, 1, 0, 0) == pytest.approx(0.1)
-    assert lr_at(plan, 1, 0, steps // 2) == pytest.approx(0.1 + 0.3 * (steps // 2) / steps)
-    assert lr_at(plan, 1, 1, 0) == pytest.approx(0.4)
-    assert lr_at(plan, 1, 2, 0) == pytest.approx(0.04)
-    assert lr_at(plan, 1, 3, 0) == pytest.approx(0.004)
+    assert plan.schedule.at(1, 0, 0) == pytest.approx(0.1)
+    assert plan.schedule.at(1, 0, steps // 2) == pytest.approx(0.1 + 0.3 * (steps // 2) / steps)
+    assert plan.schedule.at(1, 1, 0) == pytest.approx(0.4)
+    assert plan.schedule.at(1, 2, 0) == pytest.approx(0.04)
+    assert plan.schedule.at(1, 3, 0) == pytest.approx(0.004)
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -7,13 +7,16 @@ the requirement, the value received and how to fix it, e.g.
 
 from __future__ import annotations
 
+from choco.errors import ChocoError
+
 __all__ = ["SpectralGapWarning", "TopologyError"]
 
 
-class TopologyError(ValueError):
+class TopologyError(ChocoError, ValueError):
     """A graph, spec string or mixing matrix that cannot be used for gossip.
 
-    Subclasses :class:`ValueError`, so ``except ValueError`` also catches it.
+    Subclasses :class:`choco.errors.ChocoError` (so the command-line programs report it as
+    one paragraph) and :class:`ValueError`, so ``except ValueError`` also catches it.
     """
 
 

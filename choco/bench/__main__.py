@@ -1,9 +1,10 @@
-"""``python -m choco.bench SUBCOMMAND ...``."""
-
-from __future__ import annotations
+"""``python -m choco.bench``: see :mod:`choco.run.bench`."""
 
 import sys
 
-from . import main
+from choco.run.bench import main
 
-sys.exit(main())
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

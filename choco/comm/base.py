@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import CommError
 
-class CommError(RuntimeError):
-    """A communication contract was broken (sizes differ, exchange not posted, ...)."""
+
 
 
 class Exchange(ABC):

@@ -1,7 +1,7 @@
 """Shared randomness and the switch between host (numpy) and device (torch) kernels.
 
 Randomness is keyed by the 64-bit seed carried in every message header
-(:mod:`choco.compress.base`):
+(:mod:`choco.wire.framing`):
 
 * **Shared** randomness (rand-k positions, the random-block start) must be regenerated
   bit for bit by every receiver on any device, so it is drawn on the host from the *raw*

@@ -13,57 +13,70 @@ Every compressor encodes a flat tensor into a flat ``uint8`` buffer (a CPU tenso
 buffer is what travels on the wire: the bytes counted are the bytes sent. Each buffer starts
 with the same 16-byte :data:`HEADER` (magic, codec id, flags, numel, seed), so a receiver can
 check what it was given and regenerate shared randomness (rand-k positions) from the seed.
+The header, its packing and parsing, and the length checks live in
+:mod:`choco.wire.framing`; a compressor defines only its payload
+(:meth:`Compressor.encode_payload`, :meth:`Compressor.decode_payload_add_`) and the exact
+length of its messages (:meth:`Compressor.message_nbytes`).
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-import numpy as np
 import torch
 
-#: ``<BBHIQ``: magic byte, codec id, flags (codec-specific), numel, 64-bit seed.
-HEADER = struct.Struct("<BBHIQ")
-HEADER_SIZE = HEADER.size
-MAGIC = 0xC7
-MAX_NUMEL = 2**31 - 1
+from ..errors import CompressionError
+from ..wire.framing import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_NUMEL,
+    SEED_MASK,
+    Reserved,
+    check_encoded_length,
+    check_numel,
+    frame,
+    parse_header,
+    payload_tensor,
+    read_header,
+)
 
-
-class CompressionError(ValueError):
-    """Bad input to a compressor or a buffer that does not decode (requirement, value, fix)."""
-
-
-class Reserved:
-    """A host message buffer with room for the header, whose payload ``_encode`` fills.
-
-    Returning one from ``_encode`` instead of a payload tensor saves a copy of large
-    payloads: :meth:`Compressor.encode` writes the header in front and returns the buffer.
-    """
-
-    __slots__ = ("buffer",)
-
-    def __init__(self, payload_nbytes: int) -> None:
-        self.buffer = np.empty(HEADER_SIZE + payload_nbytes, dtype=np.uint8)
-
-    @property
-    def payload(self) -> np.ndarray:
-        """The payload part, a numpy view to write into."""
-        return self.buffer[HEADER_SIZE:]
-
-
-def payload_tensor(payload: torch.Tensor | Reserved) -> torch.Tensor:
-    """The payload bytes of an ``_encode`` result as a CPU uint8 tensor (no copy)."""
-    return torch.from_numpy(payload.payload) if isinstance(payload, Reserved) else payload
+#: ``HEADER`` … ``MAX_NUMEL``, ``Reserved``, ``parse_header`` and ``payload_tensor`` are
+#: re-exported from :mod:`choco.wire.framing`, where the framing is defined
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_NUMEL",
+    "CompressionError",
+    "Compressor",
+    "Reserved",
+    "as_float32",
+    "check_finite",
+    "from_bytes",
+    "parse_header",
+    "payload_tensor",
+    "ratio_count",
+    "to_bytes",
+]
 
 
 class Compressor(ABC):
     """A compression operator ``Q`` with an exact wire format.
 
-    Subclasses set ``codec_id`` (unique, used in the header), implement :meth:`payload_nbytes`,
-    :meth:`_encode` and :meth:`_decode_add_`, and document ``δ`` (:meth:`delta`).
+    A message is the :data:`HEADER` then a payload (:mod:`choco.wire.framing`). Subclasses
+    set ``codec_id`` (unique, used in the header), implement :meth:`payload_nbytes`,
+    :meth:`encode_payload` and :meth:`decode_payload_add_` (and :meth:`message_nbytes` if
+    the length depends on the header flags), and document ``δ`` (:meth:`delta`).
+
+    The public methods come in two layers. :meth:`encode`, :meth:`decode_add_` and
+    :meth:`decode` handle whole messages (header written, checked and stripped).
+    :meth:`encode_payload`, :meth:`decode_payload_add_` and :meth:`message_nbytes` handle
+    the payload alone: combinators (:class:`~choco.compress.Composed`,
+    :class:`~choco.compress.Scaled`, :class:`~choco.compress.PerTensor`) build their own
+    messages from them, and use nothing else of the compressors they wrap.
 
     Attributes
     ----------
@@ -88,12 +101,23 @@ class Compressor(ABC):
         """Exact length in bytes of the encoded message for a ``numel``-element vector.
 
         Only ``identity`` depends on the vector's ``dtype``; every other format sends fp32.
+        ``Identity().nbytes(numel, dtype)`` is the size of an uncompressed message
+        (``16 + numel * itemsize``).
         """
         return HEADER_SIZE + self.payload_nbytes(numel)
 
     @abstractmethod
     def payload_nbytes(self, numel: int) -> int:
-        """Bytes after the header for a ``numel``-element vector (the payload formula)."""
+        """Bytes after the header for a ``numel``-element fp32 vector (the payload formula)."""
+
+    def message_nbytes(self, numel: int, flags: int) -> int:
+        """Exact length in bytes of a message whose header holds ``numel`` and ``flags``.
+
+        What a receiver checks a buffer against, before decoding it; the encoder's output
+        always has this length. Equal to :meth:`nbytes` unless the length depends on the
+        flags (identity's dtype code), which is why the default ignores ``flags``.
+        """
+        return self.nbytes(numel)
 
     @abstractmethod
     def delta(self, numel: int) -> float:
@@ -122,33 +146,16 @@ class Compressor(ABC):
         """
         flat = x.reshape(-1)
         numel = flat.numel()
-        if numel < 1 or numel > MAX_NUMEL:
-            raise CompressionError(
-                f"{self.spec}: a vector with 1 <= numel <= {MAX_NUMEL} is required, got "
-                f"numel={numel}; split larger models into per-tensor segments."
-            )
+        check_numel(numel, self.spec)
         if not flat.is_floating_point():
             raise CompressionError(
                 f"{self.spec}: a floating-point tensor is required, got dtype {flat.dtype}; "
                 "convert it with .float() first."
             )
-        seed &= 0xFFFFFFFFFFFFFFFF
-        flags, payload = self._encode(flat, seed)
-        header = torch.frombuffer(
-            bytearray(HEADER.pack(MAGIC, self.codec_id, flags, numel, seed)), dtype=torch.uint8
-        )
-        if isinstance(payload, Reserved):
-            out = torch.from_numpy(payload.buffer)
-        else:
-            out = torch.empty(HEADER_SIZE + len(payload), dtype=torch.uint8)
-            if len(payload):
-                out[HEADER_SIZE:] = payload
-        out[:HEADER_SIZE] = header
-        if out.numel() != self._nbytes_from_header(numel, flags):
-            raise RuntimeError(  # a bug in the compressor, not a user error
-                f"{self.spec}: encoded {out.numel()} bytes for numel={numel}, but the format "
-                f"says {self._nbytes_from_header(numel, flags)}"
-            )
+        seed &= SEED_MASK
+        flags, payload = self.encode_payload(flat, seed)
+        out = frame(payload, self.codec_id, flags, numel, seed)
+        check_encoded_length(out, self.message_nbytes(numel, flags), numel, self.spec)
         return out
 
     def decode_add_(self, buf: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -162,7 +169,7 @@ class Compressor(ABC):
                 f"{self.spec}: message holds {numel} elements but the target has "
                 f"{out.numel()}; sender and receiver must gossip vectors of the same size."
             )
-        self._decode_add_(buf[HEADER_SIZE:], flags, seed, out.view(-1), alpha)
+        self.decode_payload_add_(buf[HEADER_SIZE:], flags, seed, out.view(-1), alpha)
         return out
 
     def decode(
@@ -182,55 +189,50 @@ class Compressor(ABC):
 
     def read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
         """Check the header and length of ``buf`` and return ``(flags, numel, seed)``."""
-        codec, flags, numel, seed = parse_header(buf, self.spec)
-        if codec != self.codec_id:
-            raise CompressionError(
-                f"{self.spec}: buffer has codec {codec}, expected {self.codec_id}; every node "
-                "must use the same compressor."
-            )
-        expected = self._nbytes_from_header(numel, flags)
-        if buf.numel() != expected:
-            raise CompressionError(
-                f"{self.spec}: a {numel}-element message is {expected} bytes, got "
-                f"{buf.numel()}; the buffer was truncated or produced by another version."
-            )
-        return flags, numel, seed
+        return read_header(buf, self.codec_id, self.spec, self.message_nbytes)
 
-    def _nbytes_from_header(self, numel: int, flags: int) -> int:
-        return self.nbytes(numel)
-
-    # ------------------------------------------------------------------ to implement
+    # ------------------------------------------------------------------ payload (to implement)
     @abstractmethod
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
-        """Return ``(flags, payload)``: header flags and a CPU uint8 payload tensor (or a
-        :class:`Reserved` buffer whose payload was written in place)."""
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
+        """Compress ``x`` into ``(flags, payload)``: the header flags and the bytes after it.
+
+        ``x`` is a flat floating-point tensor (any float dtype, any device) with
+        ``1 <= x.numel() <= MAX_NUMEL``; ``seed`` is below ``2^64`` and keys all the
+        randomness. ``flags`` fits in 16 bits. ``payload`` is a 1-D CPU uint8 tensor, or a
+        :class:`Reserved` buffer whose payload was written in place (use
+        :func:`payload_tensor` to read it as a tensor), of exactly
+        ``message_nbytes(x.numel(), flags) - HEADER_SIZE`` bytes. The same ``(payload, flags,
+        seed)`` given to :meth:`decode_payload_add_` adds ``Q(x)``. Raises
+        :class:`CompressionError` for input the format cannot carry (NaN, Inf, overflow).
+        """
 
     @abstractmethod
-    def _decode_add_(
+    def decode_payload_add_(
         self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float
     ) -> None:
-        """Add ``alpha * Q`` from ``payload`` into the flat tensor ``out``."""
+        """Add ``alpha * Q(x)`` into the flat tensor ``out``, in place, from a payload.
+
+        ``payload`` (a 1-D CPU uint8 tensor), ``flags`` and ``seed`` are what
+        :meth:`encode_payload` returned and was given for ``x``; ``out`` has ``x.numel()``
+        elements, any float dtype, on any device. The caller has already checked the
+        framing (:meth:`decode_add_` checks the header and the exact length); the decoder
+        raises :class:`CompressionError` only for contents that do not decode (positions
+        out of range).
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
 
 
-def parse_header(buf: torch.Tensor, spec: str = "message") -> tuple[int, int, int, int]:
-    """Read the :data:`HEADER` at the start of ``buf``: ``(codec, flags, numel, seed)``."""
-    if buf.dtype != torch.uint8 or buf.dim() != 1 or buf.numel() < HEADER_SIZE:
-        raise CompressionError(
-            f"{spec}: a 1-D uint8 buffer of at least {HEADER_SIZE} bytes is required, "
-            f"got dtype {buf.dtype} shape {tuple(buf.shape)}."
-        )
-    magic, codec, flags, numel, seed = HEADER.unpack(buf[:HEADER_SIZE].numpy().tobytes())
-    if magic != MAGIC:
-        raise CompressionError(f"{spec}: bad magic byte {magic:#x}; not a choco message")
-    return codec, flags, numel, seed
+def check_finite(x: torch.Tensor, spec: str) -> None:
+    """Raise unless every entry of ``x`` (a vector, a selection or a reduction) is finite.
 
-
-def check_finite(value: torch.Tensor, spec: str) -> None:
-    """Raise if ``value`` (a reduction or the selected entries of x) holds NaN or Inf."""
-    if not bool(torch.isfinite(value).all()):
+    One reduction in the common case: a finite sum means no entry is NaN or Inf, so only a
+    non-finite sum (NaN/Inf, or finite entries whose sum overflowed) is checked entry by entry.
+    """
+    if bool(torch.isfinite(x.sum())):
+        return
+    if not bool(torch.isfinite(x).all()):
         raise CompressionError(
             f"{spec}: finite input is required, got NaN or Inf; the model diverged or the "
             "data holds non-finite values (lower the learning rate, check the inputs)."

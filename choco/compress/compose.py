@@ -8,16 +8,25 @@ entries and ``B`` compresses the ``k`` kept values ``x_S``. With ``B`` δ_B-cont
 .. math:: E\\|Q(x) - x\\|^2 = \\|x_{\\bar S}\\|^2 + E\\|B(x_S) - x_S\\|^2
           \\le \\|x\\|^2 - δ_B \\|x_S\\|^2 \\le (1 - δ_A δ_B)\\,\\|x\\|^2,
 
-so ``δ = δ_A δ_B`` (PAPERS §3.1). Two ``:raw`` unbiased parts compose to an unbiased
+so ``δ = δ_A δ_B`` (a worst case: ``topk:0.01+natural`` measures 0.076 against 0.0089 on
+N(0, 1), docs/compressors.md). Two ``:raw`` unbiased parts compose to an unbiased
 operator with ``1 + ω = (1 + ω_A)(1 + ω_B)`` (NC, composition of unbiased operators), ``δ = 1 - ω``.
 Wire: ``B``'s payload for the ``k`` values (``B``'s flags in the header, its randomness
 keyed by a seed derived from the header's), then ``A``'s position bytes.
 
-**Least-squares rescaling** ``scaled(SPEC)`` (PAPERS §3.1): sends ``α* Q(x)`` with
+**Least-squares rescaling** ``scaled(SPEC)``: sends ``α* Q(x)`` with
 ``α* = <Q(x), x> / ||Q(x)||^2`` (``α* = 0`` if ``Q(x) = 0``) as one extra fp32. ``α*``
 minimizes ``||α Q(x) - x||^2``, giving ``δ(x) = cos² ∠(x, Q(x))``. It never does worse than
 ``Q`` itself or, for an unbiased ``C`` (even a non-contractive ``:raw`` one), than
-``C/(1 + ω)``: ``δ >= max(δ_Q, 1/(1 + ω))``. This makes any compressor CHOCO-safe.
+``C/(1 + ω)``: ``δ >= max(δ_Q, 1/(1 + ω))``. This makes any compressor CHOCO-safe
+(measured on N(0, 1): ``scaled(qsgd:16)`` 0.750 against 0.600 for ``qsgd:16``,
+docs/compressors.md).
+
+Both combinators use only the public payload methods of the compressors they wrap
+(:meth:`~choco.compress.base.Compressor.encode_payload`,
+:meth:`~choco.compress.base.Compressor.decode_payload_add_`,
+:meth:`~choco.compress.base.Compressor.message_nbytes`, ``payload_nbytes``) and, for ``A``,
+the :class:`~choco.compress.sparse.Sparsifier` methods (``select``, ``support``, ``k``).
 """
 
 from __future__ import annotations
@@ -28,12 +37,13 @@ from .base import (
     CompressionError,
     Compressor,
     as_float32,
+    check_finite,
     from_bytes,
     payload_tensor,
     to_bytes,
 )
 from .segmented import segment_seed
-from .sparse import Sparsifier, check_all_finite
+from .sparse import Sparsifier
 
 
 class Composed(Compressor):
@@ -70,19 +80,19 @@ class Composed(Compressor):
     def raw(self) -> Compressor:
         return self if self.is_raw else Composed(self.first.raw(), self.second.raw())
 
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
-        check_all_finite(x, self.spec)
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+        check_finite(x, self.spec)
         support, positions = self.first.select(x, seed)
         values = as_float32(support.gather(x))
-        flags, payload = self.second._encode(values, segment_seed(seed, 1))
+        flags, payload = self.second.encode_payload(values, segment_seed(seed, 1))
         return flags, torch.cat([payload_tensor(payload), positions])
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         numel = out.numel()
         k = self.first.k(numel)
         size = self.second.payload_nbytes(k)  # the kept values are always fp32
         values = torch.zeros(k, dtype=torch.float32, device=out.device)
-        self.second._decode_add_(payload[:size], flags, segment_seed(seed, 1), values, 1.0)
+        self.second.decode_payload_add_(payload[:size], flags, segment_seed(seed, 1), values, 1.0)
         support = self.first.support(payload[size:], numel, seed, out.device)
         support.add_(out, values, alpha * self.first.value_scale(numel))
 
@@ -102,8 +112,8 @@ class Scaled(Compressor):
     def payload_nbytes(self, numel: int) -> int:
         return 4 + self.inner.payload_nbytes(numel)
 
-    def _nbytes_from_header(self, numel: int, flags: int) -> int:
-        return 4 + self.inner._nbytes_from_header(numel, flags)
+    def message_nbytes(self, numel: int, flags: int) -> int:
+        return 4 + self.inner.message_nbytes(numel, flags)
 
     def delta(self, numel: int) -> float:
         delta = self.inner.delta(numel)
@@ -111,18 +121,18 @@ class Scaled(Compressor):
             delta = max(delta, 1.0 / (1.0 + self.inner.omega(numel)))
         return delta
 
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
-        flags, payload = self.inner._encode(x, seed)
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+        flags, payload = self.inner.encode_payload(x, seed)
         payload = payload_tensor(payload)
         q = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
-        self.inner._decode_add_(payload, flags, seed, q, 1.0)
+        self.inner.decode_payload_add_(payload, flags, seed, q, 1.0)
         x32 = as_float32(x)
         norm2 = torch.dot(q, q)
         alpha = torch.dot(q, x32) / norm2 if bool(norm2 > 0) else torch.zeros(())
         alpha = alpha.to(torch.float32).reshape(1)
         return flags, torch.cat([to_bytes(alpha), payload])
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         scale = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
         if scale != 0.0:
-            self.inner._decode_add_(payload[4:], flags, seed, out, alpha * scale)
+            self.inner.decode_payload_add_(payload[4:], flags, seed, out, alpha * scale)

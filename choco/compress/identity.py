@@ -39,7 +39,7 @@ class Identity(Compressor):
     def payload_nbytes(self, numel: int) -> int:
         return 4 * numel
 
-    def _nbytes_from_header(self, numel: int, flags: int) -> int:
+    def message_nbytes(self, numel: int, flags: int) -> int:
         return self.nbytes(numel, CODE_DTYPES[flags])
 
     def delta(self, numel: int) -> float:
@@ -51,12 +51,12 @@ class Identity(Compressor):
     def raw(self) -> Compressor:
         return self
 
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         if x.dtype not in DTYPE_CODES:
             raise CompressionError(f"identity: dtype {x.dtype} is not supported")
         check_finite(x.sum(), self.spec)
         return DTYPE_CODES[x.dtype], to_bytes(x)
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         values = from_bytes(payload, CODE_DTYPES[flags], out.device)
         out.add_(values.to(out.dtype), alpha=alpha)

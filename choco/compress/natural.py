@@ -11,11 +11,12 @@ attained at ``|x_i| = (4/3) 2^a``). CHOCO needs a contraction, so ``natural`` se
 ``Q = C_nat / (1 + ω) = (8/9) C_nat`` with ``δ = 1/(1 + ω) = 8/9`` (arXiv:1907.09356 §3);
 ``natural:raw`` sends ``C_nat`` itself (unbiased, ``δ = 1 - ω = 7/8``), for DCD/ECD-PSGD.
 
-fp32 bit trick (PAPERS §3.3): with ``bits`` the IEEE-754 pattern of ``|x_i|`` (exponent
-``e``, mantissa ``m``) and ``u`` uniform on ``[0, 2^23)``, ``e' = (bits + u) >> 23`` equals
-``e + [m + u >= 2^23]``, i.e. ``e`` rounded up with probability ``m / 2^23``: exactly the
-unbiased rounding above. Zeros and powers of two are exact, subnormals go to 0 or
-``2^-126`` (unbiased); a non-finite input or ``|x| >= 2^127`` (``e' = 255``) raises.
+fp32 bit trick (``C_nat`` of arXiv:1905.10988 in integer arithmetic on the float32 bits): with
+``bits`` the IEEE-754 pattern of ``|x_i|`` (exponent ``e``, mantissa ``m``) and ``u`` uniform
+on ``[0, 2^23)``, ``e' = (bits + u) >> 23`` equals ``e + [m + u >= 2^23]``, i.e. ``e``
+rounded up with probability ``m / 2^23``: exactly the unbiased rounding above. Zeros and
+powers of two are exact, subnormals go to 0 or ``2^-126`` (unbiased); a non-finite input
+or ``|x| >= 2^127`` (``e' = 255``) raises.
 float16/float64 inputs are converted to float32 first (float64 rounds to nearest there).
 
 Wire: ``ceil(d/8)`` bytes of signs (LSB-first, 1 ⇔ negative) then ``d`` exponent bytes
@@ -69,7 +70,7 @@ class Natural(Compressor):
         return 1.0 if self.is_raw else 1.0 / (1.0 + OMEGA)
 
     # ------------------------------------------------------------------ encode
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         x32 = as_float32(x)
         if _host.use_host_kernels(x32):
             return 0, self._encode_host(x32.detach().numpy(), seed)
@@ -108,7 +109,7 @@ class Natural(Compressor):
         return torch.cat([pack_bits(bits < 0), e.to(torch.uint8).cpu()])
 
     # ------------------------------------------------------------------ decode
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         numel = out.numel()
         nsign = packed_nbytes(numel)
         alpha = alpha * self.scale()

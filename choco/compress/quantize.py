@@ -39,7 +39,6 @@ from .base import (
     from_bytes,
     to_bytes,
 )
-from .sparse import check_all_finite
 
 DEFAULT_BUCKET = 512
 MAX_LEVELS = 1 << 16
@@ -100,7 +99,7 @@ class BucketQuantizer(Compressor):
         return 1.0 if self.is_raw else 1.0 / (1.0 + self.omega(numel))
 
     # ------------------------------------------------------------------ encode
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         x32 = as_float32(x)
         size = self.bucket_size(x32.numel())
         if _host.use_host_kernels(x32):
@@ -113,7 +112,7 @@ class BucketQuantizer(Compressor):
     def _norms_host(self, v: np.ndarray, xn: np.ndarray) -> np.ndarray:
         norms = np.sqrt(np.einsum("ij,ij->i", v, v))
         if not np.isfinite(norms).all():  # NaN/Inf input, or squares that overflowed
-            check_all_finite(torch.from_numpy(xn), self.spec)
+            check_finite(torch.from_numpy(xn), self.spec)
             v64 = v.astype(np.float64)
             norms = np.sqrt(np.einsum("ij,ij->i", v64, v64)).astype(np.float32)
             self._check_norms(torch.from_numpy(norms))
@@ -174,7 +173,7 @@ class BucketQuantizer(Compressor):
         return torch.cat([to_bytes(norms), packed])
 
     # ------------------------------------------------------------------ decode
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         numel = out.numel()
         size = self.bucket_size(numel)
         buckets = -(-numel // size)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import HEADER_SIZE, CompressionError, Compressor, parse_header
+from ..wire.framing import HEADER_SIZE, check_codec, parse_header
+from .base import CompressionError, Compressor
 
 
 def segment_seed(seed: int, index: int) -> int:
@@ -68,16 +69,17 @@ class PerTensor(Compressor):
         return self if self.is_raw else PerTensor(self.inner.raw(), self.sizes)
 
     def read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
-        # Segment lengths are checked one by one in _decode_add_ (identity's depend on dtype).
+        """Check the header of ``buf`` and its ``numel``; return ``(flags, numel, seed)``.
+
+        The total length is not checked here: each segment's message is checked against its
+        own header in :meth:`decode_payload_add_` (identity's lengths depend on the dtype).
+        """
         codec, flags, numel, seed = parse_header(buf, self.spec)
-        if codec != self.codec_id:
-            raise CompressionError(
-                f"per-tensor {self.spec}: buffer has codec {codec}, expected {self.codec_id}"
-            )
+        check_codec(codec, self.codec_id, f"per-tensor {self.spec}", fix="")
         self._check(numel)
         return flags, numel, seed
 
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         self._check(x.numel())
         parts = [
             self.inner.encode(seg, segment_seed(seed, i))
@@ -85,11 +87,11 @@ class PerTensor(Compressor):
         ]
         return 0, torch.cat(parts)
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         pos = 0
         for seg in torch.split(out, self.sizes):
             _, seg_flags, numel, _ = parse_header(payload[pos:], self.spec)
-            length = self.inner._nbytes_from_header(numel, seg_flags)
+            length = self.inner.message_nbytes(numel, seg_flags)
             self.inner.decode_add_(payload[pos : pos + length], seg, alpha)
             pos += length
         if pos != payload.numel():

@@ -34,7 +34,7 @@ class Sign(Compressor):
     def delta(self, numel: int) -> float:
         return 1.0 / numel
 
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         l1 = torch.linalg.vector_norm(x, ord=1, dtype=acc)
         scale = (l1 / x.numel()).to(torch.float32).reshape(1)
@@ -50,7 +50,7 @@ class Sign(Compressor):
             payload[4 + start // 8 : 4 + start // 8 + packed.size] = packed
         return 0, message
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         scale = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
         numel = out.numel()
         if _host.use_host_kernels(out):

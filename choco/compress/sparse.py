@@ -5,8 +5,8 @@ whatever the receiver needs to rebuild the support (int32 positions for top-k, n
 for rand-k and random-block, whose supports are regenerated from the header's seed).
 Decoding adds into the target on its support only: sparse messages are never densified.
 
-:class:`RandK` and :class:`RandBlock` are the unscaled forms CHOCO uses
-(arXiv:1907.09356, §3; PAPERS §3.1): each coordinate is kept with probability ``p = k/d``,
+:class:`RandK` and :class:`RandBlock` are the unscaled forms CHOCO uses (arXiv:1907.09356,
+§3; measured δ in docs/compressors.md): each coordinate is kept with probability ``p = k/d``,
 so ``E[Q(x)] = (k/d) x`` and ``E||Q(x) - x||^2 = (1 - k/d) ||x||^2``, i.e. ``δ = k/d``.
 They are the unbiased operators ``C(x) = (d/k) x_S`` (variance ``ω = d/k - 1``) rescaled
 by ``1/(1 + ω) = k/d``; the spec suffix ``:raw`` sends ``C`` for DCD/ECD-PSGD
@@ -30,13 +30,6 @@ from .base import (
     ratio_count,
     to_bytes,
 )
-
-
-def check_all_finite(x: torch.Tensor, spec: str) -> None:
-    """Raise unless every entry of ``x`` is finite (one reduction in the common case)."""
-    total = x.sum()
-    if not bool(torch.isfinite(total)):  # NaN/Inf, or a finite sum that overflowed
-        check_finite(x, spec)
 
 
 @dataclass(frozen=True)
@@ -125,13 +118,13 @@ class Sparsifier(Compressor):
     def support(self, positions: torch.Tensor, numel: int, seed: int, device) -> Support:
         """Rebuild the support from the position bytes (and the header seed)."""
 
-    def _encode(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
-        check_all_finite(x, self.spec)
+    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+        check_finite(x, self.spec)
         support, positions = self.select(x, seed)
         values = as_float32(support.gather(x))
         return 0, torch.cat([to_bytes(values), positions])
 
-    def _decode_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload, flags, seed, out, alpha):
         numel = out.numel()
         k = self.k(numel)
         values = from_bytes(payload[: 4 * k], torch.float32, out.device)

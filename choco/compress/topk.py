@@ -9,12 +9,14 @@ values are sent unscaled: 1 is already the least-squares optimal scale of ``x_S`
 Wire: ``k`` fp32 values then ``k`` int32 positions (ascending): ``8k`` bytes plus the header.
 Exact ``k`` means a fixed-size buffer, as a neighbourhood all-gather needs.
 
-Selection is exact top-k by threshold sampling (PAPERS §5): the ``k_s = ceil(1.3 k n_s/d) + 8``
-largest magnitudes of a strided sample of ``n_s ≈ d/100`` entries give a threshold ``t`` below
-the ``k``-th largest magnitude with overwhelming probability; the exact top-k is then taken
-among the candidates ``|x_i| >= t`` (about ``1.3 k`` of them). Whenever at least ``k``
-entries pass, every one of the true top-k does (the ``k``-th largest is ``>= t``), so the set
-equals ``torch.topk``'s up to ties; with fewer, the full ``torch.topk`` runs instead.
+Selection is exact top-k by threshold sampling (the threshold estimated from a sample, as in
+Deep Gradient Compression, arXiv:1712.01887; timings in docs/compressors.md): the
+``k_s = ceil(1.3 k n_s/d) + 8`` largest magnitudes of a strided sample of ``n_s ≈ d/100``
+entries give a threshold ``t`` below the ``k``-th largest magnitude with overwhelming
+probability; the exact top-k is then taken among the candidates ``|x_i| >= t`` (about
+``1.3 k`` of them). Whenever at least ``k`` entries pass, every one of the true top-k does
+(the ``k``-th largest is ``>= t``), so the set equals ``torch.topk``'s up to ties; with
+fewer, the full ``torch.topk`` runs instead.
 """
 
 from __future__ import annotations

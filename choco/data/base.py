@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 #: a training-time augmentation: ``(batch, generator) -> batch`` of the same shape
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class DataError(ValueError):
-    """A data set, partition or loader request that cannot be satisfied (what, got, fix)."""
 
 
 def derive_seed(*keys: int) -> int:

@@ -1,7 +1,7 @@
-"""The exception raised for bad model requests."""
+"""The exception raised for bad model requests (defined in :mod:`choco.errors`)."""
 
 from __future__ import annotations
 
+from ..errors import ModelError
 
-class ModelError(ValueError):
-    """A model name, argument or input that cannot be used (what, got, fix)."""
+__all__ = ["ModelError"]

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.text import bptt_batches
 from .errors import ModelError
 from .lstm import detach_hidden
 
@@ -66,13 +65,17 @@ def evaluate_lm(model: nn.Module, data: torch.Tensor, bptt: int = 30) -> tuple[f
         raise ModelError(
             f"evaluate_lm needs batchified data (rows >= 2, bsz), got {tuple(data.shape)}"
         )
+    if bptt < 1:
+        raise ModelError(f"bptt must be >= 1, got {bptt}")
     if not hasattr(model, "init_hidden"):
         raise ModelError(f"{type(model).__name__} has no init_hidden(bsz); use an LSTM model")
     device = _device(model)
     loss_sum, count = 0.0, 0
     with eval_mode(model):
         hidden = model.init_hidden(data.shape[1])
-        for inputs, targets in bptt_batches(data, bptt):
+        for i in range(0, data.shape[0] - 1, bptt):  # BPTT chunks: rows i..i+L-1 -> i+1..i+L
+            length = min(bptt, data.shape[0] - 1 - i)
+            inputs, targets = data[i : i + length], data[i + 1 : i + 1 + length].reshape(-1)
             logits, hidden = model(inputs.to(device), hidden)
             hidden = detach_hidden(hidden)
             loss_sum += float(

@@ -1,7 +1,7 @@
 """Rank 1 raises while the other ranks wait in a collective: the job must abort, not hang.
 
 Run as ``mpiexec -n N python tests/mpi/fail_check.py`` (plain python: the abort comes from
-``choco.cli.run_mpi``, not from ``python -m mpi4py``).
+``choco.run.cli.run_mpi``, not from ``python -m mpi4py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from choco.cli import run_mpi
+    from choco.run.cli import run_mpi
 
     sys.exit(run_mpi(main))

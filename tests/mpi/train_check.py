@@ -24,9 +24,10 @@ import torch
 from mpi4py import MPI
 
 from choco.comm.mpi import MPICommunicator
-from choco.config import TrainConfig
-from choco.metrics import network_mean
-from choco.runtime import build_optimizer, make_plan
+from choco.run.config import TrainConfig
+from choco.run.metrics import network_mean
+from choco.run.plan import make_plan
+from choco.run.train import build_optimizer
 from choco.train import main as train_main
 
 world = MPI.COMM_WORLD
@@ -68,7 +69,7 @@ def node_setup(**over):
 
 
 def run_steps(plan, comm, model, opt, steps: int, each=None) -> None:
-    loader = plan.loaders[RANK]
+    loader = plan.task.loader(RANK)
     for b, (xb, yb) in enumerate(loader.batches(0)):
         if b == steps:
             break
@@ -104,7 +105,7 @@ def allreduce_identical() -> None:
 def gossip_preserves_mean() -> None:
     plan, comm, model, opt = node_setup(algorithm="choco", compressor="sign", gamma="0.5")
     worst = 0.0
-    for b, (xb, yb) in enumerate(plan.loaders[RANK].batches(0)):
+    for b, (xb, yb) in enumerate(plan.task.loader(RANK).batches(0)):
         if b == 8:
             break
         opt.zero_grad()

@@ -2,7 +2,7 @@
 
 The theoretical step of CHOCO-Gossip (arXiv:1902.00340, Thm 2),
 ``γ* = ρ²δ / (16ρ + ρ² + 4β² + 2ρβ² − 8ρδ)``, is 10–1000× smaller than the values tuned in
-practice (0.45 for sign on a ring of 8, 0.0375 for top-1%; PAPERS.md §1.4–1.5). Like the
+practice (0.45 for sign on a ring of 8, 0.0375 for top-1%; docs/gamma.md). Like the
 authors' (broken) tuner, :func:`tune_gamma` simulates CHOCO-Gossip alone, with the real
 mixing matrix ``W`` (spectral gap ρ) and the real compressor (quality δ), on Gaussian
 vectors, for each γ on a log grid, and keeps the γ with the smallest final
@@ -12,17 +12,18 @@ through a formula. It runs in one process, deterministically, in a few seconds.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .comm.local import LocalNetwork
-from .compress import make_compressor
-from .gossip import ChocoGossip
+from ..comm.local import LocalNetwork
+from ..compress import make_compressor
+from ..compress.base import Compressor
+from ..gossip import ChocoGossip, lockstep
+
+__all__ = ["consensus_residual", "theoretical_gamma", "tune_gamma"]
 
 
 def theoretical_gamma(rho: float, beta: float, delta: float) -> float:
@@ -30,29 +31,37 @@ def theoretical_gamma(rho: float, beta: float, delta: float) -> float:
     return rho**2 * delta / (16 * rho + rho**2 + 4 * beta**2 + 2 * rho * beta**2 - 8 * rho * delta)
 
 
-def consensus_residual(W: np.ndarray, spec: str, gamma: float, dim: int, steps: int,
-                       seed: int = 0) -> float:
-    """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1)."""
+def _compressor(compressor: Compressor | str) -> Compressor:
+    return make_compressor(compressor) if isinstance(compressor, str) else compressor
+
+
+def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float, dim: int,
+                       steps: int, seed: int = 0) -> float:
+    """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1).
+
+    ``compressor`` is the operator ``Q`` (or its spec string); one instance serves every
+    node, since compressors keep no state between messages.
+    """
     n = W.shape[0]
+    q = _compressor(compressor)
     net = LocalNetwork.from_matrix(W)
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randn(dim, generator=gen) for _ in range(n)]
-    gossips = [ChocoGossip(c, W[c.rank], make_compressor(spec), gamma, seed) for c in net.comms]
-    for _ in range(steps):
-        for g, x in zip(gossips, xs, strict=True):
-            g.begin(x)
-        for g, x in zip(gossips, xs, strict=True):
-            g.finish(x)
+    gossips = [ChocoGossip(c, W[c.rank], q, gamma, seed) for c in net.comms]
+    lockstep(gossips, xs, steps)
     X = torch.stack(xs)
     X_hat = torch.stack([g.state.x_hat for g in gossips])
     value = float(((X - X.mean(0)) ** 2).sum() + ((X - X_hat) ** 2).sum()) / n
     return value if math.isfinite(value) else float("inf")
 
 
-def tune_gamma(W: np.ndarray, spec: str, dim: int = 1000, steps: int = 300,
+def tune_gamma(W: np.ndarray, compressor: Compressor | str, dim: int = 1000, steps: int = 300,
                grid: int = 13, seed: int = 0, share: tuple[int, int, Callable] | None = None,
                ) -> tuple[float, dict[float, float]]:
-    """Best γ in ``logspace(-3, 0, grid)`` for consensus with ``spec`` on ``W``.
+    """Best γ in ``logspace(-3, 0, grid)`` for consensus with ``compressor`` on ``W``.
+
+    ``compressor`` is a :class:`~choco.compress.Compressor` (a spec string is parsed once);
+    ``W`` is the ``n × n`` mixing matrix (``topologies.parse_topology(...).W``).
 
     Returns ``(gamma, {gamma: residual})``. Residuals below ``1e-9`` of the starting one
     (``2 n dim``: float32 round-off) count as ties, and ties go to the larger γ.
@@ -62,35 +71,10 @@ def tune_gamma(W: np.ndarray, spec: str, dim: int = 1000, steps: int = 300,
     """
     gammas = [float(g) for g in np.logspace(-3, 0, grid)]
     rank, size, allgather = share if share is not None else (0, 1, lambda v: [v])
-    mine = [(k, consensus_residual(W, spec, gammas[k], dim, steps, seed))
+    q = _compressor(compressor)
+    mine = [(k, consensus_residual(W, q, gammas[k], dim, steps, seed))
             for k in range(rank, grid, size)]
     scores = {gammas[k]: value for part in allgather(mine) for k, value in part}
     floor = 1e-9 * 2 * W.shape[0] * dim
     best = min(gammas, key=lambda g: (max(scores[g], floor), -g))
     return best, scores
-
-
-def main(argv: list[str] | None = None) -> int:
-    from topologies import parse_topology
-
-    p = argparse.ArgumentParser(prog="python -m choco.tuning",
-                                description="Tune CHOCO's consensus step γ on a topology.")
-    p.add_argument("--topology", default="ring:8")
-    p.add_argument("--mixing", default="metropolis")
-    p.add_argument("--compressor", default="sign")
-    p.add_argument("--dim", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
-    topo = parse_topology(a.topology, a.mixing)
-    gamma, scores = tune_gamma(topo.W, a.compressor, a.dim, a.steps)
-    for g, s in scores.items():
-        print(f"gamma {g:.4g}  residual {s:.4e}")
-    print(f"best gamma for {a.compressor} on {a.topology}: {gamma:.4g}")
-    if a.json:
-        print(json.dumps({"gamma": gamma, "scores": {f"{g:.6g}": s for g, s in scores.items()}}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

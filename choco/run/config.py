@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError
-
-ALGORITHMS = ("choco", "exact", "allreduce", "dcd", "ecd", "local")
+from ..errors import UsageError
+from .algorithms import ALGORITHMS
+from .cli import add_version_argument
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,19 @@ class TrainConfig:
     nodes: int = field(default=0, metadata={
         "help": "nodes for --backend local (0: the topology's size)"})
     # --- algorithm
-    algorithm: str = field(default="choco", metadata={"help": "|".join(ALGORITHMS)})
+    algorithm: str = field(default="choco", metadata={"help": " | ".join(ALGORITHMS)})
     compressor: str = field(default="sign", metadata={
         "help": "choco/dcd/ecd compressor spec: sign, topk:0.01, qsgd:16, ..."})
     gamma: str = field(default="auto", metadata={
-        "help": "CHOCO consensus step in (0, 1], or 'auto' (see choco.tuning.auto_gamma)"})
+        "help": "CHOCO consensus step in (0, 1], or 'auto': 1 for identity, else the consensus "
+        "tuner choco.tuning.tune_gamma on this topology and compressor (docs/gamma.md)"})
     order: str = field(default="overlap", metadata={
         "help": "overlap (ICLR Alg. 1, exchange in flight during the next step) | sync"})
     gossip_every: int = field(default=1, metadata={"help": "local steps between gossip rounds"})
     per_tensor: bool = field(default=True, metadata={
         "help": "compress each parameter tensor separately (the paper), else the flat vector"})
     # --- model and data
-    model: str = field(default="mlp", metadata={"help": "mlp | lenet | resnet20 | resnet8 | lstm"})
+    model: str = field(default="mlp", metadata={"help": "MODELS"})
     model_args: str = field(default="", metadata={
         "help": "model options as key=value,... e.g. hidden_size=200,embed_dim=200,num_layers=2"})
     dataset: str = field(default="digits", metadata={
@@ -88,27 +89,67 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _BOOL = {"per_tensor", "nesterov", "resume", "eval_local", "quiet", "json"}
 
 
+#: what each field type must be, in words
+_KINDS = {int: "a whole number", float: "a number", str: "a string"}
+
+
 def _convert(name: str, value: Any) -> Any:
     """Coerce a TOML or command-line value to the field's type, with a clear error."""
     default = FIELDS[name].default
+    option = "--" + name.replace("_", "-")
+    if name == "lr_milestones":
+        parts = value.replace(",", " ").split() if isinstance(value, str) else value
+        try:
+            return tuple(int(v) for v in parts)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{option} must be a list of whole epoch numbers separated by commas (e.g. "
+                f"150,225; in TOML [150, 225]), got {value!r}."
+            ) from None
+    if name in _BOOL:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UsageError(f"{option} must be true or false, got {value!r}.")
+    if name == "gamma":
+        return str(value)
+    kind = type(default)
     try:
-        if name == "lr_milestones":
-            if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split() if v]
-            return tuple(int(v) for v in value)
-        if name in _BOOL:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if name == "gamma":
-            return str(value)
-        return type(default)(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
     except (TypeError, ValueError):
         raise UsageError(
-            f"{name} must be a {type(default).__name__} (default {default!r}), got {value!r}."
+            f"{option} must be {_KINDS.get(kind, kind.__name__)} (default {default!r}), got "
+            f"{value!r}."
         ) from None
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """``"hidden_size=64,tie_weights=false"`` → ``{"hidden_size": 64, "tie_weights": False}``."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--model-args takes key=value pairs separated by commas, got "
+                             f"{item!r}; e.g. hidden_size=200,num_layers=2.")
+        v = value.strip()
+        low = v.lower()
+        if low in ("true", "false"):
+            out[key.strip()] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = v
+    return out
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -140,24 +181,34 @@ def load_toml(path: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``choco-train`` parser: one option per :class:`TrainConfig` field."""
+    from ..models import available_models
+
     p = argparse.ArgumentParser(
         prog="choco-train",
         description="Decentralized training with CHOCO-SGD (arXiv:1907.09356). With no "
-        "options: sign-compressed CHOCO on a ring of 8 nodes, MLP on the embedded digits set.",
+        "options: sign-compressed CHOCO on a ring of 8 nodes, MLP on the embedded digits set. "
+        "Options can also come from a TOML file (--config); the command line overrides it.",
     )
-    p.add_argument("--config", help="TOML file of options (command line overrides it)")
+    add_version_argument(p)
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of options, keys as below with '_' or '-' (default: none)")
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         kind = "bool" if name in _BOOL else type(f.default).__name__
+        text = f.metadata["help"]
+        if text == "MODELS":
+            text = " | ".join(available_models())
         if name in _BOOL:
             p.add_argument(flag, dest=name, default=None, nargs="?", const="true",
-                           help=f"{f.metadata['help']} (default {f.default})")
+                           metavar="true|false", help=f"{text} (default {f.default})")
             if f.default:
                 p.add_argument("--no-" + name.replace("_", "-"), dest=name,
                                action="store_const", const="false", help=argparse.SUPPRESS)
         else:
+            default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             p.add_argument(flag, dest=name, default=None, metavar=kind.upper(),
-                           help=f"{f.metadata['help']} (default {f.default!r})")
+                           help=f"{text} (default {default!r})")
     return p
 
 

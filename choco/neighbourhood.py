@@ -1,0 +1,126 @@
+"""One node's neighbourhood round: mixing weights and one non-blocking exchange in flight.
+
+Every gossip algorithm (CHOCO-Gossip in :mod:`choco.gossip`, the baselines in
+:mod:`choco.baselines`) *holds* a :class:`NeighbourRound`: it encodes its message, calls
+:meth:`NeighbourRound.post`, and later :meth:`NeighbourRound.wait` returns its own message and
+one buffer per neighbour, in the communicator's neighbour order. The round also counts the
+payload bytes put on the wire and checkpoints an exchange that is in flight, so a resumed run
+posts the same message again (docs/algorithms.md, "Orders").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .comm.base import Communicator, Exchange
+from .errors import GossipError
+
+__all__ = ["NeighbourRound", "RoundState", "neighbour_weights", "round_seed"]
+
+
+def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
+    """``(w_ii, [w_ij for j in comm.neighbors])`` from row ``comm.rank`` of ``W``.
+
+    Raises
+    ------
+    GossipError
+        If the row has the wrong length or its off-diagonal support is not the
+        communicator's neighbour list.
+    """
+    row = np.asarray(W_row, dtype=np.float64).reshape(-1)
+    if row.shape[0] != comm.size:
+        raise GossipError(
+            f"the mixing row has {row.shape[0]} entries but the network has {comm.size} "
+            "nodes; use row `rank` of the topology's n x n matrix."
+        )
+    support = [j for j in range(comm.size) if j != comm.rank and row[j] != 0]
+    if support != list(comm.neighbors):
+        raise GossipError(
+            f"node {comm.rank}: mixing row support {support} differs from the "
+            f"communicator's neighbours {comm.neighbors}; build both from one topology."
+        )
+    return float(row[comm.rank]), [float(row[j]) for j in comm.neighbors]
+
+
+def round_seed(seed: int, rank: int, step: int) -> int:
+    """The compressor seed of round ``step`` on ``rank``: independent streams per (rank, step)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+
+
+@dataclass
+class RoundState:
+    """What a checkpoint keeps of a round: bytes sent so far and the message in flight."""
+
+    bytes_sent: int = 0
+    pending_message: torch.Tensor | None = None
+
+    def to_dict(self) -> dict:
+        sd: dict = {"bytes_sent": self.bytes_sent}
+        if self.pending_message is not None:
+            sd["pending_message"] = self.pending_message.clone()
+        return sd
+
+    @classmethod
+    def from_dict(cls, sd: dict) -> RoundState:
+        return cls(int(sd.get("bytes_sent", 0)), sd.get("pending_message"))
+
+
+class NeighbourRound:
+    """One node's neighbourhood and its non-blocking exchange (at most one in flight).
+
+    Parameters
+    ----------
+    comm
+        This node's communicator; ``comm.neighbors`` must be the support of ``W_row``.
+    W_row
+        Row ``comm.rank`` of the mixing matrix.
+
+    Attributes
+    ----------
+    w_self, w_neighbors
+        ``w_ii`` and ``[w_ij for j in comm.neighbors]``.
+    bytes_sent
+        Payload bytes this node put on the wire (message length × neighbours), cumulative.
+    """
+
+    def __init__(self, comm: Communicator, W_row) -> None:
+        self.comm = comm
+        self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
+        self.bytes_sent = 0
+        self._pending: tuple[torch.Tensor, Exchange] | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a message was posted and not yet waited for."""
+        return self._pending is not None
+
+    def post(self, message: torch.Tensor) -> None:
+        """Send ``message`` (a flat uint8 buffer) to every neighbour, without blocking."""
+        if self._pending is not None:
+            raise GossipError("begin called twice: call finish(x) before the next begin(x)")
+        self._pending = (message, self.comm.neighbor_exchange(message))
+        self.bytes_sent += message.numel() * len(self.comm.neighbors)
+
+    def wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block until the exchange is done: ``(own message, [neighbour buffers])``."""
+        if self._pending is None:
+            raise GossipError("finish called without begin: call begin(x) first")
+        (message, exchange), self._pending = self._pending, None
+        return message, exchange.wait()
+
+    def state(self) -> RoundState:
+        """Bytes sent and a copy of the message in flight (``None`` when idle)."""
+        message = None if self._pending is None else self._pending[0].clone()
+        return RoundState(self.bytes_sent, message)
+
+    def restore(self, state: RoundState) -> None:
+        """Restore :meth:`state`; posts a saved in-flight message again (collective)."""
+        if self._pending is not None:
+            raise GossipError("cannot load a state with an exchange in flight: finish it first")
+        self.bytes_sent = state.bytes_sent
+        if state.pending_message is not None:
+            self.post(state.pending_message)
+            self.bytes_sent = state.bytes_sent  # that message was counted before the save

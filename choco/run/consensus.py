@@ -1,0 +1,256 @@
+"""``python -m choco.consensus``: CHOCO-Gossip alone, the average-consensus experiment.
+
+Every node ``i`` starts from row ``i`` of an ``(n, d)`` array ``X0`` and runs ``T`` rounds of
+CHOCO-Gossip (Alg. 1 of arXiv:1902.00340); the nodes should agree on the mean ``x̄⁰`` of the
+rows. The output ``.npz`` holds
+
+* ``x``: the final ``(n, d)`` array,
+* ``error``: length ``T + 1``, ``error_t = (1/n) Σ_i ||x_i^t - x̄⁰||²``,
+* ``bytes_sent``: length ``n``, payload bytes each node put on the wire (message length ×
+  number of neighbours, summed over rounds).
+
+With no options: sign compression on a ring of 8 nodes, γ from the tuner, 500 rounds, from a
+generated ``X0`` (standard normal, ``--dim`` columns, ``--seed``), output ``consensus.npz``::
+
+    python -m choco.consensus
+    python -m choco.consensus --topology ring:8 --compressor sign --gamma 0.5 \\
+        --steps 500 --init X0.npy --out out.npz
+    mpiexec -n 8 python -m choco.consensus ...       # one rank per node, same result
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from topologies import Topology, parse_topology
+
+from ..comm.base import Communicator
+from ..compress import available, make_compressor
+from ..compress.base import Compressor
+from ..errors import UsageError
+from ..gossip import ChocoGossip, check_gamma
+from .cli import (
+    HelpFormatter,
+    add_backend_argument,
+    add_version_argument,
+    refuse_local_under_mpi,
+    run,
+    setup_output,
+)
+from .files import atomic_savez, load_npy
+
+log = logging.getLogger(__name__)
+
+#: the largest generated ``X0`` (n × dim entries), to refuse sizes that cannot fit in memory
+MAX_GENERATED = 2**28
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated consensus problem, identical on every rank."""
+
+    topology: Topology
+    compressor: Compressor
+    gamma: float
+    gamma_source: str
+    steps: int
+    seed: int
+    x0: np.ndarray
+
+
+@dataclass
+class NodeResult:
+    x: np.ndarray
+    error: np.ndarray  # ||x_i^t - x̄⁰||², t = 0..T
+    bytes_sent: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m choco.consensus", formatter_class=HelpFormatter,
+        description="Run CHOCO-Gossip average consensus (arXiv:1902.00340) on a topology: "
+        "node i starts from row i of X0 and the nodes gossip compressed differences until "
+        "they agree on the mean. Writes x, error and bytes_sent to an .npz file.",
+        epilog="compressor specs: " + ", ".join(available()))
+    add_version_argument(p)
+    p.add_argument("--topology", default="ring:8", help="ring:8, torus:4x4, social, er:16:0.3, ...")
+    p.add_argument("--mixing", default="metropolis", help="metropolis | maxdegree | uniform")
+    p.add_argument("--compressor", default="sign", help="identity, sign, topk:0.01, ...")
+    p.add_argument("--gamma", default="auto",
+                   help="consensus step size in (0, 1], or auto: 1 for identity, else the "
+                   "consensus tuner (choco.tuning) on this topology and compressor")
+    p.add_argument("--steps", type=int, default=500, help="number of gossip rounds T")
+    p.add_argument("--init", default=None,
+                   help="(n, d) .npy array, row i = node i's vector (default: generated, "
+                   "standard normal with --dim columns and --seed)")
+    p.add_argument("--dim", type=int, default=1000, help="columns of the generated X0")
+    p.add_argument("--out", default="consensus.npz", help="output .npz (x, error, bytes_sent)")
+    add_backend_argument(p)
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed of the compressors (and of the generated X0)")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p.parse_args(argv)
+
+
+def _initial(args: argparse.Namespace, n: int) -> np.ndarray:
+    if args.init is None:
+        if args.dim < 1:
+            raise UsageError(f"--dim must be >= 1, got {args.dim}.")
+        if n * args.dim > MAX_GENERATED:
+            raise UsageError(f"a generated X0 of {n} × {args.dim} entries is too large (at most "
+                             f"{MAX_GENERATED}); lower --dim.")
+        return np.random.default_rng(args.seed).standard_normal((n, args.dim))
+    x0 = load_npy(Path(args.init), "--init", ndim=2, dtypes=(np.float32, np.float64),
+                  holding="an (n, d) float array",
+                  example="numpy.save('X0.npy', numpy.random.randn(n, d))")
+    if x0.shape[0] != n:
+        raise UsageError(
+            f"--init must hold an (n, d) array with one row per node (n = {n} for "
+            f"{args.topology}), got shape {x0.shape}; save numpy.random.randn({n}, d)."
+        )
+    return x0
+
+
+def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = None,
+                 share: tuple | None = None) -> Problem:
+    """Validate every input before anything runs or is written.
+
+    ``ranks``: the MPI world size, which must equal the topology's n. ``share``: ``(rank,
+    size, allgather)`` to split the γ tuner's grid over the ranks.
+    """
+    topology = parse_topology(args.topology, args.mixing)
+    if ranks is not None and ranks != topology.n:
+        n = topology.n
+        raise UsageError(
+            f"the topology {args.topology} has n = {n} nodes, so mpiexec -n {n} is required; "
+            f"got {ranks} ranks. Relaunch with mpiexec -n {n} or change --topology."
+        )
+    compressor = make_compressor(args.compressor)
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {args.steps}.")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {out.parent} does not exist; create it first.")
+    x0 = _initial(args, topology.n)
+    if str(args.gamma).strip().lower() != "auto":
+        gamma, source = check_gamma(args.gamma, "--gamma"), "given"
+    elif compressor.spec == "identity":
+        gamma, source = 1.0, "auto: identity needs no damping"
+    else:
+        from ..tuning import tune_gamma
+
+        if report:
+            print(f"tuning gamma for {compressor.spec} on {topology.spec} (consensus "
+                  "simulation; pass --gamma G to skip) ...", flush=True)
+        gamma, _ = tune_gamma(topology.W, compressor, dim=500, steps=200, seed=args.seed,
+                              share=share)
+        source = "auto: consensus tuner (choco.tuning.tune_gamma, dim 500, 200 steps)"
+    if report:
+        print(f"gamma {gamma:.4g} ({source})", flush=True)
+    return Problem(topology, compressor, gamma, source, args.steps, args.seed, x0)
+
+
+def progress_points(steps: int, count: int = 10) -> set[int]:
+    """Rounds after which progress is reported (the same on every rank)."""
+    return {round(steps * k / count) for k in range(1, count + 1)} - {0}
+
+
+def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
+    """The per-node program, identical for the local and the MPI backend."""
+    topo = problem.topology
+    i = comm.rank
+    x = torch.from_numpy(problem.x0[i].copy())
+    xbar0 = torch.from_numpy(problem.x0.mean(axis=0))
+    gossip = ChocoGossip(comm, topo.row(i), problem.compressor, problem.gamma, seed=problem.seed)
+    error = np.empty(problem.steps + 1)
+    error[0] = float(((x - xbar0) ** 2).sum())
+    points = progress_points(problem.steps)
+    for t in range(1, problem.steps + 1):
+        gossip.step(x)
+        error[t] = float(((x - xbar0) ** 2).sum())
+        if t in points:
+            total = comm.allreduce(np.array([error[t], error[0]]))
+            if report and comm.rank == 0:
+                print(
+                    f"step {t:>6}/{problem.steps}  error {total[0] / comm.size:.4e}  "
+                    f"(x{total[1] / max(total[0], 1e-300):.3g} reduction)",
+                    flush=True,
+                )
+    return NodeResult(x.numpy(), error, gossip.bytes_sent)
+
+
+def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: bool) -> None:
+    x = np.stack([r.x for r in results])
+    error = np.sum(np.stack([r.error for r in results]), axis=0) / len(results)
+    bytes_sent = np.array([r.bytes_sent for r in results], dtype=np.int64)
+    atomic_savez(out, x=x, error=error, bytes_sent=bytes_sent)
+    reduction = error[0] / error[-1] if error[-1] > 0 else float("inf")
+    print(
+        f"{problem.compressor.spec} on {problem.topology.spec} "
+        f"(gamma {problem.gamma:.4g}, {problem.steps} steps): error {error[0]:.4e} -> "
+        f"{error[-1]:.4e} (x{reduction:.3g} reduction), {bytes_sent.mean():.0f} bytes sent "
+        f"per node; wrote {out}",
+        flush=True,
+    )
+    if as_json:
+        print(json.dumps({
+            "topology": problem.topology.spec,
+            "compressor": problem.compressor.spec, "gamma": problem.gamma,
+            "gamma_source": problem.gamma_source,
+            "steps": problem.steps, "error_initial": float(error[0]),
+            "error_final": float(error[-1]), "reduction": float(reduction),
+            "bytes_per_node": float(bytes_sent.mean()), "out": str(out),
+        }))
+
+
+def main_local(args: argparse.Namespace) -> int:
+    refuse_local_under_mpi()
+    problem = load_problem(args, report=not args.quiet)
+    from ..comm.local import LocalNetwork
+
+    topo = problem.topology
+    net = LocalNetwork([topo.neighbors(i) for i in range(topo.n)])
+    torch.set_num_threads(1)  # one thread per node already
+    results = net.run(lambda comm: run_node(comm, problem, report=not args.quiet))
+    summarize(problem, results, Path(args.out), args.json)
+    return 0
+
+
+def main_mpi(args: argparse.Namespace) -> int:
+    from mpi4py import MPI
+
+    from ..comm.mpi import MPICommunicator
+
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    problem = load_problem(args, report=not args.quiet and rank == 0, ranks=size,
+                           share=(rank, size, MPI.COMM_WORLD.allgather))
+    n = problem.topology.n
+    comm = MPICommunicator(problem.topology.neighbors(rank))
+    result = run_node(comm, problem, report=not args.quiet)
+    xs = comm.allgather(result.x)
+    errors = comm.allgather(result.error)
+    sent = comm.allgather(np.array([result.bytes_sent], dtype=np.int64))[:, 0]
+    if rank == 0:
+        results = [NodeResult(xs[i], errors[i], int(sent[i])) for i in range(n)]
+        summarize(problem, results, Path(args.out), args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m choco.consensus`` / ``choco-consensus``."""
+    setup_output()
+    args = parse_args(argv)
+    return run(args.backend, lambda backend: main_mpi(args) if backend == "mpi"
+               else main_local(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

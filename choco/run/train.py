@@ -1,0 +1,301 @@
+"""``choco-train`` / ``python -m choco.train``: decentralized training, one node per rank.
+
+With no options it trains an MLP on the embedded digits set with sign-compressed CHOCO-SGD
+on a ring of 8 nodes, all in one process; ``mpiexec -n 8 choco-train`` runs the same with one
+rank per node. See ``choco-train --help`` and the README for every option.
+
+Outputs in ``--out``: ``config.json`` (resolved configuration, version, n, spectral gap,
+γ used, per-node learning rates), ``metrics.jsonl`` (one row per epoch), ``model.pt`` (the
+network-average model), and ``checkpoint/`` when ``--checkpoint-every`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..comm.base import Communicator
+from ..errors import UsageError
+from ..models import param_groups
+from .algorithms import AveragerArgs
+from .cli import refuse_local_under_mpi, run, setup_output
+from .config import TrainConfig, parse_config
+from .files import atomic_torch_save, atomic_write_json, atomic_write_text
+from .metrics import (
+    JsonlWriter,
+    average_model,
+    consensus_distance,
+    mean_scalars,
+    network_mean,
+)
+from .plan import Plan, make_plan
+
+log = logging.getLogger("choco.train")
+
+
+def _evaluate(plan: Plan, comm: Communicator, model: torch.nn.Module) -> dict[str, float]:
+    """Test metrics of the network average x̄ (test set split over nodes) and of x_i."""
+    averaged = average_model(comm, model)
+    return plan.task.evaluate(comm, model, averaged, plan.cfg.eval_local)
+
+
+def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
+    """The node's optimizer: local (Nesterov) SGD wrapped with the algorithm's communication."""
+    cfg = plan.cfg
+    sgd = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=plan.lr_peaks[comm.rank],
+                          momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    args = AveragerArgs(comm, plan.topology.W[comm.rank], plan.compressor, plan.gamma, cfg.seed)
+    return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every)
+
+
+def _checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) / "checkpoint"
+
+
+def _save_checkpoint(plan: Plan, comm: Communicator, epoch: int, model, opt, elapsed) -> None:
+    folder = _checkpoint_dir(plan.cfg)
+    atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                       "elapsed": elapsed, "n": comm.size, "rng": torch.get_rng_state()},
+                      folder / f"rank{comm.rank}.pt")
+    comm.barrier()  # every rank's file is in place before the marker names the epoch
+    if comm.rank == 0:
+        atomic_write_text(folder / "meta.json", json.dumps({"epoch": epoch, "n": comm.size}))
+
+
+def _load_checkpoint(plan: Plan, comm: Communicator) -> dict:
+    folder = _checkpoint_dir(plan.cfg)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise UsageError(
+            f"--resume needs a checkpoint, but {meta_path} does not exist; run with "
+            "--checkpoint-every E first (same --out), or drop --resume."
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta["n"] != comm.size:
+        raise UsageError(f"the checkpoint in {folder} has {meta['n']} nodes, this run "
+                         f"{comm.size}; resume with the same number of nodes.")
+    state = torch.load(folder / f"rank{comm.rank}.pt", weights_only=False)
+    if state["epoch"] != meta["epoch"]:
+        raise UsageError(f"{folder}/rank{comm.rank}.pt is from epoch {state['epoch']} but "
+                         f"meta.json says {meta['epoch']}: the checkpoint is incomplete.")
+    return state
+
+
+def train_node(comm: Communicator, plan: Plan) -> dict:
+    """The per-node training program, identical for the local and the MPI backend."""
+    cfg = plan.cfg
+    rank = comm.rank
+    model = plan.new_model()
+    _broadcast_model(comm, model)
+    opt = build_optimizer(plan, comm, model)
+    # Dropout draws from torch's global generator: one stream per rank, checkpointed. (In the
+    # local backend all nodes share one process-wide generator, so dropout runs there are
+    # not bit-reproducible; models without dropout are.)
+    torch.manual_seed(cfg.seed * 1_000_003 + rank)
+    start_epoch, elapsed0 = 0, 0.0
+    if cfg.resume:
+        state = _load_checkpoint(plan, comm)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, elapsed0 = state["epoch"], state["elapsed"]
+    out = Path(cfg.out)
+    writer = JsonlWriter(out / "metrics.jsonl", start_epoch if cfg.resume else None) \
+        if rank == 0 else None
+    t0 = time.perf_counter() - elapsed0
+    row: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loss = _train_epoch(plan, comm, model, opt, epoch)
+        diverged = not math.isfinite(train_loss)
+        x_bar = network_mean(comm, opt.x.detach())
+        row = {"epoch": epoch + 1, "train_loss": train_loss,
+               **({} if diverged else _evaluate(plan, comm, model)),
+               "consensus_distance": consensus_distance(comm, opt.x.detach(), x_bar),
+               "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
+               "wall_time_s": round(time.perf_counter() - t0, 3),
+               "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
+        row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+               for k, v in row.items()}
+        if diverged:
+            row["diverged"] = True
+        if writer is not None:
+            writer.write(row)
+            if not cfg.quiet:
+                print(_progress(plan, row), flush=True)
+        if diverged:
+            if rank == 0:
+                log.warning("training diverged in epoch %d (non-finite loss); stopped",
+                            epoch + 1)
+            return row
+        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(plan, comm, epoch + 1, model, opt, time.perf_counter() - t0)
+    opt.flush()  # no exchange may stay in flight at exit
+    averaged = average_model(comm, model)
+    if rank == 0:
+        atomic_torch_save(averaged.state_dict(), out / "model.pt")
+    return row
+
+
+def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> float:
+    """One epoch of local steps + gossip; the mean train loss over nodes (NaN: diverged).
+
+    The loss is checked collectively *before* each step, so that every node stops at the
+    same step when any node's loss stops being finite (no node is left in an exchange).
+    """
+    cfg = plan.cfg
+    task = plan.task
+    model.train()
+    carry = task.begin_epoch(model)
+    loss_sum = 0.0
+    for b, batch in enumerate(task.batches(comm.rank, epoch)):
+        lr = plan.schedule.at(comm.rank, epoch, b)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        loss, carry = task.loss(model, batch, carry)
+        value = loss.item()
+        finite = math.isfinite(value)
+        total = comm.allreduce(np.array([value if finite else 0.0, 0.0 if finite else 1.0]))
+        if total[1] > 0:
+            opt.flush()
+            return float("nan")
+        loss_sum += float(total[0]) / comm.size
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+    return loss_sum / max(plan.steps_per_epoch, 1)
+
+
+@torch.no_grad()
+def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
+    """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    flat = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
+    flat = torch.from_numpy(comm.broadcast(flat))
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def _progress(plan: Plan, row: dict) -> str:
+    """One line per epoch: loss, test quality of x̄ and of the nodes, consensus, bytes, lr."""
+    head = f"epoch {row['epoch']:>4}/{plan.cfg.epochs}"
+    if row.get("diverged"):
+        return (f"{head}  DIVERGED (non-finite loss)  sent {row['bytes_sent'] / 2**20:.3f} "
+                f"MiB/node  {row['wall_time_s']:.1f}s")
+    return (f"{head}  loss {row['train_loss']:.4f}  {plan.task.quality(row)}  "
+            f"consensus {row['consensus_distance']:.3e}  "
+            f"sent {row['bytes_sent'] / 2**20:.3f} MiB/node  lr {row['lr']:.4g}  "
+            f"{row['wall_time_s']:.1f}s")
+
+
+def _write_config(plan: Plan, backend: str, vendor: str) -> None:
+    cfg = plan.cfg
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.checkpoint_every:
+        _checkpoint_dir(cfg).mkdir(exist_ok=True)
+    info = {
+        "config": cfg.to_dict(), "version": __version__, "backend": backend,
+        "n": plan.topology.n, "topology": plan.topology.spec,
+        "spectral_gap": plan.topology.spectral_gap, "gamma": plan.gamma,
+        "gamma_source": plan.gamma_source, "lr_peak_per_node": plan.lr_peaks,
+        "steps_per_epoch": plan.steps_per_epoch, "parameters": plan.num_params,
+        "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,
+        "torch": torch.__version__, "python": platform.python_version(), "mpi": vendor,
+    }
+    atomic_write_json(out / "config.json", info)
+
+
+def _announce(plan: Plan) -> None:
+    """Say which γ the run uses and where it came from (rank 0, unless --quiet)."""
+    if plan.cfg.quiet or plan.gamma is None:
+        return
+    print(f"gamma {plan.gamma:.4g} ({plan.gamma_source})", flush=True)
+
+
+def _finish(plan: Plan, row: dict) -> None:
+    cfg = plan.cfg
+    compressor = cfg.compressor if plan.algorithm.needs_compressor else None
+    if not cfg.quiet:
+        print(f"done: {cfg.algorithm} ({compressor or 'uncompressed'}) on "
+              f"{plan.topology.spec}; results in {cfg.out}/metrics.jsonl", flush=True)
+    if cfg.json:
+        print(json.dumps({**row, "out": cfg.out, "algorithm": cfg.algorithm,
+                          "compressor": compressor, "topology": plan.topology.spec,
+                          "gamma": plan.gamma}))
+
+
+def train_local(cfg: TrainConfig) -> int:
+    """Every node in this process, one thread each (:class:`~choco.comm.LocalNetwork`)."""
+    refuse_local_under_mpi()
+    from ..comm.local import LocalNetwork
+
+    plan = make_plan(cfg, cfg.nodes or None)
+    _announce(plan)
+    _write_config(plan, "local", "none")
+    net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one Python thread per node already
+    try:
+        rows = net.run(lambda comm: train_node(comm, plan))
+    finally:
+        torch.set_num_threads(threads)
+    _finish(plan, rows[0])
+    return 0
+
+
+def train_mpi(cfg: TrainConfig) -> int:
+    """One node per MPI rank."""
+    from mpi4py import MPI
+
+    from ..comm.mpi import MPICommunicator
+
+    world = MPI.COMM_WORLD
+    size, rank = world.Get_size(), world.Get_rank()
+    if cfg.nodes and cfg.nodes != size:
+        raise UsageError(f"--nodes {cfg.nodes} but mpiexec started {size} ranks; drop "
+                         f"--nodes or launch mpiexec -n {cfg.nodes}.")
+    plan = make_plan(cfg, size, share=(rank, size, world.allgather))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    if rank == 0:
+        _announce(plan)
+        _write_config(plan, "mpi", MPI.Get_library_version().splitlines()[0].strip())
+    world.Barrier()
+    row = train_node(MPICommunicator(plan.topology.neighbors(rank), world), plan)
+    if rank == 0:
+        _finish(plan, row)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``choco-train``."""
+    setup_output()
+    try:
+        cfg = parse_config(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def start(backend: str) -> int:
+        resolved = replace(cfg, backend=backend)
+        return train_mpi(resolved) if backend == "mpi" else train_local(resolved)
+
+    return run(cfg.backend, start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
