@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from choco.consensus import main as consensus
+from choco.compress import make_compressor
+from choco.run.consensus import main as consensus
 from choco.tuning import tune_gamma
 from topologies import parse_topology
 
@@ -29,12 +30,13 @@ SPECS = ["identity", "sign", "topk:0.01", "topk:0.1", "randk:0.1", "randblock:0.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--topology", default="ring:8")
-    p.add_argument("--mixing", default="metropolis")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--dim", type=int, default=1000)
-    p.add_argument("--specs", default=",".join(SPECS))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--topology", default="ring:8", help="topology spec")
+    p.add_argument("--mixing", default="metropolis", help="mixing rule")
+    p.add_argument("--steps", type=int, default=1000, help="gossip rounds T")
+    p.add_argument("--dim", type=int, default=1000, help="columns of X0")
+    p.add_argument("--specs", default=",".join(SPECS), help="compressor specs, comma-separated")
     a = p.parse_args(argv)
     topo = parse_topology(a.topology, a.mixing)
     print(f"{a.topology} ({a.mixing}): n = {topo.n}, spectral gap {topo.spectral_gap:.3f}, "
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         x0 = Path(tmp) / "X0.npy"
         np.save(x0, np.random.default_rng(0).standard_normal((topo.n, a.dim)))
         for spec in a.specs.split(","):
-            gamma, _ = tune_gamma(topo.W, spec, dim=min(a.dim, 500), steps=200)
+            gamma, _ = tune_gamma(topo.W, make_compressor(spec), dim=min(a.dim, 500), steps=200)
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):
                 code = consensus(["--topology", a.topology, "--mixing", a.mixing,

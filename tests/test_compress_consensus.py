@@ -34,7 +34,7 @@ import torch
 
 from choco.comm import LocalNetwork
 from choco.compress import Compressor, PerTensor, make_compressor
-from choco.gossip import ChocoGossip
+from choco.gossip import ChocoGossip, lockstep
 from topologies import parse_topology
 
 CASES = [
@@ -57,10 +57,7 @@ def consensus(make: callable, gamma: float, steps: int, seed: int = 0) -> tuple[
     nodes = [ChocoGossip(net.comms[i], W[i], make(), gamma, seed=seed) for i in range(8)]
     errors = [float(((torch.from_numpy(X0).double() - mean0) ** 2).sum())]
     for t in range(1, steps + 1):
-        for i in range(8):
-            nodes[i].begin(xs[i])
-        for i in range(8):
-            nodes[i].finish(xs[i])
+        lockstep(nodes, xs)
         X = torch.stack(xs).double()
         # W doubly stochastic: the consensus step leaves the network mean unchanged
         torch.testing.assert_close(X.mean(0), mean0, rtol=0, atol=2e-5)

@@ -8,7 +8,7 @@ import torch
 
 from choco.comm import CommError, LocalNetwork
 from choco.compress import make_compressor
-from choco.gossip import ChocoGossip, GossipError
+from choco.gossip import ChocoGossip, GossipError, lockstep
 from topologies import parse_topology
 
 
@@ -22,10 +22,7 @@ def make_network(spec: str, compressor: str, gamma: float, seed: int = 0):
 
 def rounds(gossips, xs, steps: int, each=None) -> None:
     for _ in range(steps):
-        for g, x in zip(gossips, xs, strict=True):
-            g.begin(x)
-        for g, x in zip(gossips, xs, strict=True):
-            g.finish(x)
+        lockstep(gossips, xs)
         if each is not None:
             each()
 

@@ -10,7 +10,7 @@ from topologies import parse_topology
 
 @pytest.mark.parametrize("delta,expected", [(1.0, 4.1e-3), (0.1, 3.5e-4), (0.01, 3.5e-5)])
 def test_theoretical_gamma_on_ring8_matches_paper_values(delta, expected):
-    """PAPERS.md §1.4: ring n=8 (ρ = 0.195, β = 4/3) gives 4.1e-3 / 3.5e-4 / 3.5e-5."""
+    """docs/gamma.md: ring n=8 (ρ = 0.195, β = 4/3) gives 4.1e-3 / 3.5e-4 / 3.5e-5."""
     W = parse_topology("ring:8").W
     topo = parse_topology("ring:8")
     assert topo.beta == pytest.approx(4 / 3, rel=1e-6)

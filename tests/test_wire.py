@@ -77,7 +77,10 @@ def test_rice_round_trip_and_fixed_size(d, k):
 
 
 def test_rice_parameters_and_cost_match_sbc():
-    """b* = 3 / 6 / 9 at p = 10% / 1% / 0.1% (PAPERS §3.3); about 8.5 bits per position."""
+    """b* = 3 / 6 / 9 at p = 10% / 1% / 0.1%; about 8.5 bits per position.
+
+    The Golomb-Rice parameter of SBC (arXiv:1805.08768); see docs/compressors.md.
+    """
     assert [wire.rice_parameter(p) for p in (0.1, 0.01, 0.001)] == [3, 6, 9]
     assert wire.rice_parameter(0.7) == 0
     k, d = 10_000, 1_000_000

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Build a communication graph and its mixing matrix W, check W, and "
         "report the spectral gap rho = 1 - max_{k>=2} |lambda_k(W)| (arXiv:1907.09356).",
     )
+    from choco import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s (choco {__version__})")
     parser.add_argument("spec", help=f"topology spec, one of: {', '.join(SPEC_FORMS)}")
     parser.add_argument(
         "--mixing",
@@ -48,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         help="weight rule (default: metropolis; ignored for file:W.npy)",
     )
     parser.add_argument("--json", action="store_true", help="print one line of JSON last")
-    parser.add_argument("--save", metavar="PATH", help="write W with numpy.save to PATH")
+    parser.add_argument("--save", metavar="PATH",
+                        help="write W with numpy.save to PATH (default: not saved)")
     return parser
 
 

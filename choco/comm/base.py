@@ -18,8 +18,6 @@ import torch
 from ..errors import CommError
 
 
-
-
 class Exchange(ABC):
     """A posted neighbourhood exchange; :meth:`wait` returns one buffer per neighbour."""
 

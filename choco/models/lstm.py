@@ -1,11 +1,11 @@
 """Word-level LSTM language model (PyTorch's ``word_language_model``; CHOCO-SGD's LSTM).
 
-CHOCO-SGD's WikiText-2 runs (arXiv:1907.09356, Table 3 and §4.6 of PAPERS.md) use 3 layers
-of 650 units, dropout 0.4, tied input/output embeddings (Press & Wolf, arXiv:1608.05859),
-BPTT 30 and gradient clipping 0.4. With the whitespace-tokenized vocabulary (33,278 words)
-this model has 31,819,578 parameters; the paper's 28.95M matches a vocabulary of about
-28.9K words, presumably the authors' lower-cased torchtext one (``lowercase=True`` in
-:func:`choco.data.load_wikitext2` comes closer).
+CHOCO-SGD's WikiText-2 runs (arXiv:1907.09356, Table 3, and the authors' training script)
+use 3 layers of 650 units, dropout 0.4, tied input/output embeddings (Press & Wolf,
+arXiv:1608.05859), BPTT 30 and gradient clipping 0.4. With the whitespace-tokenized
+vocabulary (33,278 words) this model has 31,819,578 parameters; the paper's 28.95M matches a
+vocabulary of about 28.9K words, presumably the authors' lower-cased torchtext one
+(``lowercase=True`` in :func:`choco.data.load_wikitext2` comes closer).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ __all__ = [
     "add_version_argument",
     "launched_by_mpi",
     "launcher_rank",
+    "prog_name",
     "refuse_local_under_mpi",
     "resolve_backend",
     "run",
@@ -87,6 +88,12 @@ def resolve_backend(name: str) -> str:
     if name == "auto":
         return "mpi" if launched_by_mpi() else "local"
     return name
+
+
+def prog_name(script: str, module: str) -> str:
+    """The name the user typed: the console script (``choco-train``) or ``python -m module``."""
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script if argv0 == script else f"python -m {module}"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

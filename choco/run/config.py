@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .algorithms import ALGORITHMS
-from .cli import add_version_argument
+from .cli import add_version_argument, prog_name
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..models import available_models
 
     p = argparse.ArgumentParser(
-        prog="choco-train",
+        prog=prog_name("choco-train", "choco.train"),
         description="Decentralized training with CHOCO-SGD (arXiv:1907.09356). With no "
         "options: sign-compressed CHOCO on a ring of 8 nodes, MLP on the embedded digits set. "
         "Options can also come from a TOML file (--config); the command line overrides it.",

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from topologies import Topology, parse_topology
 
 from ..comm.base import Communicator
@@ -40,6 +41,7 @@ from .cli import (
     HelpFormatter,
     add_backend_argument,
     add_version_argument,
+    prog_name,
     refuse_local_under_mpi,
     run,
     setup_output,
@@ -74,7 +76,7 @@ class NodeResult:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m choco.consensus", formatter_class=HelpFormatter,
+        prog=prog_name("choco-consensus", "choco.consensus"), formatter_class=HelpFormatter,
         description="Run CHOCO-Gossip average consensus (arXiv:1902.00340) on a topology: "
         "node i starts from row i of X0 and the nodes gossip compressed differences until "
         "they agree on the mean. Writes x, error and bytes_sent to an .npz file.",
@@ -163,6 +165,21 @@ def progress_points(steps: int, count: int = 10) -> set[int]:
     return {round(steps * k / count) for k in range(1, count + 1)} - {0}
 
 
+def progress_line(t: int, steps: int, error: float, error0: float) -> str:
+    """One progress line: round, mean error over nodes, reduction since round 0."""
+    return (f"step {t:>6}/{steps}  error {error:.4e}  "
+            f"(x{error0 / max(error, 1e-300):.3g} reduction)")
+
+
+def summary_line(compressor: str, topology: str, gamma: float, steps: int, error0: float,
+                 error_final: float, bytes_per_node: float, out: Path | str) -> str:
+    """The closing line: error before and after, reduction, bytes per node, output file."""
+    reduction = error0 / error_final if error_final > 0 else float("inf")
+    return (f"{compressor} on {topology} (gamma {gamma:.4g}, {steps} steps): error "
+            f"{error0:.4e} -> {error_final:.4e} (x{reduction:.3g} reduction), "
+            f"{bytes_per_node:.0f} bytes sent per node; wrote {out}")
+
+
 def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
     """The per-node program, identical for the local and the MPI backend."""
     topo = problem.topology
@@ -179,11 +196,8 @@ def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
         if t in points:
             total = comm.allreduce(np.array([error[t], error[0]]))
             if report and comm.rank == 0:
-                print(
-                    f"step {t:>6}/{problem.steps}  error {total[0] / comm.size:.4e}  "
-                    f"(x{total[1] / max(total[0], 1e-300):.3g} reduction)",
-                    flush=True,
-                )
+                print(progress_line(t, problem.steps, total[0] / comm.size,
+                                    total[1] / comm.size), flush=True)
     return NodeResult(x.numpy(), error, gossip.bytes_sent)
 
 
@@ -193,13 +207,8 @@ def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: b
     bytes_sent = np.array([r.bytes_sent for r in results], dtype=np.int64)
     atomic_savez(out, x=x, error=error, bytes_sent=bytes_sent)
     reduction = error[0] / error[-1] if error[-1] > 0 else float("inf")
-    print(
-        f"{problem.compressor.spec} on {problem.topology.spec} "
-        f"(gamma {problem.gamma:.4g}, {problem.steps} steps): error {error[0]:.4e} -> "
-        f"{error[-1]:.4e} (x{reduction:.3g} reduction), {bytes_sent.mean():.0f} bytes sent "
-        f"per node; wrote {out}",
-        flush=True,
-    )
+    print(summary_line(problem.compressor.spec, problem.topology.spec, problem.gamma,
+                       problem.steps, error[0], error[-1], bytes_sent.mean(), out), flush=True)
     if as_json:
         print(json.dumps({
             "topology": problem.topology.spec,

@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
         if writer is not None:
             writer.write(row)
             if not cfg.quiet:
-                print(_progress(plan, row), flush=True)
+                print(progress_line(row, cfg.epochs, plan.task.quality), flush=True)
         if diverged:
             if rank == 0:
                 log.warning("training diverged in epoch %d (non-finite loss); stopped",
@@ -190,13 +191,16 @@ def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
         offset += t.numel()
 
 
-def _progress(plan: Plan, row: dict) -> str:
-    """One line per epoch: loss, test quality of x̄ and of the nodes, consensus, bytes, lr."""
-    head = f"epoch {row['epoch']:>4}/{plan.cfg.epochs}"
+def progress_line(row: dict, epochs: int, quality: Callable[[dict], str]) -> str:
+    """One line per epoch: loss, test quality of x̄ and of the nodes, consensus, bytes, lr.
+
+    ``quality`` formats the test metrics (:meth:`choco.run.tasks.Task.quality`).
+    """
+    head = f"epoch {row['epoch']:>4}/{epochs}"
     if row.get("diverged"):
         return (f"{head}  DIVERGED (non-finite loss)  sent {row['bytes_sent'] / 2**20:.3f} "
                 f"MiB/node  {row['wall_time_s']:.1f}s")
-    return (f"{head}  loss {row['train_loss']:.4f}  {plan.task.quality(row)}  "
+    return (f"{head}  loss {row['train_loss']:.4f}  {quality(row)}  "
             f"consensus {row['consensus_distance']:.3e}  "
             f"sent {row['bytes_sent'] / 2**20:.3f} MiB/node  lr {row['lr']:.4g}  "
             f"{row['wall_time_s']:.1f}s")

@@ -49,6 +49,9 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
     xs = [torch.randn(dim, generator=gen) for _ in range(n)]
     gossips = [ChocoGossip(c, W[c.rank], q, gamma, seed) for c in net.comms]
     lockstep(gossips, xs, steps)
+    if steps == 0:  # nothing compressed yet: x̂ is still its zero start
+        X = torch.stack(xs)
+        return float(((X - X.mean(0)) ** 2).sum() + (X**2).sum()) / n
     X = torch.stack(xs)
     X_hat = torch.stack([g.state.x_hat for g in gossips])
     value = float(((X - X.mean(0)) ** 2).sum() + ((X - X_hat) ** 2).sum()) / n

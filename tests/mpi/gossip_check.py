@@ -21,7 +21,7 @@ from mpi4py import MPI
 from choco.comm.local import LocalNetwork
 from choco.comm.mpi import MPICommunicator
 from choco.compress import make_compressor
-from choco.gossip import ChocoGossip
+from choco.gossip import ChocoGossip, lockstep
 from topologies import parse_topology
 
 STEPS = 25
@@ -41,11 +41,7 @@ def topologies_for(n: int) -> list[str]:
 def run(nodes, W, spec, gamma, x0):
     gs = [ChocoGossip(c, W[c.rank], make_compressor(spec), gamma, seed=7) for c in nodes]
     xs = [torch.from_numpy(x0[c.rank].copy()) for c in nodes]
-    for _ in range(STEPS):
-        for g, x in zip(gs, xs, strict=True):
-            g.begin(x)
-        for g, x in zip(gs, xs, strict=True):
-            g.finish(x)
+    lockstep(gs, xs, STEPS)  # under MPI each rank holds one node: begin, then finish
     return [(x.numpy(), g.state.x_hat.numpy(), g.state.s.numpy())
             for g, x in zip(gs, xs, strict=True)]
 

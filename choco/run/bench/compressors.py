@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from ...errors import UsageError
 from ...compress import make_compressor
+from ...errors import UsageError
 
 HELP = "time encode/decode of every compressor against a plain fp32 copy"
 

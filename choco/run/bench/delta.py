@@ -1,7 +1,8 @@
 """``python -m choco.bench delta``: measured vs documented contraction of every compressor.
 
 For each spec, on ``x ~ N(0, 1)`` of ``--numel`` entries (2^20 by default, the size of
-the table in docs/compressors.md), reports the documented worst-case ``δ`` (:meth:`Compressor.delta`),
+the table in docs/compressors.md), reports the documented worst-case ``δ``
+(:meth:`Compressor.delta`),
 the measured ``δ̂ = 1 - mean_s ||Q_s(x) - x||^2 / ||x||^2`` over ``--seeds`` seeds, and the
 bits per element on the wire. For unbiased families it also reports the variance ``ω̂`` of
 the raw form measured the same way, against the documented ``ω``.
@@ -15,8 +16,8 @@ import json
 import numpy as np
 import torch
 
-from ...errors import UsageError
 from ...compress import make_compressor
+from ...errors import UsageError
 
 HELP = "measure each compressor's contraction δ on N(0, 1) against the documented bound"
 
