@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,107 @@ def test_subprocess_writes_q_of_x_and_prints_json_last(x_file, tmp_path):
     x = torch.from_numpy(np.load(x_file))
     assert y.shape == (1001,) and y.dtype == np.float32
     np.testing.assert_array_equal(y, q(x, seed=7).numpy())
+    # and independently of the package: the 11 largest |x_i|, each a power of two next to
+    # |x_i| times 8/9, zeros elsewhere
+    check_documented_operator("topk:0.01+natural", x.numpy(), y)
+    assert np.count_nonzero(y) == 11
+
+
+def top_k_positions(x: np.ndarray, k: int) -> np.ndarray:
+    return np.sort(np.argsort(-np.abs(x), kind="stable")[:k])
+
+
+def powers_of_two_around(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2^floor(log2 a) and twice that, for a > 0."""
+    low = np.exp2(np.floor(np.log2(a)))
+    return low, 2 * low
+
+
+def check_quantized(spec: str, x: np.ndarray, y: np.ndarray) -> None:
+    """qsgd:S / dither:S (docs/compressors.md): per bucket of B' = min(B, d) entries (B = 512,
+    b=0: d), |y_i| (1 + ω) / ‖v‖₂ is one of the two levels around |x_i| / ‖v‖₂, with
+    ω = min(B'/S², √B'/S) (qsgd), 1/8 + √B' 2^(1−S) min(1, √B' 2^(1−S)) (dither), 0 for :raw."""
+    parts = spec.split(":")
+    family, s = parts[0], int(parts[1])
+    bucket = next((int(p[2:]) for p in parts[2:] if p.startswith("b=")), 512)
+    d = x.size
+    b = d if bucket == 0 else min(bucket, d)
+    if spec.endswith(":raw"):
+        omega = 0.0
+    elif family == "qsgd":
+        omega = min(b / s**2, math.sqrt(b) / s)
+    else:
+        t = math.sqrt(b) * 2.0 ** (1 - s)
+        omega = 1 / 8 + t * min(1.0, t)
+    levels = (np.arange(s + 1) / s if family == "qsgd"
+              else np.array([0.0] + [2.0 ** -j for j in range(s - 1, -1, -1)]))
+    for start in range(0, d, b):
+        v, w = x[start:start + b].astype(np.float64), y[start:start + b].astype(np.float64)
+        norm = np.sqrt((v ** 2).sum())
+        a, got = np.abs(v) / norm, np.abs(w) * (1 + omega) / norm
+        upper = np.searchsorted(levels, a - 1e-6)  # first level >= a
+        lower = np.maximum(upper - 1, 0)
+        near = np.minimum(np.abs(got - levels[lower]), np.abs(got - levels[upper]))
+        assert near.max() < 1e-5, (spec, start, near.max())
+
+
+def assert_scaled_sign(x: np.ndarray, y: np.ndarray) -> None:
+    """y = (‖x‖₁/d) sign(x), sign(0) = +; the scale is summed in fp32 (a few ulp off)."""
+    scale = np.abs(x.astype(np.float64)).sum() / x.size
+    np.testing.assert_array_equal(np.signbit(y), x < 0)
+    assert np.unique(np.abs(y)).size == 1
+    np.testing.assert_allclose(np.abs(y), scale, rtol=1e-6)
+
+
+def check_documented_operator(spec: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Q(x) written by the CLI against the operator of docs/compressors.md, in numpy."""
+    d = x.size
+    nonzero = np.flatnonzero(y)
+    assert nonzero.size > 0
+    # no compressor here flips a sign (x is Gaussian: no zeros)
+    assert np.all(np.sign(y[nonzero]) == np.sign(x[nonzero])), spec
+    head = spec.removeprefix("scaled(").removesuffix(")").split("+")[0]
+    name, _, rest = head.partition(":")
+    ratio = float(rest.split(":")[0]) if name in ("topk", "randk", "randblock") else 1.0
+    k = min(d, max(1, math.ceil(ratio * d)))
+    second = spec.split("+")[1] if "+" in spec else None
+    if name in ("topk", "randk", "randblock"):
+        # exactly k kept entries; a quantizer after the sparsifier may round some to 0
+        zeros_allowed = second is not None and second.startswith(("qsgd", "dither"))
+        assert nonzero.size == k or (zeros_allowed and 0 < nonzero.size <= k), spec
+        if name == "topk":
+            np.testing.assert_array_equal(nonzero, top_k_positions(x, k))
+        if name == "randblock":  # inside one block of k entries, wrapping around the end
+            gaps = np.diff(np.append(nonzero, nonzero[0] + d))
+            assert d - gaps.max() + 1 <= k, spec
+    xs, ys = x[nonzero].astype(np.float64), y[nonzero].astype(np.float64)
+    if spec == "identity":
+        np.testing.assert_array_equal(y, x)
+    elif spec == "sign":
+        assert_scaled_sign(x, y)
+    elif spec.startswith(("topk", "randk", "randblock")) and second is None:
+        # values sent unscaled; :raw multiplies them by d/k
+        factor = d / k if spec.endswith(":raw") else 1.0
+        np.testing.assert_allclose(ys, factor * xs, rtol=1e-6)
+    elif second == "sign":
+        assert_scaled_sign(x[nonzero], y[nonzero])
+    elif spec.startswith("natural") or (second or "").startswith("natural"):
+        # natural: a power of two next to |x_i|, times 8/9 (CHOCO form); the composed raw
+        # form also carries the d/k of rand-k
+        factor = (1.0 if spec.endswith("natural:raw") else 9 / 8) * (
+            k / d if head.endswith(":raw") and second is not None else 1.0)
+        low, high = powers_of_two_around(np.abs(xs))
+        mag = np.abs(ys) * factor
+        assert np.all(np.isclose(mag, low, rtol=1e-6) | np.isclose(mag, high, rtol=1e-6)), spec
+    elif spec.startswith(("qsgd", "dither")):
+        check_quantized(spec, x, y)
+    elif spec == "scaled(randk:0.1:raw)":
+        # α* = <Q, x>/‖Q‖² undoes the d/k of the raw form: the kept entries unchanged
+        np.testing.assert_allclose(ys, xs, rtol=1e-5)
+    elif spec.startswith("scaled("):
+        # least-squares scale: the residual is orthogonal to the output
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        assert abs(y64 @ (x64 - y64)) < 1e-5 * np.linalg.norm(y64) * np.linalg.norm(x64)
 
 
 @pytest.mark.parametrize("spec", SPECS + RAW_SPECS)
@@ -58,9 +160,13 @@ def test_every_spec_through_the_cli(spec, x_file, tmp_path, capsys):
     assert result["nbytes"] == q.nbytes(1001)
     assert result["delta"] == pytest.approx(q.delta(1001))
     assert result["bits_per_element"] == pytest.approx(8 * q.nbytes(1001) / 1001)
-    if q.delta(1001) > 0:  # one draw, but far from the bound for every spec here
-        assert result["error"] <= 1.0
-    assert np.load(out).shape == (1001,)
+    x, y = np.load(x_file), np.load(out)
+    assert y.shape == (1001,) and y.dtype == np.float32
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    assert result["error"] == pytest.approx(((y64 - x64) ** 2).sum() / (x64 ** 2).sum())
+    if q.delta(1001) > 0:  # contractive: strictly better than sending nothing
+        assert result["error"] < 1.0
+    check_documented_operator(spec, x, y)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])

@@ -62,6 +62,18 @@ class Communicator(ABC):
         return self.allgather(array)[root].copy()
 
 
+def rank_order_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``parts[0] + parts[1] + ...`` added in rank order (a new array).
+
+    Every backend reduces through this function, so a sum is bit-identical whichever
+    launcher ran the job (MPI's own reduction order depends on the implementation).
+    """
+    out = np.array(parts[0], copy=True)
+    for p in parts[1:]:
+        out += p
+    return out
+
+
 def check_neighbors(rank: int, size: int, neighbors: Sequence[int]) -> list[int]:
     """Validate a neighbour list: sorted unique ranks in ``[0, size)`` without ``rank``."""
     out = sorted(int(j) for j in neighbors)

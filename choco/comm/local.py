@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .base import CommError, Communicator, Exchange, check_neighbors
+from .base import CommError, Communicator, Exchange, check_neighbors, rank_order_sum
 
 T = TypeVar("T")
 
@@ -169,13 +169,7 @@ class LocalCommunicator(Communicator):
         return _LocalExchange(self.net, self.rank, rnd)
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
-        def total(parts: list) -> np.ndarray:
-            out = np.array(parts[0], copy=True)
-            for p in parts[1:]:
-                out += p
-            return out
-
-        return self.net._collective(self.rank, np.asarray(array), total)  # type: ignore[return-value]
+        return self.net._collective(self.rank, np.asarray(array), rank_order_sum)  # type: ignore[return-value]
 
     def allgather_object(self, obj: object) -> list:
         return self.net._collective(self.rank, obj, list)  # type: ignore[return-value]

@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         kind = "bool" if name in _BOOL else type(f.default).__name__
+        kind = "E1,E2" if isinstance(f.default, tuple) else kind
         text = f.metadata["help"]
         if text == "MODELS":
             text = " | ".join(available_models())

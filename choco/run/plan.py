@@ -73,8 +73,11 @@ class Plan:
         return copy.deepcopy(self.template)
 
 
-def resolve_topology(spec: str, mixing: str, n: int | None) -> Topology:
-    """Parse ``spec``; a size-less name (``ring``, ``torus``, ...) takes ``n`` nodes."""
+def resolve_topology(spec: str, mixing: str, n: int | None, mpi: bool = False) -> Topology:
+    """Parse ``spec``; a size-less name (``ring``, ``torus``, ...) takes ``n`` nodes.
+
+    ``n`` is the number of nodes the run has (``--nodes``, or the MPI world size if ``mpi``).
+    """
     spec = spec.strip()
     if ":" not in spec and spec.lower() in SIZED:
         if n is None:
@@ -82,6 +85,10 @@ def resolve_topology(spec: str, mixing: str, n: int | None) -> Topology:
                              "--nodes N (local) / launch with mpiexec -n N.")
         spec = f"{spec}:{n}"
     topo = parse_topology(spec, mixing)
+    if mpi and n == 1 and topo.n != 1:
+        raise UsageError(f"--topology {spec} has {topo.n} nodes but this run has a single "
+                         f"MPI rank (--backend mpi without a launcher?); start it with "
+                         f"mpiexec -n {topo.n}, or use --backend local (or auto).")
     if n is not None and topo.n != n:
         raise UsageError(f"--topology {spec} has {topo.n} nodes but the run has {n} (from "
                          f"--nodes or the number of MPI ranks); make them agree: launch "
@@ -136,7 +143,7 @@ def make_plan(cfg: TrainConfig, n: int | None, share: Share | None = None) -> Pl
     """
     _check_numbers(cfg)
     algorithm = get_algorithm(cfg.algorithm)
-    topo = resolve_topology(cfg.topology, cfg.mixing, n)
+    topo = resolve_topology(cfg.topology, cfg.mixing, n, mpi=share is not None)
     options = parse_model_args(cfg.model_args)
     data = make_dataset(cfg.dataset, cfg.data_dir or None)
     task = make_task(data, cfg.model, cfg.dataset, topo.n, cfg.batch_size, cfg.partition,
