@@ -30,9 +30,10 @@ def mpiexec_path() -> str | None:
 
 
 def run_mpi(n: int, args: list[str], timeout: float = MPI_TIMEOUT, module: bool = False,
-            cwd: Path | None = None, script: bool = False) -> subprocess.CompletedProcess:
+            cwd: Path | None = None, script: bool = False, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess:
     """``mpiexec -n n python -m mpi4py ARGS``; ``python -m ARGS`` if ``module``, plain
-    ``python ARGS`` if ``script``."""
+    ``python ARGS`` if ``script``; ``env`` adds environment variables."""
     exe = mpiexec_path()
     if exe is None:
         if os.environ.get("CI") or os.environ.get("CHOCO_REQUIRE_MPI"):
@@ -40,8 +41,8 @@ def run_mpi(n: int, args: list[str], timeout: float = MPI_TIMEOUT, module: bool 
         pytest.skip("mpiexec not found")
     launcher = ["-m"] if module else [] if script else ["-m", "mpi4py"]
     cmd = [exe, "-n", str(n), sys.executable, *launcher, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=cwd or ROOT)
 
 

@@ -19,7 +19,7 @@ from choco.train import main
 
 from .conftest import TESTS, run_mpi
 from .mpi.train_equiv_check import COMPRESSORS
-from .test_resume import differences, rows
+from .test_resume import differences, rank_state, rows
 
 pytestmark = pytest.mark.mpi
 
@@ -52,8 +52,7 @@ def test_train_under_mpiexec_equals_local_backend(runs, spec):
     a, b = runs[spec]
     assert differences(torch.load(a / "model.pt"), torch.load(b / "model.pt")) == []
     for rank in range(4):
-        sa, sb = (torch.load(f / "checkpoint" / f"rank{rank}.pt", weights_only=False)
-                  for f in (a, b))
+        sa, sb = (rank_state(f, rank) for f in (a, b))
         assert sa["epoch"] == sb["epoch"] == 2
         assert differences(sa["model"], sb["model"]) == [], rank
         assert differences(sa["opt"], sb["opt"]) == [], rank

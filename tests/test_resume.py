@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from choco.run.checkpoint import find_latest
 from choco.train import main
 
 COMMON = ["--backend", "local", "--nodes", "4", "--topology", "ring:4", "--gamma", "0.3",
@@ -28,7 +29,10 @@ def rows(folder: Path) -> list[dict]:
 
 
 def rank_state(folder: Path, rank: int) -> dict:
-    return torch.load(folder / "checkpoint" / f"rank{rank}.pt", weights_only=False)
+    """Rank ``rank``'s state in the newest complete checkpoint generation of ``folder``."""
+    gen = find_latest(folder)
+    assert gen is not None, folder
+    return torch.load(gen.path / f"rank{rank}.pt", weights_only=True)
 
 
 def differences(a, b, path: str = "") -> list[str]:
@@ -59,7 +63,7 @@ def test_resume_with_randomized_compressor_is_exact_per_node(tmp_path, compresso
     run = [*COMMON, "--compressor", compressor]
     assert main([*run, "--epochs", "3", "--out", str(a)]) == 0
     assert main([*run, "--epochs", "2", "--out", str(b)]) == 0
-    assert json.loads((b / "checkpoint" / "meta.json").read_text())["epoch"] == 2
+    assert find_latest(b).epoch == 2
     assert main([*run, "--epochs", "3", "--out", str(b), "--resume"]) == 0
 
     ra, rb = rows(a), rows(b)

@@ -189,10 +189,14 @@ def test_lstm_on_wikitext_files_end_to_end(tmp_path):
 
 
 def test_divergence_stops_every_node_and_is_reported(tmp_path, capsys):
-    """DCD with unbiased rand-10% diverges on ring:8 (ICLR Table 1): a row says so, exit 0."""
+    """DCD with unbiased rand-10% diverges on ring:8 (ICLR Table 1): a row says so, and the
+    exit status is DIVERGED_EXIT (3), distinct from success, usage errors and crashes."""
+    from choco.run.cli import DIVERGED_EXIT, USAGE_EXIT
+
+    assert DIVERGED_EXIT not in (0, 1, USAGE_EXIT)
     out = tmp_path / "dcd"
     assert main(["--algorithm", "dcd", "--compressor", "randk:0.1", "--epochs", "30",
-                 "--out", str(out)]) == 0
+                 "--out", str(out)]) == DIVERGED_EXIT
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["diverged"] is True and rows[-1]["train_loss"] is None
     assert len(rows) < 30 and all("diverged" not in r for r in rows[:-1])

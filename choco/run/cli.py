@@ -23,6 +23,7 @@ from .. import __version__
 from ..errors import ChocoError, UsageError
 
 __all__ = [
+    "DIVERGED_EXIT",
     "USAGE_EXIT",
     "HelpFormatter",
     "UsageError",
@@ -41,6 +42,8 @@ __all__ = [
 
 #: exit status of a user error (argparse uses 2 as well)
 USAGE_EXIT = 2
+#: exit status of a training run that diverged (non-finite loss); its last row is written
+DIVERGED_EXIT = 3
 #: seconds a non-zero rank waits for rank 0 to abort first
 GRACE_SECONDS = 2.0
 #: exceptions reported as one paragraph, without a traceback

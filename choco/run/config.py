@@ -75,7 +75,11 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "base seed (data: seed + rank)"})
     out: str = field(default="runs/default", metadata={"help": "output folder"})
     checkpoint_every: int = field(default=0, metadata={"help": "epochs between checkpoints"})
-    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint in OUT/checkpoint"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an earlier run in --out (its outputs and checkpoints are deleted); "
+        "without it a folder holding a run is refused"})
     eval_local: bool = field(default=True, metadata={
         "help": "also test each node's own model (test_accuracy_local)"})
     quiet: bool = field(default=False, metadata={"help": "no progress lines"})
@@ -86,7 +90,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_BOOL = {"per_tensor", "nesterov", "resume", "eval_local", "quiet", "json"}
+_BOOL = {"per_tensor", "nesterov", "resume", "overwrite", "eval_local", "quiet", "json"}
 
 
 #: what each field type must be, in words

@@ -16,11 +16,13 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,10 +31,11 @@ from .. import __version__
 from ..comm.base import Communicator
 from ..errors import UsageError
 from ..models import param_groups
+from . import checkpoint
 from .algorithms import AveragerArgs
-from .cli import refuse_local_under_mpi, run, setup_output
+from .cli import DIVERGED_EXIT, refuse_local_under_mpi, run, setup_output
 from .config import TrainConfig, parse_config
-from .files import atomic_torch_save, atomic_write_json, atomic_write_text
+from .files import atomic_torch_save, atomic_write_json
 from .metrics import (
     JsonlWriter,
     average_model,
@@ -43,6 +46,7 @@ from .metrics import (
 from .plan import Plan, make_plan
 
 log = logging.getLogger("choco.train")
+T = TypeVar("T")
 
 
 def _evaluate(plan: Plan, comm: Communicator, model: torch.nn.Module) -> dict[str, float]:
@@ -60,41 +64,66 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
     return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every)
 
 
-def _checkpoint_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.out) / "checkpoint"
+#: what a run folder holds; any of them means the folder holds a run
+RUN_FILES = ("config.json", "metrics.jsonl", "model.pt", checkpoint.FOLDER)
 
 
-def _save_checkpoint(plan: Plan, comm: Communicator, epoch: int, model, opt, elapsed) -> None:
-    folder = _checkpoint_dir(plan.cfg)
-    atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                       "elapsed": elapsed, "n": comm.size, "rng": torch.get_rng_state()},
-                      folder / f"rank{comm.rank}.pt")
-    comm.barrier()  # every rank's file is in place before the marker names the epoch
-    if comm.rank == 0:
-        atomic_write_text(folder / "meta.json", json.dumps({"epoch": epoch, "n": comm.size}))
+def run_identity(plan: Plan) -> dict[str, object]:
+    """What a checkpoint must share with the run that resumes it."""
+    cfg = plan.cfg
+    return {"topology": plan.topology.spec, "mixing": cfg.mixing, "n": plan.topology.n,
+            "algorithm": cfg.algorithm,
+            "compressor": cfg.compressor if plan.algorithm.needs_compressor else None,
+            "per_tensor": cfg.per_tensor, "model": cfg.model, "model_args": cfg.model_args,
+            "dataset": cfg.dataset, "partition": cfg.partition, "batch_size": cfg.batch_size,
+            "seed": cfg.seed, "version": __version__}
 
 
-def _load_checkpoint(plan: Plan, comm: Communicator) -> dict:
-    folder = _checkpoint_dir(plan.cfg)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise UsageError(
-            f"--resume needs a checkpoint, but {meta_path} does not exist; run with "
-            "--checkpoint-every E first (same --out), or drop --resume."
-        )
-    meta = json.loads(meta_path.read_text())
-    if meta["n"] != comm.size:
-        raise UsageError(f"the checkpoint in {folder} has {meta['n']} nodes, this run "
-                         f"{comm.size}; resume with the same number of nodes.")
-    state = torch.load(folder / f"rank{comm.rank}.pt", weights_only=False)
-    if state["epoch"] != meta["epoch"]:
-        raise UsageError(f"{folder}/rank{comm.rank}.pt is from epoch {state['epoch']} but "
-                         f"meta.json says {meta['epoch']}: the checkpoint is incomplete.")
-    return state
+def check_out(plan: Plan) -> checkpoint.Generation | None:
+    """Check ``--out`` before anything is written; the generation ``--resume`` will use.
+
+    A folder that holds a run is refused unless ``--resume`` (the checkpoint must be of this
+    run) or ``--overwrite``. Reads only; :func:`prepare_out` then writes.
+    """
+    cfg = plan.cfg
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder, but {out} is a file; choose another --out.")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it; "
+                         "pass only one of them.")
+    if cfg.resume:
+        return checkpoint.check_resumable(out, run_identity(plan), plan.topology.n)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not cfg.overwrite:
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); pass --resume "
+                         "to continue it, --overwrite to replace it, or choose another --out.")
+    return None
 
 
-def train_node(comm: Communicator, plan: Plan) -> dict:
-    """The per-node training program, identical for the local and the MPI backend."""
+def prepare_out(plan: Plan) -> None:
+    """Create ``--out`` (and, with ``--overwrite``, delete the earlier run's files)."""
+    out = Path(plan.cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if plan.cfg.overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a "
+                         "folder you can write to.") from None
+
+
+def train_node(comm: Communicator, plan: Plan,
+               resume: checkpoint.Generation | None = None) -> dict:
+    """The per-node training program, identical for the local and the MPI backend.
+
+    ``resume``: the checkpoint generation to continue from (checked by :func:`check_out`).
+    """
     cfg = plan.cfg
     rank = comm.rank
     model = plan.new_model()
@@ -105,14 +134,16 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
     # not bit-reproducible; models without dropout are.)
     torch.manual_seed(cfg.seed * 1_000_003 + rank)
     start_epoch, elapsed0 = 0, 0.0
-    if cfg.resume:
-        state = _load_checkpoint(plan, comm)
+    every = cfg.checkpoint_every
+    if resume is not None:
+        state = checkpoint.load_rank_state(comm, resume)
+        every = every or resume.checkpoint_every  # keep the period the run was started with
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
         start_epoch, elapsed0 = state["epoch"], state["elapsed"]
     out = Path(cfg.out)
-    writer = JsonlWriter(out / "metrics.jsonl", start_epoch if cfg.resume else None) \
+    writer = JsonlWriter(out / "metrics.jsonl", start_epoch if resume else None) \
         if rank == 0 else None
     t0 = time.perf_counter() - elapsed0
     row: dict = {}
@@ -134,13 +165,13 @@ def train_node(comm: Communicator, plan: Plan) -> dict:
             writer.write(row)
             if not cfg.quiet:
                 print(progress_line(row, cfg.epochs, plan.task.quality), flush=True)
-        if diverged:
-            if rank == 0:
-                log.warning("training diverged in epoch %d (non-finite loss); stopped",
-                            epoch + 1)
+        if diverged:  # every node stops at the same step; the caller reports it
             return row
-        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(plan, comm, epoch + 1, model, opt, time.perf_counter() - t0)
+        if every and (epoch + 1) % every == 0:
+            state = {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                     "elapsed": time.perf_counter() - t0, "n": comm.size,
+                     "rng": torch.get_rng_state()}
+            checkpoint.save_generation(comm, out, epoch + 1, state, run_identity(plan), every)
     opt.flush()  # no exchange may stay in flight at exit
     averaged = average_model(comm, model)
     if rank == 0:
@@ -209,9 +240,6 @@ def progress_line(row: dict, epochs: int, quality: Callable[[dict], str]) -> str
 def _write_config(plan: Plan, backend: str, vendor: str) -> None:
     cfg = plan.cfg
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.checkpoint_every:
-        _checkpoint_dir(cfg).mkdir(exist_ok=True)
     info = {
         "config": cfg.to_dict(), "version": __version__, "backend": backend,
         "n": plan.topology.n, "topology": plan.topology.spec,
@@ -231,16 +259,20 @@ def _announce(plan: Plan) -> None:
     print(f"gamma {plan.gamma:.4g} ({plan.gamma_source})", flush=True)
 
 
-def _finish(plan: Plan, row: dict) -> None:
+def _finish(plan: Plan, row: dict) -> int:
+    """Print the closing lines; the exit status (:data:`DIVERGED_EXIT` if it diverged)."""
     cfg = plan.cfg
     compressor = cfg.compressor if plan.algorithm.needs_compressor else None
     if not cfg.quiet:
-        print(f"done: {cfg.algorithm} ({compressor or 'uncompressed'}) on "
+        what = f"DIVERGED in epoch {row['epoch']} (exit {DIVERGED_EXIT})" \
+            if row.get("diverged") else "done"
+        print(f"{what}: {cfg.algorithm} ({compressor or 'uncompressed'}) on "
               f"{plan.topology.spec}; results in {cfg.out}/metrics.jsonl", flush=True)
     if cfg.json:
         print(json.dumps({**row, "out": cfg.out, "algorithm": cfg.algorithm,
                           "compressor": compressor, "topology": plan.topology.spec,
                           "gamma": plan.gamma}))
+    return DIVERGED_EXIT if row.get("diverged") else 0
 
 
 def train_local(cfg: TrainConfig) -> int:
@@ -249,17 +281,30 @@ def train_local(cfg: TrainConfig) -> int:
     from ..comm.local import LocalNetwork
 
     plan = make_plan(cfg, cfg.nodes or None)
+    resume = check_out(plan)
     _announce(plan)
+    prepare_out(plan)
     _write_config(plan, "local", "none")
     net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one Python thread per node already
     try:
-        rows = net.run(lambda comm: train_node(comm, plan))
+        rows = net.run(lambda comm: train_node(comm, plan, resume))
     finally:
         torch.set_num_threads(threads)
-    _finish(plan, rows[0])
-    return 0
+    return _finish(plan, rows[0])
+
+
+def _on_every_rank(world, fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank; if it raises a user error anywhere, raise it everywhere."""
+    try:
+        result, error = fn(), None
+    except UsageError as exc:
+        result, error = None, str(exc)
+    errors = [e for e in world.allgather(error) if e]
+    if errors:
+        raise UsageError(errors[0])
+    return result  # type: ignore[return-value]
 
 
 def train_mpi(cfg: TrainConfig) -> int:
@@ -274,15 +319,19 @@ def train_mpi(cfg: TrainConfig) -> int:
         raise UsageError(f"--nodes {cfg.nodes} but mpiexec started {size} ranks; drop "
                          f"--nodes or launch mpiexec -n {cfg.nodes}.")
     plan = make_plan(cfg, size, share=(rank, size, world.allgather))
+    # every rank reads the same manifests; all finish reading before rank 0 writes, and an
+    # error on any rank is raised on every rank
+    resume = _on_every_rank(world, lambda: check_out(plan))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
     if rank == 0:
         _announce(plan)
+        prepare_out(plan)
         _write_config(plan, "mpi", MPI.Get_library_version().splitlines()[0].strip())
     world.Barrier()
-    row = train_node(MPICommunicator(plan.topology.neighbors(rank), world), plan)
+    row = train_node(MPICommunicator(plan.topology.neighbors(rank), world), plan, resume)
     if rank == 0:
-        _finish(plan, row)
-    return 0
+        return _finish(plan, row)
+    return DIVERGED_EXIT if row.get("diverged") else 0
 
 
 def main(argv: list[str] | None = None) -> int:
