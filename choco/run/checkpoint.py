@@ -112,6 +112,14 @@ def check_resumable(out: Path, identity: dict[str, Any], n: int) -> Generation:
         raise UsageError(f"--resume refuses the checkpoint {gen.path}: it is from another run "
                          f"({'; '.join(diffs)}); resume with the same options, or start a new "
                          "run with another --out (or --overwrite).")
+    for name, expected in sorted(gen.files.items()):  # sizes now; checksums when loading
+        path = gen.path / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != expected["bytes"]:
+            raise UsageError(f"checkpoint file {path} is damaged: "
+                             f"{'missing' if size is None else f'{size} bytes'}, the manifest "
+                             f"says {expected['bytes']}; resume from an intact copy, or start "
+                             "again with --overwrite.")
     return gen
 
 
