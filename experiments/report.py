@@ -1,0 +1,273 @@
+"""Aggregate a sweep's runs into ``runs.csv``, a Markdown table and PNG plots.
+
+    python -m experiments.report DIR [--target-accuracy 0.9] [--target-reduction 1e6]
+                                     [--no-plots] [--quiet]
+
+``DIR`` is a sweep's output folder (``python -m experiments.sweep``). Writes, in ``DIR``:
+
+* ``runs.csv``: one row per run with its varying options and results;
+* ``report.md``: the Markdown table (also printed): training runs give the final and best
+  test accuracy of the network average x̄, the mean accuracy of the nodes' own models, the
+  consensus distance, MiB sent per node, MiB per node to reach ``--target-accuracy`` (x̄) and
+  the wall time; consensus runs give the error reduction after T steps and the bytes per
+  node to reduce the error ``--target-reduction`` times;
+* plots (matplotlib, ``pip install -e '.[plots]'``): ``accuracy_vs_epoch.png`` and
+  ``accuracy_vs_bytes.png`` for training, ``error_vs_steps.png`` and ``error_vs_bytes.png``
+  for consensus (log scales), one panel per topology, one line per compressor or algorithm;
+  ``plots.json`` lists every figure's panels and series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from choco.errors import UsageError
+from choco.run.cli import run_local
+
+#: options that pick a plot panel rather than a line
+PANEL_KEYS = ("topology", "mixing")
+MIB = 2**20
+
+
+def load_runs(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every run with a result in ``folder``, and the option names that vary between them."""
+    manifest = folder / "sweep.json"
+    if not manifest.is_file():
+        raise UsageError(f"{folder} must be a sweep's output folder (with sweep.json), but it "
+                         "has none; run python -m experiments.sweep SWEEP.toml --out "
+                         f"{folder} first.")
+    sweep = json.loads(manifest.read_text())
+    runs = []
+    for entry in sweep["runs"]:
+        result_path = folder / entry["name"] / "result.json"
+        if result_path.is_file():
+            run = json.loads(result_path.read_text())
+            run["folder"] = folder / entry["name"]
+            runs.append(run)
+    if not runs:
+        raise UsageError(f"no run in {folder} has finished yet (no */result.json); run the "
+                         "sweep first.")
+    keys = sorted({k for r in runs for k in r["options"]})
+    varying = [k for k in keys if len({json.dumps(r["options"].get(k)) for r in runs}) > 1]
+    return runs, varying
+
+
+def label(run: dict[str, Any], varying: list[str]) -> str:
+    """A line's legend: the varying options except the panel's, e.g. ``choco sign``."""
+    parts = []
+    for key in varying:
+        if key in PANEL_KEYS:
+            continue
+        value = run["options"].get(key)
+        if value is None:
+            continue
+        parts.append(f"γ={value}" if key == "gamma" else f"{key}={value}"
+                     if key in ("seed", "lr", "nodes", "partition") else str(value))
+    return " ".join(parts) or run["name"]
+
+
+def panel(run: dict[str, Any]) -> str:
+    opts = run["options"]
+    return " ".join(str(opts[k]) for k in PANEL_KEYS if k in opts) or "all"
+
+
+def train_series(run: dict[str, Any]) -> dict[str, list[float]]:
+    rows = [json.loads(x) for x in (run["folder"] / "metrics.jsonl").read_text().splitlines()
+            if x.strip()]
+    return {"epoch": [r["epoch"] for r in rows],
+            "accuracy": [r.get("test_accuracy") for r in rows],
+            "local": [r.get("test_accuracy_local") for r in rows],
+            "perplexity": [r.get("test_perplexity") for r in rows],
+            "consensus": [r.get("consensus_distance") for r in rows],
+            "bytes": [r["bytes_sent"] for r in rows],
+            "time": [r["wall_time_s"] for r in rows]}
+
+
+def consensus_series(run: dict[str, Any]) -> dict[str, Any]:
+    data = np.load(run["folder"] / "consensus.npz")
+    error = data["error"]
+    steps = len(error) - 1
+    per_step = float(data["bytes_sent"].mean()) / max(steps, 1)
+    return {"step": np.arange(steps + 1), "error": error,
+            "bytes": np.arange(steps + 1) * per_step}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return format(value, spec)
+
+
+def summarize(runs: list[dict[str, Any]], varying: list[str], target_accuracy: float,
+              target_reduction: float) -> list[dict[str, Any]]:
+    """One flat record per run (the rows of runs.csv and of the Markdown table)."""
+    records = []
+    for run in runs:
+        rec: dict[str, Any] = {"run": run["name"], "status": run["status"],
+                               **{k: run["options"].get(k) for k in varying}}
+        if run["kind"] == "train":
+            s = train_series(run)
+            acc = [a for a in s["accuracy"] if a is not None]
+            reach = next((b for a, b in zip(s["accuracy"], s["bytes"], strict=True)
+                          if a is not None and a >= target_accuracy), None)
+            rec.update({
+                "epochs": s["epoch"][-1], "final_accuracy": acc[-1] if acc else None,
+                "best_accuracy": max(acc) if acc else None,
+                "local_accuracy": s["local"][-1], "final_perplexity": s["perplexity"][-1],
+                "consensus_distance": s["consensus"][-1],
+                "mib_per_node": s["bytes"][-1] / MIB,
+                "mib_to_target": None if reach is None else reach / MIB,
+                "wall_time_s": s["time"][-1]})
+        else:
+            s = consensus_series(run)
+            error = s["error"]
+            hit = np.flatnonzero(error <= error[0] / target_reduction)
+            rec.update({
+                "steps": len(error) - 1, "gamma_used": run["summary"].get("gamma"),
+                "error_initial": float(error[0]), "error_final": float(error[-1]),
+                "reduction": float(error[0] / error[-1]) if error[-1] > 0 else math.inf,
+                "bytes_per_node": float(s["bytes"][-1]),
+                "bytes_to_target": float(s["bytes"][hit[0]]) if hit.size else None,
+                "steps_to_target": int(hit[0]) if hit.size else None})
+        records.append(rec)
+    return records
+
+
+def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
+             target_accuracy: float, target_reduction: float) -> str:
+    head = list(varying)
+    if kind == "train":
+        cols = [("final acc x̄ %", "final_accuracy", lambda v: _fmt(100 * v, ".2f")
+                 if v is not None else ""),
+                ("best acc x̄ %", "best_accuracy", lambda v: _fmt(100 * v, ".2f")
+                 if v is not None else ""),
+                ("acc local %", "local_accuracy", lambda v: _fmt(100 * v, ".2f")
+                 if v is not None else ""),
+                ("consensus dist.", "consensus_distance", lambda v: _fmt(v, ".3g")),
+                ("MiB/node", "mib_per_node", lambda v: _fmt(v, ".3f")),
+                (f"MiB/node to {100 * target_accuracy:g} %", "mib_to_target",
+                 lambda v: _fmt(v, ".3f") if v is not None else "not reached"),
+                ("time s", "wall_time_s", lambda v: _fmt(v, ".1f"))]
+    else:
+        cols = [("γ", "gamma_used", lambda v: _fmt(v, ".3g")),
+                ("error₀", "error_initial", lambda v: _fmt(v, ".3g")),
+                ("error_T", "error_final", lambda v: _fmt(v, ".3g")),
+                ("reduction", "reduction", lambda v: _fmt(v, ".3g")),
+                ("bytes/node", "bytes_per_node", lambda v: _fmt(v, ".0f")),
+                (f"bytes/node to ×{target_reduction:g}", "bytes_to_target",
+                 lambda v: _fmt(v, ".0f") if v is not None else "not reached")]
+    lines = ["| " + " | ".join([*head, *(c[0] for c in cols)]) + " |",
+             "|" + "---|" * (len(head) + len(cols))]
+    for rec in records:
+        cells = ["-" if rec.get(k) is None else str(rec.get(k)) for k in head]
+        if rec["status"] == "diverged":
+            cells += [f"diverged (epoch {rec.get('epochs')})"] + [""] * (len(cols) - 1)
+            cells[len(head) + 4] = _fmt(rec.get("mib_per_node"), ".3f")
+        else:
+            cells += [fn(rec.get(key)) for _, key, fn in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], varying: list[str], folder: Path) -> dict[str, Any]:
+    """Write the PNG plots; return ``{figure: {panel: [series labels]}}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = runs[0]["kind"]
+    panels = sorted({panel(r) for r in runs})
+    if kind == "train":
+        figures = {"accuracy_vs_epoch.png": ("epoch", "test accuracy of x̄", False, False),
+                   "accuracy_vs_bytes.png": ("MiB sent per node", "test accuracy of x̄", True,
+                                             False)}
+    else:
+        figures = {"error_vs_steps.png": ("gossip round t", "(1/n) Σ‖x_i − x̄⁰‖²", False, True),
+                   "error_vs_bytes.png": ("bytes sent per node", "(1/n) Σ‖x_i − x̄⁰‖²", True,
+                                          True)}
+    index: dict[str, Any] = {}
+    for name, (xlabel, ylabel, logx, logy) in figures.items():
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2),
+                                 squeeze=False)
+        index[name] = {}
+        for ax, title in zip(axes[0], panels, strict=True):
+            index[name][title] = []
+            for run in (r for r in runs if panel(r) == title):
+                text = label(run, varying)
+                if kind == "train":
+                    s = train_series(run)
+                    ys = [np.nan if a is None else a for a in s["accuracy"]]
+                    xs = s["epoch"] if "epoch" in name else [b / MIB for b in s["bytes"]]
+                    if logx:  # no communication (bytes 0) has no place on a log axis
+                        ys = [y for x, y in zip(xs, ys, strict=True) if x > 0]
+                        xs = [x for x in xs if x > 0]
+                else:
+                    s = consensus_series(run)
+                    ys = s["error"]
+                    xs = s["step"] if "steps" in name else s["bytes"]
+                ax.plot(xs, ys, label=text, marker="." if kind == "train" else None)
+                index[name][title].append(text)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            if logx:
+                ax.set_xscale("log")
+            if logy:
+                ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+    (folder / "plots.json").write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.report",
+                                description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("folder", help="a sweep's output folder")
+    p.add_argument("--target-accuracy", type=float, default=0.9,
+                   help="accuracy of x̄ for the 'MiB to target' column (training)")
+    p.add_argument("--target-reduction", type=float, default=1e6,
+                   help="error reduction for the 'bytes to target' column (consensus)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    p.add_argument("--quiet", action="store_true", help="do not print the table")
+    args = p.parse_args(argv)
+
+    def go() -> int:
+        folder = Path(args.folder)
+        runs, varying = load_runs(folder)
+        kinds = {r["kind"] for r in runs}
+        if len(kinds) != 1:
+            raise UsageError(f"{folder} mixes run kinds {sorted(kinds)}; report one sweep.")
+        kind = kinds.pop()
+        records = summarize(runs, varying, args.target_accuracy, args.target_reduction)
+        with open(folder / "runs.csv", "w", newline="") as fh:
+            fields = list(dict.fromkeys(k for rec in records for k in rec))
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(records)
+        table = markdown(records, varying, kind, args.target_accuracy, args.target_reduction)
+        (folder / "report.md").write_text(table)
+        if not args.no_plots:
+            plot(runs, varying, folder)
+        if not args.quiet:
+            print(table, end="")
+        return 0
+
+    return run_local(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

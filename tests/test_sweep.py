@@ -1,0 +1,173 @@
+"""Sweeps and reports without SLURM: grid expansion, names, skipping, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments.report import main as report
+from experiments.sweep import load_sweep
+from experiments.sweep import main as sweep
+
+from .conftest import ROOT
+
+TRAIN = """
+kind = "train"
+name = "tiny"
+[base]
+topology = "ring:4"
+nodes = 4
+epochs = 2
+seed = 3
+eval_local = false
+compressor = "sign"
+[grid]
+algorithm = ["choco", "exact"]
+[[runs]]
+algorithm = "dcd"
+compressor = "randk:0.1"
+lr = 5.0
+"""
+
+CONSENSUS = """
+kind = "consensus"
+[base]
+steps = 40
+dim = 16
+gamma = "auto"
+[[cases]]
+topology = "ring:6"
+[[cases]]
+topology = "complete:6"
+[grid]
+compressor = ["identity", "sign", "topk:0.5"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_grid_cases_and_runs_expand_without_duplicates(tmp_path):
+    text = TRAIN.replace('algorithm = ["choco", "exact"]',
+                         'algorithm = ["choco", "exact", "allreduce"]\nseed = [1, 2]')
+    s = load_sweep(write(tmp_path, text))
+    # choco × 2 seeds, exact × 2, allreduce × 2, plus the explicit dcd run (base seed 3)
+    assert len(s.runs) == 7
+    assert all("compressor" not in r.options for r in s.runs
+               if r.options["algorithm"] in ("exact", "allreduce"))
+    c = load_sweep(write(tmp_path, CONSENSUS, "c.toml"))
+    assert [(r.options["topology"], r.options["compressor"]) for r in c.runs] == [
+        (t, q) for t in ("ring:6", "complete:6") for q in ("identity", "sign", "topk:0.5")]
+
+
+def test_names_are_stable_and_follow_the_options(tmp_path):
+    a = [r.name for r in load_sweep(write(tmp_path, TRAIN)).runs]
+    assert a == [r.name for r in load_sweep(write(tmp_path, TRAIN, "again.toml")).runs]
+    assert len(set(a)) == len(a) and a[0].startswith("choco_sign_")
+    changed = [r.name for r in load_sweep(write(tmp_path, TRAIN.replace("seed = 3",
+                                                                        "seed = 4"))).runs]
+    assert not set(a) & set(changed)  # every run's options changed, so every name did
+
+
+@pytest.fixture(scope="module")
+def train_sweep(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write(folder, TRAIN)
+    out = folder / "out"
+    assert sweep([str(path), "--out", str(out), "--jobs", "2"]) == 0
+    return path, out
+
+
+def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, capsys):
+    path, out = train_sweep
+    results = {r.name: json.loads((out / r.name / "result.json").read_text())
+               for r in load_sweep(path).runs}
+    assert sorted(r["status"] for r in results.values()) == ["diverged", "finished",
+                                                             "finished"]
+    assert sweep([str(path), "--out", str(out)]) == 0
+    assert "3 finished already, running 0" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(train_sweep, tmp_path):
+    path, out = train_sweep
+    run = load_sweep(path).runs[0]
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    finished = (copy / run.name / "metrics.jsonl").read_text()
+    (copy / run.name / "result.json").unlink()  # as if killed after its last checkpoint
+    assert sweep([str(path), "--out", str(copy), "--index", "0"]) == 0
+    commands = [line for line in (copy / run.name / "log.txt").read_text().splitlines()
+                if line.startswith("$ ")]
+    assert "--resume" in commands[-1] and "--resume" not in commands[0]
+    assert (copy / run.name / "metrics.jsonl").read_text() == finished
+
+
+def test_report_table_csv_and_plots(train_sweep, capsys):
+    _, out = train_sweep
+    assert report([str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| algorithm | compressor | lr | final acc x̄ %")
+    assert len(table) == 2 + 3 and any("diverged (epoch" in line for line in table)
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert {r["algorithm"] for r in rows} == {"choco", "exact", "dcd"}
+    plots = json.loads((out / "plots.json").read_text())
+    assert set(plots) == {"accuracy_vs_epoch.png", "accuracy_vs_bytes.png"}
+    assert sorted(plots["accuracy_vs_epoch.png"]["ring:4"]) == sorted(
+        ["choco sign", "exact", "dcd randk:0.1 lr=5.0"])
+    for name in plots:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_consensus_sweep_and_report(tmp_path, capsys):
+    path = write(tmp_path, CONSENSUS)
+    out = tmp_path / "out"
+    assert sweep([str(path), "--out", str(out), "--jobs", "2"]) == 0
+    assert report([str(out), "--target-reduction", "100"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("\n| ring:6 |") == 3 and table.count("\n| complete:6 |") == 3
+    rows = {(r["topology"], r["compressor"]): r
+            for r in csv.DictReader((out / "runs.csv").open())}
+    # exact gossip on the complete graph averages in one round (W = 11ᵀ/n)
+    assert float(rows[("complete:6", "identity")]["error_final"]) < 1e-20
+    # larger spectral gap, faster consensus: complete beats ring for the same compressor
+    for q in ("identity", "sign", "topk:0.5"):
+        assert float(rows[("complete:6", q)]["reduction"]) > float(rows[("ring:6", q)]["reduction"])
+    plots = json.loads((out / "plots.json").read_text())
+    assert sorted(plots["error_vs_bytes.png"]) == ["complete:6", "ring:6"]
+    assert sorted(plots["error_vs_steps.png"]["ring:6"]) == ["identity", "sign", "topk:0.5"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    (TRAIN.replace("epochs = 2", "epoch = 2"), "unknown key 'epoch' in [base] (did you mean "
+                                                "'epochs'?)"),
+    (TRAIN.replace('algorithm = ["choco", "exact"]', "algorithm = []"), "empty list"),
+    (TRAIN.replace("epochs = 2", 'epochs = "two"'), "--epochs must be a whole number"),
+    (TRAIN + '\n[slurm]\nntasks = 8\n', "ring:4 has 4 nodes"),
+    (TRAIN.replace("epochs = 2", 'epochs = 2\ndata_dir = "/nonexistent/cifar"'),
+     "is not a folder"),
+    (TRAIN.replace('kind = "train"', 'kind = "trian"'), "kind must be one of"),
+    (TRAIN.replace("[grid]", "[gird]"), "did you mean 'grid'"),
+    (TRAIN.replace("epochs = 2", "out = 'x'"), "sets 'out'"),
+    ("not = [toml", "is not valid TOML"),
+])
+def test_bad_sweep_files_are_one_error_before_anything_runs(tmp_path, capsys, text, needle):
+    path = write(tmp_path, text)
+    out = tmp_path / "out"
+    assert sweep([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_shipped_configs_parse(tmp_path):
+    """Every shipped sweep file loads; the paper ones once their data folder exists."""
+    for path in sorted((ROOT / "experiments" / "configs").glob("*.toml")):
+        text = path.read_text().replace('data_dir = "data"', f'data_dir = "{tmp_path}"')
+        assert load_sweep(write(tmp_path, text, path.name)).runs, path
