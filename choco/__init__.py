@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it
 _LAZY = {
+    "AgreementError": "choco.errors",
     "ChocoError": "choco.errors",
     "ChocoGossip": "choco.gossip",
     "ChocoSGD": "choco.optim",
@@ -24,11 +25,13 @@ _LAZY = {
     "Compressor": "choco.compress",
     "GossipState": "choco.gossip",
     "LocalNetwork": "choco.comm",
+    "check_agreement": "choco.comm",
     "make_compressor": "choco.compress",
     "tune_gamma": "choco.tuning",
 }
 
 __all__ = [
+    "AgreementError",
     "ChocoError",
     "ChocoGossip",
     "ChocoSGD",
@@ -37,14 +40,15 @@ __all__ = [
     "GossipState",
     "LocalNetwork",
     "__version__",
+    "check_agreement",
     "make_compressor",
     "tune_gamma",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .comm import Communicator, LocalNetwork
+    from .comm import Communicator, LocalNetwork, check_agreement
     from .compress import Compressor, make_compressor
-    from .errors import ChocoError
+    from .errors import AgreementError, ChocoError
     from .gossip import ChocoGossip, GossipState
     from .optim import ChocoSGD
     from .tuning import tune_gamma

@@ -56,10 +56,11 @@ class ExactGossip(_HoldsRound):
 
     def finish(self, x: torch.Tensor) -> None:
         message, received = self.round.wait()
+        self.round.check_received(received, self.codec, x.numel())
         sent = self.codec.decode(message, x.dtype, x.device)
         mixed = sent * self.w_self
-        for w, buf in zip(self.w_neighbors, received, strict=True):
-            self.codec.decode_add_(buf, mixed, alpha=w)
+        for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
+            self.round.decode_add_(self.codec, j, buf, mixed, alpha=w)
         x.add_(mixed - sent)
 
     def state_dict(self) -> dict:
@@ -104,8 +105,11 @@ class _Replicated(_HoldsRound):
     def _apply(self, update) -> None:
         message, received = self.round.wait()
         copies = self._copies()
-        for c, buf in zip(copies, [message, *received], strict=True):
-            update(c, buf)
+        self.round.check_received(received, self.compressor, copies[0].numel())
+        senders = [self.comm.rank, *self.comm.neighbors]
+        for sender, c, buf in zip(senders, copies, [message, *received], strict=True):
+            with self.round.from_rank(sender):
+                update(c, buf)
         self.step += 1
 
     def state_dict(self) -> dict:

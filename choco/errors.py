@@ -13,6 +13,7 @@ Most types also derive from :class:`ValueError` (bad values) and :class:`CommErr
 from __future__ import annotations
 
 __all__ = [
+    "AgreementError",
     "ChocoError",
     "CommError",
     "CompressionError",
@@ -54,3 +55,10 @@ class ModelError(ChocoError, ValueError):
 
 class FlatError(ChocoError, ValueError):
     """Parameters that cannot be gathered into one flat buffer."""
+
+
+class AgreementError(ChocoError, ValueError):
+    """Ranks that must agree (configuration, initial parameters) do not; raised on every rank.
+
+    The message names the disagreeing ranks and the first differing field or tensor.
+    """

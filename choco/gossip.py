@@ -184,16 +184,21 @@ class ChocoGossip(_HoldsRound):
         self.round.post(self.compressor.encode(x - state.x_hat, seed))
 
     def finish(self, x: torch.Tensor) -> None:
-        """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8)."""
+        """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8).
+
+        Raises :class:`GossipError` naming the sender if a neighbour's message does not
+        decode with this node's compressor (checked before any state changes).
+        """
         if self.state is None:
             raise GossipError("finish called without begin: call begin(x) first")
         message, received = self.round.wait()
+        self.round.check_received(received, self.compressor, x.numel())
         state = self.state
         q = self.compressor.decode(message, x.dtype, x.device).view_as(x)
         state.x_hat.add_(q)
         state.s.add_(q, alpha=self.w_self)
-        for w, buf in zip(self.w_neighbors, received, strict=True):
-            self.compressor.decode_add_(buf, state.s.view(-1), alpha=w)
+        for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
+            self.round.decode_add_(self.compressor, j, buf, state.s.view(-1), alpha=w)
         x.add_(state.s - state.x_hat, alpha=self.gamma)
         state.step += 1
 

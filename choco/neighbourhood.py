@@ -6,19 +6,40 @@ Every gossip algorithm (CHOCO-Gossip in :mod:`choco.gossip`, the baselines in
 one buffer per neighbour, in the communicator's neighbour order. The round also counts the
 payload bytes put on the wire and checkpoints an exchange that is in flight, so a resumed run
 posts the same message again (docs/algorithms.md, "Orders").
+
+Message integrity: before anything is decoded, :meth:`NeighbourRound.check_received` checks
+every neighbour's header (magic, codec, element count) and length against the receiver's
+compressor and vector size, and :meth:`NeighbourRound.decode_add_` decodes one neighbour's
+message; either raises :class:`~choco.errors.GossipError` naming the sending rank ("message
+from rank 3 to rank 1 does not decode: ...") instead of mis-decoding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .comm.base import Communicator, Exchange
-from .errors import GossipError
+from .compress.base import Compressor
+from .errors import CompressionError, GossipError
 
-__all__ = ["NeighbourRound", "RoundState", "neighbour_weights", "round_seed"]
+__all__ = ["NeighbourRound", "RoundState", "neighbour_weights", "round_seed", "undecodable"]
+
+#: the fix named by every error about a neighbour's message
+SAME_SETUP_FIX = "every rank must run the same compressor and model"
+
+
+def undecodable(sender: int, receiver: int, exc: Exception) -> GossipError:
+    """The error for a message from ``sender`` that ``receiver`` cannot decode (``exc``)."""
+    what = str(exc).split("; ")[0].rstrip(".")  # the finding, without the codec's advice
+    return GossipError(
+        f"message from rank {sender} to rank {receiver} does not decode: {what}; "
+        f"{SAME_SETUP_FIX}."
+    )
 
 
 def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
@@ -110,6 +131,40 @@ class NeighbourRound:
             raise GossipError("finish called without begin: call begin(x) first")
         (message, exchange), self._pending = self._pending, None
         return message, exchange.wait()
+
+    def check_received(self, received: list[torch.Tensor], compressor: Compressor,
+                       numel: int) -> None:
+        """Check every neighbour's message (header, codec, length, element count) against
+        ``compressor`` and a ``numel``-element vector, before any state is updated.
+
+        Raises
+        ------
+        GossipError
+            Naming the sender of the first message that does not fit.
+        """
+        for sender, buf in zip(self.comm.neighbors, received, strict=True):
+            with self.from_rank(sender):
+                _, n, _ = compressor.read_header(buf)
+                if n != numel:
+                    raise CompressionError(
+                        f"{compressor.spec}: the message holds {n} elements but rank "
+                        f"{self.comm.rank} gossips {numel}"
+                    )
+
+    def decode_add_(self, compressor: Compressor, sender: int, buf: torch.Tensor,
+                    out: torch.Tensor, alpha: float = 1.0) -> None:
+        """``compressor.decode_add_(buf, out, alpha)`` for ``sender``'s message, naming the
+        sender if it does not decode."""
+        with self.from_rank(sender):
+            compressor.decode_add_(buf, out, alpha)
+
+    @contextmanager
+    def from_rank(self, sender: int) -> Iterator[None]:
+        """Turn a :class:`CompressionError` raised inside into :func:`undecodable`."""
+        try:
+            yield
+        except CompressionError as exc:
+            raise undecodable(sender, self.comm.rank, exc) from exc
 
     def state(self) -> RoundState:
         """Bytes sent and a copy of the message in flight (``None`` when idle)."""

@@ -68,3 +68,39 @@ def test_crash_in_a_checkpoint_write_then_resume_is_exact(reference, tmp_path, r
                   for p in (out / "checkpoint").rglob("*"))
     assert left == ["epoch-000004", *(f"epoch-000004/{name}" for name in
                                       sorted([MANIFEST, *(f"rank{r}.pt" for r in range(4))]))]
+
+
+def run_mpmd(groups: list[list[str]], out: Path, timeout: float = 120):
+    """``mpiexec -n 2 python -m choco.train ARGS1 : -n 2 python -m choco.train ARGS2``."""
+    import subprocess
+    import sys
+
+    from .conftest import mpiexec_path
+
+    exe = mpiexec_path()
+    if exe is None:
+        pytest.fail("mpiexec not found") if os.environ.get("CI") else pytest.skip("no mpiexec")
+    cmd = [exe]
+    for i, args in enumerate(groups):
+        cmd += ([":"] if i else []) + ["-n", "2", sys.executable, "-m", "choco.train", *args,
+                                       "--out", str(out), "--epochs", "1", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, time.time() - start
+
+
+@pytest.mark.parametrize("first,second,field", [
+    (["--topology", "ring:4"], ["--topology", "complete:4"], "'topology' is 'ring:4' on "
+                                                             "ranks 0-1 but 'complete:4'"),
+    (["--gamma", "0.5"], ["--gamma", "auto"], "'gamma'"),  # only some ranks would tune γ
+])
+def test_ranks_started_with_different_options_stop_with_the_difference(tmp_path, first,
+                                                                        second, field):
+    out = tmp_path / "run"
+    proc, seconds = run_mpmd([first, second], out)
+    print(f"\nMPMD {first} vs {second}: exit {proc.returncode} after {seconds:.1f} s")
+    assert proc.returncode == 2 and seconds < 30
+    assert "ranks disagree on the run's configuration" in proc.stderr and field in proc.stderr
+    assert proc.stderr.count("error:") == 1  # printed once, by rank 0
+    assert not out.exists()

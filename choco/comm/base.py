@@ -5,6 +5,10 @@ A communicator knows its rank, the network size and its neighbours in the gossip
 a *non-blocking neighbourhood exchange* of equal-size byte buffers: every node sends one
 buffer to all its neighbours and receives one from each (``MPI_Ineighbor_allgather`` on a
 distributed-graph communicator). Small blocking collectives serve metrics and set-up.
+
+Every backend refuses, with an error naming the ranks rather than a hang or a silent
+mis-decode, neighbour lists that are not mirrored (:func:`check_symmetric`) and neighbours
+that post messages of different lengths (:func:`check_message_lengths`).
 """
 
 from __future__ import annotations
@@ -74,6 +78,46 @@ def rank_order_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def format_ranks(ranks: Sequence[int]) -> str:
+    """``"rank 3"``, ``"ranks 0-1"``, ``"ranks 0-2, 5, 7-8"``: sorted ranks as runs."""
+    values = sorted(set(int(r) for r in ranks))
+    runs: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        runs.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ("rank " if len(values) == 1 else "ranks ") + ", ".join(runs)
+
+
+def asymmetric_pairs(neighbor_lists: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``: rank ``i`` lists ``j`` as a neighbour but ``j`` does not list ``i``."""
+    sets = [set(nb) for nb in neighbor_lists]
+    return [(i, j) for i, nb in enumerate(neighbor_lists) for j in sorted(nb)
+            if 0 <= j < len(sets) and i not in sets[j]]
+
+
+def check_symmetric(neighbor_lists: Sequence[Sequence[int]]) -> None:
+    """Raise :class:`CommError` naming the offending pairs unless every neighbour relation is
+    mutual (``j`` in ``N(i)`` iff ``i`` in ``N(j)``).
+
+    A rank that lists a neighbour which does not list it back would wait in the exchange
+    for a message that never comes; every backend checks this before its first exchange.
+    """
+    pairs = asymmetric_pairs(neighbor_lists)
+    if not pairs:
+        return
+    shown = "; ".join(f"rank {i} lists rank {j} as a neighbour but rank {j} does not list "
+                      f"rank {i}" for i, j in pairs[:4])
+    more = f" (and {len(pairs) - 4} more pairs)" if len(pairs) > 4 else ""
+    raise CommError(
+        f"the neighbour lists are not symmetric: {shown}{more}; every rank must build its "
+        "list from the same (undirected) topology."
+    )
+
+
 def check_neighbors(rank: int, size: int, neighbors: Sequence[int]) -> list[int]:
     """Validate a neighbour list: sorted unique ranks in ``[0, size)`` without ``rank``."""
     out = sorted(int(j) for j in neighbors)
@@ -83,3 +127,31 @@ def check_neighbors(rank: int, size: int, neighbors: Sequence[int]) -> list[int]
             f"{rank}, got {list(neighbors)}; build them from the topology's graph."
         )
     return out
+
+
+#: the fix named by every message-length error
+SAME_LENGTH_FIX = ("every rank must run the same compressor on a model of the same size "
+                   "(same compressor spec, per-tensor setting and parameter shapes)")
+
+
+def check_message_lengths(lengths: Sequence[int],
+                          neighbor_lists: Sequence[Sequence[int]]) -> None:
+    """Raise :class:`CommError` unless neighbours post messages of the same length.
+
+    ``lengths[i]`` is rank ``i``'s message length in bytes and ``neighbor_lists[i]`` its
+    neighbours. The message names the first pair of neighbours that differ and the ranks
+    grouped by length.
+    """
+    pairs = [(i, j) for i, nb in enumerate(neighbor_lists) for j in nb
+             if i < j and lengths[i] != lengths[j]]
+    if not pairs:
+        return
+    i, j = pairs[0]
+    groups: dict[int, list[int]] = {}
+    for r, n in enumerate(lengths):
+        groups.setdefault(int(n), []).append(r)
+    summary = ", ".join(f"{n} bytes on {format_ranks(rs)}" for n, rs in groups.items())
+    raise CommError(
+        f"neighbours post gossip messages of different lengths: rank {i} sends {lengths[i]} "
+        f"bytes but its neighbour rank {j} sends {lengths[j]} ({summary}); {SAME_LENGTH_FIX}."
+    )

@@ -10,6 +10,9 @@ Two ways to drive it:
   too, and the first error is re-raised in the caller.
 
 Collectives combine contributions in rank order, so results do not depend on thread timing.
+The neighbour lists must be symmetric (checked at construction, naming the offending pairs),
+and a message whose length differs from the receiver's own raises :class:`CommError` naming
+the sender, as the MPI backend does.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .base import CommError, Communicator, Exchange, check_neighbors, rank_order_sum
+from .base import (
+    SAME_LENGTH_FIX,
+    CommError,
+    Communicator,
+    Exchange,
+    check_neighbors,
+    check_symmetric,
+    rank_order_sum,
+)
 
 T = TypeVar("T")
 
@@ -32,10 +43,7 @@ class LocalNetwork:
     def __init__(self, neighbors: Sequence[Sequence[int]], timeout: float = 600.0) -> None:
         self.size = len(neighbors)
         self.neighbors = [check_neighbors(i, self.size, nb) for i, nb in enumerate(neighbors)]
-        for i, nb in enumerate(self.neighbors):
-            for j in nb:
-                if i not in self.neighbors[j]:
-                    raise CommError(f"graph not symmetric: {j} is a neighbour of {i}, not back")
+        check_symmetric(self.neighbors)
         self.timeout = timeout
         self._cond = threading.Condition()
         # (sender, round) -> [buffer, receivers that have not collected it yet]
@@ -144,11 +152,18 @@ def _secondary(exc: BaseException) -> bool:
 
 
 class _LocalExchange(Exchange):
-    def __init__(self, net: LocalNetwork, rank: int, rnd: int) -> None:
-        self.net, self.rank, self.rnd = net, rank, rnd
+    def __init__(self, net: LocalNetwork, rank: int, rnd: int, length: int) -> None:
+        self.net, self.rank, self.rnd, self.length = net, rank, rnd, length
 
     def wait(self) -> list[torch.Tensor]:
-        return self.net._collect(self.rank, self.rnd)
+        received = self.net._collect(self.rank, self.rnd)
+        for j, buf in zip(self.net.neighbors[self.rank], received, strict=True):
+            if buf.numel() != self.length:  # MPI would truncate or leave stale bytes
+                raise CommError(
+                    f"rank {j} sent a {buf.numel()}-byte gossip message to rank {self.rank}, "
+                    f"which sends {self.length}-byte messages; {SAME_LENGTH_FIX}."
+                )
+        return received
 
 
 class LocalCommunicator(Communicator):
@@ -166,7 +181,7 @@ class LocalCommunicator(Communicator):
         self._round += 1
         # Receivers must see the bytes as sent, even if the sender reuses its buffer.
         self.net._post(self.rank, rnd, send.clone())
-        return _LocalExchange(self.net, self.rank, rnd)
+        return _LocalExchange(self.net, self.rank, rnd, send.numel())
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
         return self.net._collective(self.rank, np.asarray(array), rank_order_sum)  # type: ignore[return-value]

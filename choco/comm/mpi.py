@@ -4,6 +4,18 @@
 one ``MPI_Ineighbor_allgather`` of equal-size byte buffers (no pickling), received into a
 buffer allocated once and reused while the message size stays the same. Importing this
 module imports ``mpi4py.MPI`` (and so initialises MPI); the package never does that at import.
+
+Nothing here can leave a rank waiting for a peer that will never come:
+
+* the constructor gathers every rank's neighbour list (one world collective) *before* the
+  collective graph creation, and raises :class:`CommError` on every rank if a list is
+  invalid or not mirrored ("rank 1 lists rank 2 as a neighbour but rank 2 does not list
+  rank 1");
+* the first exchange gathers every rank's message length (one world collective, once per
+  communicator) and raises on every rank if two neighbours differ; later rounds add no
+  collective. (MPICH silently truncates a longer message and leaves stale bytes after a
+  shorter one; the gossip's decoder then names the sender, see
+  :mod:`choco.neighbourhood`.)
 """
 
 from __future__ import annotations
@@ -14,42 +26,93 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .base import CommError, Communicator, Exchange, check_neighbors, rank_order_sum
+from .base import (
+    SAME_LENGTH_FIX,
+    CommError,
+    Communicator,
+    Exchange,
+    check_message_lengths,
+    check_neighbors,
+    check_symmetric,
+    format_ranks,
+    rank_order_sum,
+)
 
 
 class _MPIExchange(Exchange):
-    def __init__(self, request: MPI.Request | None, send: np.ndarray, recv: np.ndarray) -> None:
+    def __init__(self, request: MPI.Request | None, send: np.ndarray, recv: np.ndarray,
+                 owner: MPICommunicator) -> None:
         self.request = request
         self.send = send  # kept alive until the request completes
         self.recv = recv
+        self.owner = owner
 
     def wait(self) -> list[torch.Tensor]:
         if self.request is not None:
-            self.request.Wait()
-            self.request = None
+            request, self.request = self.request, None
+            try:
+                request.Wait()
+            except MPI.Exception as exc:  # e.g. MPI_ERR_TRUNCATE under Open MPI
+                owner = self.owner
+                raise CommError(
+                    f"rank {owner.rank}: the gossip exchange with "
+                    f"{format_ranks(owner.neighbors)} failed ({exc.Get_error_string()}); "
+                    f"a neighbour probably sent a message of another length: {SAME_LENGTH_FIX}."
+                ) from exc
         return [torch.from_numpy(row) for row in self.recv]
 
 
 class MPICommunicator(Communicator):
     """Rank ``comm.rank`` of ``comm`` with the given neighbours (symmetric graph).
 
+    Construction is collective over ``comm``: every rank must build its communicator at the
+    same point. It first gathers every rank's neighbour list and raises :class:`CommError`
+    on every rank if one is invalid or the relation is not symmetric, then creates the
+    distributed graph. An empty list is allowed on every rank: ``MPICommunicator([], world)``
+    is a communicator for the blocking collectives only (e.g. the start-up check
+    :func:`choco.comm.check_agreement`, run before the topology is known); it never
+    exchanges with neighbours.
+
     Parameters
     ----------
     neighbors
-        Sorted ranks this rank exchanges with; must be symmetric across ranks.
+        Ranks this rank exchanges with; must be symmetric across ranks.
     comm
         The parent communicator, ``MPI.COMM_WORLD`` by default.
+
+    Attributes
+    ----------
+    all_neighbors
+        Every rank's (sorted) neighbour list, in rank order, as gathered at construction.
     """
 
     def __init__(self, neighbors: Sequence[int], comm: MPI.Comm | None = None) -> None:
         self.world = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
-        self.neighbors = check_neighbors(self.rank, self.size, neighbors)
+        # A bad list is reported on every rank after the gather, never raised alone (the
+        # other ranks would wait in the gather or the graph creation).
+        problem: str | None = None
+        try:
+            mine = check_neighbors(self.rank, self.size, neighbors)
+        except CommError as exc:
+            mine, problem = [], str(exc)
+        except (TypeError, ValueError) as exc:
+            mine, problem = [], f"rank {self.rank}: a list of neighbour ranks is required ({exc})"
+        gathered = self.world.allgather((mine, problem))
+        problems = [p for _, p in gathered if p is not None]
+        if problems:
+            more = len(problems) - 1
+            raise CommError(problems[0] + (f" (and {more} more rank{'s' * (more > 1)})"
+                                           if more else ""))
+        self.all_neighbors: list[list[int]] = [nb for nb, _ in gathered]
+        check_symmetric(self.all_neighbors)  # the same verdict on every rank
+        self.neighbors = mine
         self.graph = self.world.Create_dist_graph_adjacent(
             self.neighbors, self.neighbors, reorder=False
         )
         self._recv = np.empty((len(self.neighbors), 0), dtype=np.uint8)
+        self._lengths_checked = False
 
     @classmethod
     def from_matrix(cls, W: np.ndarray, comm: MPI.Comm | None = None) -> MPICommunicator:
@@ -58,13 +121,32 @@ class MPICommunicator(Communicator):
         return cls([j for j in range(W.shape[0]) if j != rank and W[rank, j] != 0], world)
 
     def neighbor_exchange(self, send: torch.Tensor) -> Exchange:
+        """Post ``send`` to every neighbour (collective over the graph: every rank posts).
+
+        The first exchange also gathers every rank's message length (one world collective)
+        and raises :class:`CommError` on every rank if two neighbours differ.
+        """
         buf = send.numpy()
+        if not self._lengths_checked:
+            self._check_lengths(buf.size)
         if self._recv.shape[1] != buf.size:
             self._recv = np.empty((len(self.neighbors), buf.size), dtype=np.uint8)
         if not self.neighbors:
-            return _MPIExchange(None, buf, self._recv)
+            return _MPIExchange(None, buf, self._recv, self)
         request = self.graph.Ineighbor_allgather([buf, MPI.BYTE], [self._recv, MPI.BYTE])
-        return _MPIExchange(request, buf, self._recv)
+        return _MPIExchange(request, buf, self._recv, self)
+
+    def _check_lengths(self, length: int) -> None:
+        """One allgather of the message length, on the first exchange only.
+
+        Not repeated when the length changes: a rank that changed alone would wait in this
+        collective while its neighbours wait in the exchange.
+        """
+        self._lengths_checked = True
+        if self.size == 1:
+            return
+        lengths = self.allgather(np.array([length], dtype=np.int64))[:, 0].tolist()
+        check_message_lengths(lengths, self.all_neighbors)
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
         """Sum over ranks, added in rank order (:func:`rank_order_sum`): bit-identical to the

@@ -311,6 +311,7 @@ def train_mpi(cfg: TrainConfig) -> int:
     """One node per MPI rank."""
     from mpi4py import MPI
 
+    from ..comm import check_agreement
     from ..comm.mpi import MPICommunicator
 
     world = MPI.COMM_WORLD
@@ -318,7 +319,13 @@ def train_mpi(cfg: TrainConfig) -> int:
     if cfg.nodes and cfg.nodes != size:
         raise UsageError(f"--nodes {cfg.nodes} but mpiexec started {size} ranks; drop "
                          f"--nodes or launch mpiexec -n {cfg.nodes}.")
+    # one collective before anything else: ranks started with other options stop here, on
+    # every rank, before any of them enters a collective the others never reach
+    check_agreement(MPICommunicator([], world), config=cfg.to_dict(), what="run")
     plan = make_plan(cfg, size, share=(rank, size, world.allgather))
+    if not cfg.resume:  # the initial model (on resume, the checkpoint's per-rank states)
+        check_agreement(MPICommunicator([], world), tensors=plan.template.state_dict(),
+                        what="run")
     # every rank reads the same manifests; all finish reading before rank 0 writes, and an
     # error on any rank is raised on every rank
     resume = _on_every_rank(world, lambda: check_out(plan))
