@@ -8,8 +8,9 @@ Each generated block of README.md sits between two markers::
     ...the script's stdout...
     <!-- end generated -->
 
-This script runs every marked command (from the repository root, with this Python) and puts
-its output between the markers, so the README shows what the code prints. ``--only`` runs the
+This script runs every marked command (from the repository root, with this Python; several
+commands may be joined with `` && ``) and puts the last one's output between the markers, so
+the README shows what the code prints. ``--only`` runs the
 blocks whose command contains NAME; ``--dry-run`` lists the commands. Takes several minutes.
 """
 
@@ -34,14 +35,19 @@ def blocks(text: str) -> list[str]:
 
 
 def run(command: str) -> str:
-    args = shlex.split(command)
-    if args[0] != "python":
-        raise SystemExit(f"generated blocks must run a python script, got {command!r}")
-    proc = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True,
-                          text=True, timeout=3600, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{command} failed with exit {proc.returncode}:\n{proc.stderr[-2000:]}")
-    return proc.stdout.strip() + "\n"
+    """Run ``python ... [&& python ...]``; the block gets the last command's output."""
+    out = ""
+    for part in command.split(" && "):
+        args = shlex.split(part)
+        if args[0] != "python":
+            raise SystemExit(f"generated blocks must run python commands, got {part!r}")
+        proc = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True,
+                              text=True, timeout=3 * 3600, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"{part} failed with exit {proc.returncode}:\n"
+                             f"{proc.stderr[-2000:]}")
+        out = proc.stdout
+    return out.strip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

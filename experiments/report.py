@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-reduction", type=float, default=1e6,
                    help="error reduction for the 'bytes to target' column (consensus)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    p.add_argument("--copy-plots", metavar="DIR", default=None,
+                   help="also copy the PNG plots to DIR as <sweep name>_<plot>.png "
+                   "(e.g. docs/img for the README)")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
     args = p.parse_args(argv)
 
@@ -261,7 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown(records, varying, kind, args.target_accuracy, args.target_reduction)
         (folder / "report.md").write_text(table)
         if not args.no_plots:
-            plot(runs, varying, folder)
+            index = plot(runs, varying, folder)
+            if args.copy_plots:
+                target = Path(args.copy_plots)
+                target.mkdir(parents=True, exist_ok=True)
+                name = json.loads((folder / "sweep.json").read_text())["name"]
+                for png in index:
+                    shutil.copyfile(folder / png, target / f"{name}_{png}")
         if not args.quiet:
             print(table, end="")
         return 0
