@@ -119,6 +119,13 @@ class ChocoSGD(_Wrapped):
             self.gossip_round()
         return loss
 
+    def skip_step(self) -> None:
+        """No local step, but the gossip round it would have had (a node that must stop
+        computing, e.g. on a non-finite loss, keeps its neighbours' exchanges going)."""
+        self.local_steps += 1
+        if self.local_steps % self.gossip_every == 0:
+            self.gossip_round()
+
     @torch.no_grad()
     def gossip_round(self) -> None:
         x = self.flat.buffer
@@ -169,6 +176,14 @@ class AllReduceSGD(_Wrapped):
         self.bytes_sent += round(2 * (n - 1) / n * grad.numel() * grad.element_size())
         self.local_steps += 1
         return self.optimizer.step(closure)
+
+    def skip_step(self) -> None:
+        """No step of its own, but the all-reduce the other nodes wait for (a zero gradient)."""
+        self.comm.allreduce(torch.zeros_like(self.flat.buffer).cpu().numpy())
+        n = self.comm.size
+        self.bytes_sent += round(2 * (n - 1) / n * self.flat.buffer.numel()
+                                 * self.flat.buffer.element_size())
+        self.local_steps += 1
 
     def flush(self) -> None:
         pass

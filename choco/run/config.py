@@ -71,6 +71,9 @@ class TrainConfig:
         "help": "epochs at which the LR is divided by 10, e.g. 150,225"})
     bptt: int = field(default=30, metadata={"help": "sequence length for language models"})
     clip: float = field(default=0.0, metadata={"help": "gradient-norm clip (0: off)"})
+    divergence_check: int = field(default=25, metadata={
+        "help": "steps between the collective checks for a non-finite loss (and at the end "
+        "of every epoch); in between no global collective runs"})
     # --- run
     seed: int = field(default=0, metadata={"help": "base seed (data: seed + rank)"})
     out: str = field(default="runs/default", metadata={"help": "output folder"})

@@ -105,6 +105,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
               (cfg.weight_decay >= 0, "--weight-decay must be >= 0", cfg.weight_decay),
               (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0", cfg.warmup_epochs),
               (cfg.gossip_every >= 1, "--gossip-every must be >= 1", cfg.gossip_every),
+              (cfg.divergence_check >= 1, "--divergence-check must be >= 1",
+               cfg.divergence_check),
               (cfg.checkpoint_every >= 0, "--checkpoint-every must be >= 0",
                cfg.checkpoint_every),
               (cfg.order in ("overlap", "sync"), "--order must be overlap or sync", cfg.order),

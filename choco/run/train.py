@@ -182,32 +182,41 @@ def train_node(comm: Communicator, plan: Plan,
 def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> float:
     """One epoch of local steps + gossip; the mean train loss over nodes (NaN: diverged).
 
-    The loss is checked collectively *before* each step, so that every node stops at the
-    same step when any node's loss stops being finite (no node is left in an exchange).
+    No collective runs at every step. A node whose loss stops being finite stops taking
+    local steps but keeps gossiping, so no neighbour is left waiting in an exchange; every
+    ``--divergence-check`` steps and at the end of the epoch one small all-reduce (the loss
+    sums and a flag) lets every node stop at the same step.
     """
     cfg = plan.cfg
     task = plan.task
     model.train()
     carry = task.begin_epoch(model)
-    loss_sum = 0.0
+    loss_sum, bad = 0.0, False
+    steps = plan.steps_per_epoch
+    total = np.zeros(2)
     for b, batch in enumerate(task.batches(comm.rank, epoch)):
         lr = plan.schedule.at(comm.rank, epoch, b)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
-        loss, carry = task.loss(model, batch, carry)
-        value = loss.item()
-        finite = math.isfinite(value)
-        total = comm.allreduce(np.array([value if finite else 0.0, 0.0 if finite else 1.0]))
-        if total[1] > 0:
-            opt.flush()
-            return float("nan")
-        loss_sum += float(total[0]) / comm.size
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-    return loss_sum / max(plan.steps_per_epoch, 1)
+        if not bad:
+            loss, carry = task.loss(model, batch, carry)
+            value = loss.item()
+            bad = not math.isfinite(value)
+        if bad:
+            opt.skip_step()  # no local step; the gossip round still runs
+        else:
+            loss_sum += value
+            loss.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+        if (b + 1) % cfg.divergence_check == 0 or b + 1 == steps:
+            total = comm.allreduce(np.array([loss_sum, 1.0 if bad else 0.0]))
+            if total[1] > 0:
+                opt.flush()
+                return float("nan")
+    return float(total[0]) / comm.size / max(steps, 1)
 
 
 @torch.no_grad()
