@@ -16,7 +16,9 @@ entries give a threshold ``t`` below the ``k``-th largest magnitude with overwhe
 probability; the exact top-k is then taken among the candidates ``|x_i| >= t`` (about
 ``1.3 k`` of them). Whenever at least ``k`` entries pass, every one of the true top-k does
 (the ``k``-th largest is ``>= t``), so the set equals ``torch.topk``'s up to ties; with
-fewer, the full ``torch.topk`` runs instead.
+fewer, the full ``torch.topk`` runs instead. Entries equal to ``t`` are taken only when
+fewer than ``k`` are strictly above it, lowest positions first: inputs with many exact zeros
+or ties (sparse gradients, ReLU layers, late residuals) cost one pass, not a sort.
 """
 
 from __future__ import annotations
@@ -47,35 +49,60 @@ def _topk_exact(ax: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _topk_host(x: torch.Tensor, k: int) -> torch.Tensor | None:
-    """Threshold-sampling top-k on CPU with chunked numpy; None if too few candidates."""
+    """Threshold-sampling top-k on CPU with chunked numpy; None if too few candidates.
+
+    Entries strictly above the sampled threshold ``t`` are candidates; if fewer than ``k``
+    are, the rest are the lowest positions with ``|x_i| = t`` (ties broken by position), so
+    inputs full of zeros or of equal values cost one pass instead of a full sort.
+    """
     xn = x.detach().numpy()
     numel = xn.size
     sample = np.abs(xn[::SAMPLE_STRIDE])
     rank = _sample_rank(numel, k, sample.size)
     threshold = np.partition(sample, sample.size - rank)[sample.size - rank]
-    parts = []
+    above, equal = [], []
     scratch = np.empty(min(_host.CHUNK, numel), dtype=xn.dtype)
+    n_above = n_equal = 0
     for start, stop in _host.chunks(numel):
         a = np.abs(xn[start:stop], out=scratch[: stop - start])
-        parts.append(np.flatnonzero(a >= threshold) + start)
-    candidates = np.concatenate(parts)
-    if candidates.size < k:
-        return None
-    mags = np.abs(xn[candidates])
-    chosen = candidates[np.argpartition(mags, candidates.size - k)[candidates.size - k :]]
+        hits = np.flatnonzero(a > threshold) + start
+        above.append(hits)
+        n_above += hits.size
+        if n_above + n_equal < k:  # ties are needed only while fewer than k are above
+            ties = np.flatnonzero(a == threshold)[: k - n_above - n_equal] + start
+            equal.append(ties)
+            n_equal += ties.size
+    candidates = np.concatenate(above)
+    if candidates.size >= k:
+        mags = np.abs(xn[candidates])
+        chosen = candidates[np.argpartition(mags, candidates.size - k)[candidates.size - k :]]
+    else:
+        ties = np.sort(np.concatenate(equal))
+        ties = ties[np.abs(xn[ties]) == threshold]  # chunks scanned before enough were above
+        if candidates.size + ties.size < k:
+            return None
+        chosen = np.concatenate([candidates, ties[: k - candidates.size]])
     return torch.from_numpy(np.sort(chosen))
 
 
 def _topk_device(x: torch.Tensor, k: int) -> torch.Tensor | None:
-    """Threshold-sampling top-k with torch ops on ``x``'s device; None if too few pass."""
+    """Threshold-sampling top-k with torch ops on ``x``'s device; None if too few pass.
+
+    Same rule as :func:`_topk_host`: strictly above the threshold, then the lowest
+    positions equal to it.
+    """
     ax = x.abs()
     sample = ax[::SAMPLE_STRIDE]
     rank = _sample_rank(ax.numel(), k, sample.numel())
     threshold = torch.topk(sample, rank, sorted=False).values.min()
-    candidates = torch.nonzero(ax >= threshold).view(-1)
-    if candidates.numel() < k:
-        return None
-    chosen = candidates[_topk_exact(ax[candidates], k)]
+    candidates = torch.nonzero(ax > threshold).view(-1)
+    if candidates.numel() >= k:
+        chosen = candidates[_topk_exact(ax[candidates], k)]
+    else:
+        ties = torch.nonzero(ax == threshold).view(-1)[: k - candidates.numel()]
+        if candidates.numel() + ties.numel() < k:
+            return None
+        chosen = torch.cat([candidates, ties])
     return torch.sort(chosen).values
 
 
