@@ -149,6 +149,7 @@ class ChocoGossip(_HoldsRound):
         self.compressor = compressor
         self.seed = int(seed)
         self.state: GossipState | None = None
+        self._diff: torch.Tensor | None = None  # s − x̂, a buffer reused across rounds
 
     # ------------------------------------------------------------------ state
     def init_state(self, x: torch.Tensor, x_hat: torch.Tensor | None = None) -> GossipState:
@@ -194,12 +195,17 @@ class ChocoGossip(_HoldsRound):
         message, received = self.round.wait()
         self.round.check_received(received, self.compressor, x.numel())
         state = self.state
-        q = self.compressor.decode(message, x.dtype, x.device).view_as(x)
-        state.x_hat.add_(q)
-        state.s.add_(q, alpha=self.w_self)
+        x_hat, s = state.x_hat.view(-1), state.s.view(-1)
+        # the own message is added straight into x̂ and s (a sparse one only on its support,
+        # never through a dense temporary), each neighbour's into s in one pass
+        self.compressor.decode_add_(message, x_hat)
+        self.compressor.decode_add_(message, s, alpha=self.w_self)
         for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
-            self.round.decode_add_(self.compressor, j, buf, state.s.view(-1), alpha=w)
-        x.add_(state.s - state.x_hat, alpha=self.gamma)
+            self.round.decode_add_(self.compressor, j, buf, s, alpha=w)
+        if self._diff is None or self._diff.shape != state.s.shape:
+            self._diff = torch.empty_like(state.s)  # allocated once, reused every round
+        torch.sub(state.s, state.x_hat, out=self._diff)
+        x.add_(self._diff, alpha=self.gamma)
         state.step += 1
 
     def step(self, x: torch.Tensor) -> None:
