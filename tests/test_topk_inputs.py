@@ -57,6 +57,13 @@ def test_topk_is_an_exact_top_k_set_with_lowest_position_ties(monkeypatch, host,
     np.testing.assert_array_equal(idx, reference(x.numpy(), k))
 
 
+@pytest.mark.parametrize("numel,k", [(1000, 10), (5000, 2000), (70_000, 20_000)])
+def test_small_or_dense_selections_break_ties_by_position(numel, k):
+    """The paths without sampling (small d, or k > d/8) follow the same tie rule."""
+    x = torch.randint(-2, 3, (numel,), generator=torch.Generator().manual_seed(2)).float()
+    np.testing.assert_array_equal(topk_indices(x, k).numpy(), reference(x.numpy(), k))
+
+
 def test_topk_message_on_sparse_input_decodes_to_the_kept_entries():
     x = inputs()["99.7% zeros"]
     q = make_compressor("topk:0.01")

@@ -107,7 +107,11 @@ def _topk_device(x: torch.Tensor, k: int) -> torch.Tensor | None:
 
 
 def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions of the ``k`` largest ``|x|``, ascending (int64, on ``x``'s device)."""
+    """Positions of the ``k`` largest ``|x|``, ascending (int64, on ``x``'s device).
+
+    Among equal magnitudes at the ``k``-th largest, the lowest positions are taken, on every
+    path (sampled or not, numpy or torch): the selection is deterministic.
+    """
     numel = x.numel()
     if k >= numel:
         return torch.arange(numel, device=x.device)
@@ -115,7 +119,11 @@ def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     if numel >= SAMPLE_MIN_NUMEL and k * 8 <= numel:
         idx = _topk_host(x, k) if _host.use_host_kernels(x) else _topk_device(x, k)
     if idx is None:
-        idx = torch.sort(_topk_exact(x.abs(), k)).values
+        ax = x.abs()
+        kth = torch.topk(ax, k, sorted=False).values.min()  # the k-th largest magnitude
+        above = torch.nonzero(ax > kth).view(-1)
+        ties = torch.nonzero(ax == kth).view(-1)[: k - above.numel()]  # lowest positions
+        idx = torch.sort(torch.cat([above, ties])).values
     return idx
 
 
