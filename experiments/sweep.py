@@ -308,8 +308,11 @@ def describe(result: dict) -> str:
 
 
 def write_manifest(sweep: Sweep, out: Path) -> None:
+    """``out/sweep.json``: the expanded runs (written atomically: array tasks race here)."""
+    from choco.run.files import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({
+    atomic_write_text(out / "sweep.json", json.dumps({
         "sweep": str(sweep.path), "kind": sweep.kind, "name": sweep.name,
         "runs": [{"index": r.index, "name": r.name, "options": r.options} for r in sweep.runs],
     }, indent=1, default=list) + "\n")
@@ -341,6 +344,8 @@ def launch_slurm(sweep: Sweep, out: Path, dry_run: bool) -> int:
     slurm = sweep.slurm
     cmd = ["sbatch", "--parsable", f"--array={','.join(map(str, pending))}",
            f"--job-name=sweep-{sweep.name}", f"--ntasks={slurm.get('ntasks', 1)}"]
+    if "cpus_per_task" not in slurm and int(slurm.get("ntasks", 1)) > 1:
+        cmd.append("--cpus-per-task=1")  # one CPU per MPI rank unless the sweep says more
     for key in ("cpus_per_task", "time", "partition", "mem"):
         if key in slurm:
             cmd.append(f"--{key.replace('_', '-')}={slurm[key]}")

@@ -73,6 +73,13 @@ def launcher_rank() -> int:
 
 def refuse_local_under_mpi() -> None:
     """Every rank running the whole network would write the same files: refuse it."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
+    if not launched_by_mpi() and tasks.isdigit() and int(tasks) > 1:
+        raise UsageError(
+            f"this process is one of {tasks} tasks started by srun without an MPI plugin (no "
+            "PMI variables), so every task would run the whole network and write the same "
+            "files; launch with srun --mpi=pmi2 (or mpiexec), or run a single task."
+        )
     if launched_by_mpi():
         raise UsageError(
             "--backend local runs every node in one process, but this process was started by "
