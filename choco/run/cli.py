@@ -80,6 +80,13 @@ def refuse_local_under_mpi() -> None:
             "PMI variables), so every task would run the whole network and write the same "
             "files; launch with srun --mpi=pmi2 (or mpiexec), or run a single task."
         )
+    world = os.environ.get("WORLD_SIZE", "1")
+    if launched_by_torchrun() and world.isdigit() and int(world) > 1:
+        raise UsageError(
+            f"--backend local runs every node in one process, but torchrun started {world} "
+            "processes (each would run the whole network and write the same files); pass "
+            "--backend torch (or auto), or run without torchrun."
+        )
     if launched_by_mpi():
         raise UsageError(
             "--backend local runs every node in one process, but this process was started by "
@@ -88,15 +95,26 @@ def refuse_local_under_mpi() -> None:
         )
 
 
-BACKENDS = ("auto", "local", "mpi")
+BACKENDS = ("auto", "local", "mpi", "torch")
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (its variables, and no MPI launcher's)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return True
+    return (all(os.environ.get(v, "").strip() for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+            and not launched_by_mpi())
 
 
 def resolve_backend(name: str) -> str:
-    """``auto`` → ``mpi`` when started by an MPI launcher with several ranks, else ``local``."""
+    """``auto`` → ``mpi`` under an MPI launcher with several ranks, ``torch`` under torchrun,
+    else ``local``."""
     if name not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}.")
     if name == "auto":
-        return "mpi" if launched_by_mpi() else "local"
+        if launched_by_mpi():
+            return "mpi"
+        return "torch" if launched_by_torchrun() else "local"
     return name
 
 
@@ -119,7 +137,8 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     """``--backend auto|local|mpi`` with the same meaning in every program."""
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto: mpi when started by mpiexec/srun with more than one rank, "
-                        "else local (every node in this process)")
+                        "torch when started by torchrun, else local (every node in this "
+                        "process)")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -183,4 +202,8 @@ def run(backend: str, main: Callable[[str], int]) -> int:
         return USAGE_EXIT
     if resolved == "mpi":
         return run_mpi(lambda: main(resolved))
+    if resolved == "torch":
+        from ..comm.torchdist import run_torch
+
+        return run_torch(lambda: main(resolved))
     return run_local(lambda: main(resolved))

@@ -29,7 +29,10 @@ class TrainConfig:
                           "complete:8, ...; 'ring' without a size takes the number of nodes"})
     mixing: str = field(default="metropolis", metadata={"help": "metropolis|maxdegree|uniform"})
     backend: str = field(default="auto", metadata={
-        "help": "auto (mpi when launched by mpiexec/srun with >1 rank, else local) | local | mpi"})
+        "help": "auto (mpi when launched by mpiexec/srun with >1 rank, torch when launched "
+        "by torchrun, else local) | local | mpi | torch"})
+    device: str = field(default="auto", metadata={
+        "help": "cpu | cuda (one GPU per local rank) | auto (cuda when available)"})
     nodes: int = field(default=0, metadata={
         "help": "nodes for --backend local (0: the topology's size)"})
     # --- algorithm

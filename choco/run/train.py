@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -119,14 +119,16 @@ def prepare_out(plan: Plan) -> None:
 
 
 def train_node(comm: Communicator, plan: Plan,
-               resume: checkpoint.Generation | None = None) -> dict:
+               resume: checkpoint.Generation | None = None,
+               device: torch.device | None = None) -> dict:
     """The per-node training program, identical for the local and the MPI backend.
 
     ``resume``: the checkpoint generation to continue from (checked by :func:`check_out`).
     """
     cfg = plan.cfg
     rank = comm.rank
-    model = plan.new_model()
+    device = device if device is not None else node_device(cfg.device)
+    model = plan.new_model().to(device)
     _broadcast_model(comm, model)
     opt = build_optimizer(plan, comm, model)
     # Dropout draws from torch's global generator: one stream per rank, checkpointed. (In the
@@ -194,7 +196,10 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
     loss_sum, bad = 0.0, False
     steps = plan.steps_per_epoch
     total = np.zeros(2)
+    device = opt.x.device
     for b, batch in enumerate(task.batches(comm.rank, epoch)):
+        if device.type != "cpu":
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
         lr = plan.schedule.at(comm.rank, epoch, b)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -304,50 +309,99 @@ def train_local(cfg: TrainConfig) -> int:
     return _finish(plan, rows[0])
 
 
-def _on_every_rank(world, fn: Callable[[], T]) -> T:
+def _on_every_rank(comm: Communicator, fn: Callable[[], T]) -> T:
     """``fn()`` on every rank; if it raises a user error anywhere, raise it everywhere."""
     try:
         result, error = fn(), None
     except UsageError as exc:
         result, error = None, str(exc)
-    errors = [e for e in world.allgather(error) if e]
+    errors = [e for e in comm.allgather_object(error) if e]
     if errors:
         raise UsageError(errors[0])
     return result  # type: ignore[return-value]
 
 
-def train_mpi(cfg: TrainConfig) -> int:
-    """One node per MPI rank."""
+@dataclass(frozen=True)
+class World:
+    """This process's place in a distributed launch (one node per rank)."""
+
+    backend: str  # "mpi" or "torch"
+    rank: int
+    size: int
+    #: a communicator without neighbours, for the start-up checks and small collectives
+    comm: Communicator
+    #: builds the node's communicator from its neighbour list (collective)
+    node: Callable[[list[int]], Communicator]
+    #: the communication library, for config.json
+    vendor: str
+    local_rank: int = 0
+
+
+def mpi_world() -> World:
     from mpi4py import MPI
 
-    from ..comm import check_agreement
     from ..comm.mpi import MPICommunicator
 
     world = MPI.COMM_WORLD
-    size, rank = world.Get_size(), world.Get_rank()
+    local = next((int(os.environ[v]) for v in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK",
+                                               "SLURM_LOCALID") if os.environ.get(v, "").isdigit()),
+                 0)
+    return World("mpi", world.Get_rank(), world.Get_size(), MPICommunicator([], world),
+                  lambda nb: MPICommunicator(nb, world),
+                  MPI.Get_library_version().splitlines()[0].strip(), local)
+
+
+def torch_world(device: str) -> World:
+    from ..comm.torchdist import init_from_env
+
+    launch = init_from_env(device=device)
+    return World("torch", launch.rank, launch.size, launch.communicator([]),
+                 lambda nb: launch.communicator(nb),
+                 f"torch.distributed {launch.backend} on {launch.comm_device}", launch.local_rank)
+
+
+def train_world(cfg: TrainConfig, world: World) -> int:
+    """One node per rank of an MPI or torchrun launch."""
+    from ..comm import check_agreement
+
+    size, rank = world.size, world.rank
     if cfg.nodes and cfg.nodes != size:
-        raise UsageError(f"--nodes {cfg.nodes} but mpiexec started {size} ranks; drop "
-                         f"--nodes or launch mpiexec -n {cfg.nodes}.")
+        raise UsageError(f"--nodes {cfg.nodes} but the launcher started {size} ranks; drop "
+                         f"--nodes or start {cfg.nodes} ranks.")
     # one collective before anything else: ranks started with other options stop here, on
     # every rank, before any of them enters a collective the others never reach
-    check_agreement(MPICommunicator([], world), config=cfg.to_dict(), what="run")
-    plan = make_plan(cfg, size, share=(rank, size, world.allgather))
+    check_agreement(world.comm, config=cfg.to_dict(), what="run")
+    plan = make_plan(cfg, size, share=(rank, size, world.comm.allgather_object))
     if not cfg.resume:  # the initial model (on resume, the checkpoint's per-rank states)
-        check_agreement(MPICommunicator([], world), tensors=plan.template.state_dict(),
-                        what="run")
+        check_agreement(world.comm, tensors=plan.template.state_dict(), what="run")
     # every rank reads the same manifests; all finish reading before rank 0 writes, and an
     # error on any rank is raised on every rank
-    resume = _on_every_rank(world, lambda: check_out(plan))
+    resume = _on_every_rank(world.comm, lambda: check_out(plan))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
     if rank == 0:
         _announce(plan)
         prepare_out(plan)
-        _write_config(plan, "mpi", MPI.Get_library_version().splitlines()[0].strip())
-    world.Barrier()
-    row = train_node(MPICommunicator(plan.topology.neighbors(rank), world), plan, resume)
+        _write_config(plan, world.backend, world.vendor)
+    world.comm.barrier()
+    device = node_device(cfg.device, world.local_rank)
+    row = train_node(world.node(plan.topology.neighbors(rank)), plan, resume, device)
     if rank == 0:
         return _finish(plan, row)
     return DIVERGED_EXIT if row.get("diverged") else 0
+
+
+def node_device(name: str, local_rank: int = 0) -> torch.device:
+    """``--device``: cpu, cuda (``cuda:LOCAL_RANK``) or auto (cuda when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda":
+        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}.")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but torch sees no CUDA device; use "
+                         "--device cpu (or auto).")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def start(backend: str) -> int:
         resolved = replace(cfg, backend=backend)
-        return train_mpi(resolved) if backend == "mpi" else train_local(resolved)
+        if backend == "mpi":
+            return train_world(resolved, mpi_world())
+        if backend == "torch":
+            return train_world(resolved, torch_world(resolved.device))
+        return train_local(resolved)
 
     return run(cfg.backend, start)
 
