@@ -99,11 +99,10 @@ BACKENDS = ("auto", "local", "mpi", "torch")
 
 
 def launched_by_torchrun() -> bool:
-    """Whether torchrun started this process (its variables, and no MPI launcher's)."""
-    if os.environ.get("TORCHELASTIC_RUN_ID"):
-        return True
-    return (all(os.environ.get(v, "").strip() for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-            and not launched_by_mpi())
+    """Whether torchrun started this process (:func:`choco.comm.torchdist.launched_by_torchrun`)."""
+    from ..comm.torchdist import launched_by_torchrun as by_torchrun
+
+    return by_torchrun()
 
 
 def resolve_backend(name: str) -> str:
@@ -111,10 +110,10 @@ def resolve_backend(name: str) -> str:
     else ``local``."""
     if name not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}.")
-    if name == "auto":
-        if launched_by_mpi():
-            return "mpi"
-        return "torch" if launched_by_torchrun() else "local"
+    if name == "auto":  # torchrun first: under `srun torchrun` srun's PMI variables are set too
+        if launched_by_torchrun():
+            return "torch"
+        return "mpi" if launched_by_mpi() else "local"
     return name
 
 
