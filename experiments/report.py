@@ -142,6 +142,20 @@ def summarize(runs: list[dict[str, Any]], varying: list[str], target_accuracy: f
     return records
 
 
+def add_factor(records: list[dict[str, Any]], baseline: str) -> None:
+    """``factor``: the baseline run's MiB to the target divided by each run's."""
+    key, sep, value = baseline.partition("=")
+    base = [r for r in records if sep and str(r.get(key)) == value]
+    if len(base) != 1 or base[0].get("mib_to_target") is None:
+        raise UsageError(f"--baseline must name exactly one run that reached the target, as "
+                         f"KEY=VALUE of a varying option, got {baseline!r} ({len(base)} runs "
+                         "match); e.g. --baseline algorithm=exact.")
+    ref = base[0]["mib_to_target"]
+    for rec in records:
+        mib = rec.get("mib_to_target")
+        rec["factor"] = ref / mib if mib else None
+
+
 def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
              target_accuracy: float, target_reduction: float) -> str:
     head = list(varying)
@@ -157,6 +171,9 @@ def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
                 (f"MiB/node to {100 * target_accuracy:g} %", "mib_to_target",
                  lambda v: _fmt(v, ".3f") if v is not None else "not reached"),
                 ("time s", "wall_time_s", lambda v: _fmt(v, ".1f"))]
+        if any("factor" in rec for rec in records):
+            cols.insert(-1, ("× fewer bytes to target", "factor",
+                             lambda v: _fmt(v, ".1f") if v is not None else ""))
     else:
         cols = [("γ", "gamma_used", lambda v: _fmt(v, ".3g")),
                 ("error₀", "error_initial", lambda v: _fmt(v, ".3g")),
@@ -242,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="accuracy of x̄ for the 'MiB to target' column (training)")
     p.add_argument("--target-reduction", type=float, default=1e6,
                    help="error reduction for the 'bytes to target' column (consensus)")
+    p.add_argument("--baseline", default=None, metavar="KEY=VALUE",
+                   help="add a column 'x fewer bytes than' the run with this option value "
+                   "(e.g. algorithm=exact), compared at the target accuracy (training)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
     p.add_argument("--copy-plots", metavar="DIR", default=None,
                    help="also copy the PNG plots to DIR as <sweep name>_<plot>.png "
@@ -257,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{folder} mixes run kinds {sorted(kinds)}; report one sweep.")
         kind = kinds.pop()
         records = summarize(runs, varying, args.target_accuracy, args.target_reduction)
+        if args.baseline:
+            add_factor(records, args.baseline)
         with open(folder / "runs.csv", "w", newline="") as fh:
             fields = list(dict.fromkeys(k for rec in records for k in rec))
             writer = csv.DictWriter(fh, fieldnames=fields)

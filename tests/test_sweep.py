@@ -171,3 +171,16 @@ def test_shipped_configs_parse(tmp_path):
     for path in sorted((ROOT / "experiments" / "configs").glob("*.toml")):
         text = path.read_text().replace('data_dir = "data"', f'data_dir = "{tmp_path}"')
         assert load_sweep(write(tmp_path, text, path.name)).runs, path
+
+
+def test_report_factor_against_a_baseline(train_sweep, capsys):
+    _, out = train_sweep
+    assert report([str(out), "--target-accuracy", "0.5", "--baseline", "algorithm=exact",
+                   "--no-plots"]) == 0
+    table = capsys.readouterr().out
+    assert "× fewer bytes to target" in table.splitlines()[0]
+    rows = {r["algorithm"]: r for r in csv.DictReader((out / "runs.csv").open())}
+    assert float(rows["exact"]["factor"]) == 1.0
+    # a sign message is ~1/32 of an fp32 one: to the same accuracy, far fewer bytes
+    assert float(rows["choco"]["factor"]) > 10
+    assert report([str(out), "--baseline", "algorithm=nothing", "--no-plots"]) == 2
