@@ -175,7 +175,7 @@ def test_output_keeps_the_input_dtype(dtype, tmp_path, capsys):
     np.save(inp, np.random.default_rng(1).standard_normal(100).astype(dtype))
     assert main(["natural", "--in", str(inp), "--out", str(out)]) == 0
     assert np.load(out).dtype == dtype
-    assert main(["identity", "--in", str(inp), "--out", str(out)]) == 0
+    assert main(["identity", "--in", str(inp), "--out", str(out), "--overwrite"]) == 0
     np.testing.assert_array_equal(np.load(out), np.load(inp))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["nbytes"] == (
         16 + 100 * np.dtype(dtype).itemsize)
@@ -269,3 +269,50 @@ def test_delta_subcommand_reports_measured_and_documented(capsys):
     assert by_spec["randk:0.1"]["delta_measured"] == pytest.approx(0.1, abs=0.02)
     assert by_spec["natural"]["omega"] == 0.125
     assert by_spec["natural"]["delta_measured"] >= by_spec["natural"]["delta"]
+
+
+def test_output_is_checked_before_any_work(x_file, tmp_path, capsys):
+    """The input is never the output; an existing output needs --overwrite."""
+    before = x_file.read_bytes()
+    hard = tmp_path / "hard.npy"
+    hard.hardlink_to(x_file)
+    (tmp_path / "dir").mkdir()
+    cases = [
+        ([str(x_file)], "would destroy the input"),
+        ([str(x_file), "--overwrite"], "would destroy the input"),
+        ([str(hard), "--overwrite"], "would destroy the input"),  # same file, other path
+        ([str(tmp_path / "dir")], "which is a folder"),
+        ([str(x_file) + "/y.npy"], "is a file, not a folder"),
+    ]
+    for out, needle in cases:
+        assert main(["sign", "--in", str(x_file), "--out", *out]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out must") and needle in err, (out, err)
+    assert x_file.read_bytes() == before
+    out = tmp_path / "y.npy"
+    assert main(["sign", "--in", str(x_file), "--out", str(out)]) == 0
+    assert main(["natural", "--in", str(x_file), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["natural", "--in", str(x_file), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_an_unknown_part_of_a_composed_spec_is_named(x_file, tmp_path, capsys):
+    for spec, part in [("topk:0.01+naturel", "naturel"), ("scaled(sgn)", "sgn"),
+                       ("scaled(topk:0.1+foo:raw)", "foo")]:
+        assert main([spec, "--in", str(x_file), "--out", str(tmp_path / "y.npy")]) == 2
+        err = capsys.readouterr().err
+        assert f"unknown compressor {part!r} in {spec!r}" in err and "valid specs" in err
+
+
+def test_benchmark_refuses_sizes_and_options_before_allocating(capsys, monkeypatch):
+    from choco.run.bench import main as bench
+
+    monkeypatch.setenv("CHOCO_MEMORY_LIMIT", "1e6")
+    for argv, needle in [(["compressors", "--numel", "100000"], "lower --numel to at most"),
+                         (["delta", "--numel", "100000"], "lower --numel to at most"),
+                         (["compressors", "--specs", ","], "--specs must name"),
+                         (["compressors", "--threads", "0"], "--threads must be >= 1"),
+                         (["delta", "--seeds", "0"], "--seeds must be >= 1")]:
+        assert bench(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,4 +94,64 @@ def test_bad_init_files(tmp_path, capsys):
     assert "NaN" in capsys.readouterr().err
     (tmp_path / "junk.npy").write_text("not numpy")
     assert main(args(tmp_path / "junk.npy", out)) == 2
+    assert not out.exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(x0_file, tmp_path, capsys):
+    """A second run to the same --out refuses it; --overwrite replaces it."""
+    out = tmp_path / "o.npz"
+    assert main(args(x0_file, out)) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert main(args(x0_file, out, **{"--steps": "3"})) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out must not be an existing file") and "--overwrite" in err
+    assert out.read_bytes() == first
+    assert main([*args(x0_file, out, **{"--steps": "3"}), "--overwrite"]) == 0
+    assert np.load(out)["error"].shape == (4,)
+
+
+@pytest.mark.parametrize("out,needle", [
+    ("X0.npy", "would destroy the input"),     # the --init file itself
+    ("link.npy", "would destroy the input"),   # the same file through a symlink
+    ("sub", "which is a folder"),
+    ("X0.npy/o.npz", "is a file, not a folder"),
+    ("missing/o.npz", "does not exist"),
+])
+def test_bad_outputs_are_refused_before_any_work(x0_file, tmp_path, capsys, out, needle):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.npy").symlink_to(x0_file)
+    before = x0_file.read_bytes()
+    assert main([*args(x0_file, tmp_path / out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out must") and needle in err and err.count("\n") == 1
+    assert x0_file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X0.npy", "link.npy", "sub"]
+
+
+def test_a_file_topology_is_an_input_too(tmp_path, capsys):
+    W = tmp_path / "W.npy"
+    np.save(W, parse_topology("ring:8").W)
+    argv = ["--topology", f"file:{W}", "--gamma", "0.5", "--steps", "2", "--dim", "3",
+            "--out", str(W), "--overwrite", "--quiet"]
+    assert main(argv) == 2
+    assert "would destroy the input" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(W), parse_topology("ring:8").W)
+
+
+def test_sizes_are_checked_against_memory(tmp_path, capsys, monkeypatch):
+    """The generated X0 and the error history are estimated before anything is allocated."""
+    from choco.run.consensus import run_bytes
+
+    monkeypatch.setenv("CHOCO_MEMORY_LIMIT", "1e8")
+    out = tmp_path / "o.npz"
+    base = ["--gamma", "0.5", "--out", str(out), "--quiet"]
+    assert run_bytes(8, 100000, 500) > 1e8  # 8 × 1e5 float64 entries, 16 copies
+    assert main([*base, "--dim", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "the consensus run must fit in the memory limit of 100,000,000 bytes" in err
+    most = int(re.search(r"lower --dim to at most ([0-9,]+)", err)[1].replace(",", ""))
+    assert run_bytes(8, most, 500) <= 1e8 < run_bytes(8, most + 1, 500)
+    assert main([*base, "--dim", "10", "--steps", "10000000"]) == 2
+    assert "lower --steps to at most" in capsys.readouterr().err
     assert not out.exists()

@@ -131,7 +131,7 @@ def test_consensus_sweep_and_report(tmp_path, capsys):
     assert sweep([str(path), "--out", str(out), "--jobs", "2"]) == 0
     assert report([str(out), "--target-reduction", "100"]) == 0
     table = capsys.readouterr().out
-    assert table.count("\n| ring:6 |") == 3 and table.count("\n| complete:6 |") == 3
+    assert table.count("| ring:6 |") == 3 and table.count("| complete:6 |") == 3
     rows = {(r["topology"], r["compressor"]): r
             for r in csv.DictReader((out / "runs.csv").open())}
     # exact gossip on the complete graph averages in one round (W = 11ᵀ/n)

@@ -7,6 +7,7 @@ arXiv:1907.09356), not values recomputed by the code under test.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -427,3 +428,116 @@ def test_cli_main_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nonsense"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "must be one of" in captured.err
+
+
+# --- sizes refused before allocation, outputs that destroy nothing ------------------------
+
+
+@pytest.mark.parametrize("spec", ["ring:1000000000", "torus:100000x100000", "complete:100000",
+                                  "star:10000000", "exponential:1000000", "er:100000:0.5",
+                                  "torus:1000000000000000000"])
+def test_huge_specs_are_refused_before_anything_is_built(spec: str) -> None:
+    """The estimate (n²·8 bytes of W, several copies, networkx's graphs) against the limit."""
+    with pytest.raises(TopologyError, match=r"must fit in the memory limit .* n²·8 = "
+                       r".*use at most n = [0-9,]+ nodes"):
+        parse_topology(spec)
+
+
+def test_builders_refuse_graphs_beyond_the_memory_limit() -> None:
+    for build, arg in [(ring, 10**12), (complete, 10**6), (star, 10**12), (torus, 10**18),
+                       (exponential, 10**11)]:
+        with pytest.raises(TopologyError, match="must fit in the memory limit"):
+            build(arg)
+    with pytest.raises(TopologyError, match="must fit in the memory limit"):
+        erdos_renyi(10**7, 0.5)
+
+
+def test_the_memory_limit_comes_from_the_environment_or_the_machine(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from topologies._guards import MEMORY_ENV, memory_limit
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    limit, source = memory_limit()
+    assert limit > 0 and ("1/4 of" in source or "fixed cap" in source)
+    monkeypatch.setenv(MEMORY_ENV, "1e6")
+    assert memory_limit() == (1_000_000, f"set by {MEMORY_ENV}")
+    with pytest.raises(TopologyError, match="must fit in the memory limit of 1,000,000 bytes"):
+        parse_topology("ring:400")  # 6 × 400² × 8 bytes
+    assert parse_topology("ring:8").n == 8
+    path = tmp_path / "W.npy"
+    np.save(path, parse_topology("ring:8").W)
+    monkeypatch.setenv(MEMORY_ENV, "1000")  # a saved W is checked from its header
+    with pytest.raises(TopologyError, match=f"mixing-matrix file '{path}' must fit"):
+        parse_topology(f"file:{path}")
+    monkeypatch.setenv(MEMORY_ENV, "lots")
+    from choco.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"{MEMORY_ENV} must be a positive number of bytes"):
+        memory_limit()
+
+
+def test_edge_list_with_a_huge_node_number_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "edges.txt"
+    path.write_text("0 1\n1 99999999999\n")
+    with pytest.raises(TopologyError, match="n = 100,000,000,000 nodes"):
+        from_file(path)
+
+
+def test_npz_under_a_npy_name_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "W.npy"
+    with open(path, "wb") as fh:
+        np.savez(fh, W=np.eye(2))
+    with pytest.raises(TopologyError, match=r"\.npz archive"):
+        parse_topology(f"file:{path}")
+
+
+def test_cli_save_refuses_existing_files_and_inputs(tmp_path: Path, monkeypatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from topologies.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["ring:8", "--save", "W.npy"]) == 0
+    saved = (tmp_path / "W.npy").read_bytes()
+    mode = (tmp_path / "W.npy").stat().st_mode & 0o777
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # a normal new file, not the 0600 of a temporary file
+    capsys.readouterr()
+    for argv, needle in [(["ring:4", "--save", "W.npy"], "pass --overwrite"),
+                         (["file:W.npy", "--save", "W.npy", "--overwrite"], "destroy the input"),
+                         (["ring:4", "--save", str(tmp_path)], "which is a folder"),
+                         (["ring:4", "--save", "W.npy/x.npy"], "is a file, not a folder"),
+                         (["ring:4", "--save", "no/such/W.npy"], "does not exist")]:
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("error: --save must"), argv
+        assert needle in captured.err and captured.err.count("\n") == 1, captured.err
+    assert (tmp_path / "W.npy").read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["W.npy"]  # no temporary left
+    assert main(["ring:4", "--save", "W.npy", "--overwrite"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "W.npy"), parse_topology("ring:4").W)
+
+
+def test_cli_errors_are_one_paragraph(capsys: pytest.CaptureFixture[str]) -> None:
+    from topologies.__main__ import main
+
+    for argv, needle in [(["ring:8", "--mixing", "foo"], "--mixing must be one of"),
+                         (["ring:8", "--bogus"], "'--bogus'"), ([], "spec is required"),
+                         (["ring:8", "--save"], "--save takes one argument")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+        assert "usage:" not in err
+
+
+def test_argparse_messages_are_rewritten() -> None:
+    from topologies._guards import ArgumentParser
+
+    parser = ArgumentParser(prog="prog")
+    parser.add_argument("--dim", type=int, default=1000)
+    assert parser.explain("argument --dim: invalid int value: 'abc'") == (
+        "--dim must be an integer, got 'abc'; write e.g. --dim 1000 (prog --help lists every "
+        "option)")
+    assert parser.explain("something new").startswith("the command line must follow")

@@ -38,3 +38,24 @@ def test_tuner_split_over_ranks_agrees_with_one_process():
         W, "sign", dim=100, steps=60, grid=5,
         share=(comm.rank, comm.size, comm.allgather_object)))
     assert parts[0] == parts[1] == whole
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--steps", "-1"], "--steps must be >= 1"),
+    (["--dim", "0"], "--dim must be >= 1"),
+    (["--grid", "100000"], "--grid must be at most 1000"),
+    (["--dim", "100000", "--steps", "100000"], "--dim × --steps must be at most 1e9"),
+    (["--seed", "-1"], "--seed must be in [0, 2^64)"),
+    (["--topology", "ring:100000"], "n²·8"),
+    (["--dim", "1000000", "--steps", "1"], "lower --dim to at most"),
+    (["--compressor", "topk:0.01+naturel"], "unknown compressor 'naturel'"),
+])
+def test_cli_bad_inputs_are_one_paragraph(argv, needle, capsys, monkeypatch):
+    from choco.run.tuning_cli import main
+
+    monkeypatch.setenv("CHOCO_MEMORY_LIMIT", "1e8")
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and needle in captured.err
+    assert captured.err.count("\n") == 1 and "; " in captured.err

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m topologies SPEC [--mixing metropolis|maxdegree|uniform] [--json] [--save W.npy]
+    python -m topologies SPEC [--mixing metropolis|maxdegree|uniform] [--json]
+                              [--save W.npy [--overwrite]]
 
 Examples::
 
@@ -12,30 +13,48 @@ Examples::
 
 With ``--json`` the last line of stdout is one JSON object with the keys ``spec``, ``n``,
 ``edges`` (pairs ``[i, j]``, ``i < j``), ``degrees``, ``mixing``, ``spectral_gap``, ``beta``
-and ``W`` (list of rows). Invalid input prints one paragraph on stderr and exits with 2,
-without writing the ``--save`` file.
+and ``W`` (list of rows). ``--save`` writes ``W`` atomically; it refuses an existing file
+unless ``--overwrite`` is given, and never writes onto the spec's own input file
+(``file:W.npy --save W.npy``). Invalid input prints one paragraph on stderr,
+``error: <requirement>, got <value>; <fix>``, and exits with 2, having written nothing;
+sizes whose memory estimate exceeds the limit (1/4 of physical memory) are refused
+before anything is built.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
-from .errors import TopologyError
+from choco.errors import ChocoError, UsageError
+
+from ._guards import (
+    ArgumentParser,
+    check_memory,
+    check_output_file,
+    format_bytes,
+    new_file_mode,
+    spec_file,
+)
 from .mixing import MIXING_RULES
 from .spec import SPEC_FORMS, Topology, parse_topology
 
 PROG = "python -m topologies"
 EXIT_USAGE = 2  # same code argparse uses for bad arguments
+#: memory per entry of W for --json: a Python float in a list, and its text (measured: 80)
+JSON_BYTES_PER_ENTRY = 100
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog=PROG,
         description="Build a communication graph and its mixing matrix W, check W, and "
         "report the spectral gap rho = 1 - max_{k>=2} |lambda_k(W)| (arXiv:1907.09356).",
@@ -53,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one line of JSON last")
     parser.add_argument("--save", metavar="PATH",
                         help="write W with numpy.save to PATH (default: not saved)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --save replace an existing file (default: refuse it)")
     return parser
 
 
@@ -86,36 +107,64 @@ def as_json(topology: Topology) -> str:
     return json.dumps(record, allow_nan=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status (0 on success, 2 on invalid input)."""
-    args = _parser().parse_args(argv)
+def save_matrix(path: Path, W: NDArray[np.float64]) -> None:
+    """``numpy.save`` to exactly ``path``, atomically: a temporary file renamed into place."""
+    mode = new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.save(file, W)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args) -> int:
+    """The program once the command line is parsed; raises ChocoError on bad input."""
+    save = None
+    if args.save is not None:  # checked before any work: nothing is built for a bad path
+        save = check_output_file(args.save, "--save", inputs=[spec_file(args.spec)],
+                                 overwrite=args.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            topology = parse_topology(args.spec, mixing=args.mixing)
-        except TopologyError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        topology = parse_topology(args.spec, mixing=args.mixing)
     for warning in caught:
-        print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
-    if args.save:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        n = topology.n
+        check_memory(JSON_BYTES_PER_ENTRY * n * n, "--json",
+                     f"W as JSON, n² = {n * n:,} entries of about {JSON_BYTES_PER_ENTRY} "
+                     f"bytes each", "drop --json (the summary and --save need no JSON) or "
+                     "use fewer nodes")
+    if save is not None:
         try:
-            with open(args.save, "wb") as file:
-                np.save(file, topology.W)
+            save_matrix(save, topology.W)
         except OSError as exc:
-            print(
-                f"{PROG}: error: --save needs a writable file path, got "
-                f"{args.save!r} ({exc.strerror}); check that the directory exists",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+            raise UsageError(
+                f"--save needs a writable file path, got {args.save!r} ({exc.strerror}); "
+                f"choose another --save ({format_bytes(topology.W.nbytes)} are needed)"
+            ) from None
     if args.json:
         print(as_json(topology))
     else:
         print(summary(topology))
-        if args.save:
+        if save is not None:
             print(f"{'saved W':<13} {args.save}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 on success, 2 on invalid input)."""
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except ChocoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import networkx as nx
 
-from ._validate import canonical_graph, positive_int, unreachable_node
+from ._validate import canonical_graph, positive_int, require_memory, unreachable_node
 from .errors import TopologyError
 from .mixing import load_mixing_matrix, support_graph
 
@@ -32,6 +33,36 @@ __all__ = [
     "star",
     "torus",
 ]
+
+
+def ring_edges(n: int) -> int:
+    """Edges of ``ring(n)``."""
+    return n if n > 2 else n - 1
+
+
+def torus_edges(n: int) -> int:
+    """Edges of an ``r x c`` torus with ``n = r c`` nodes (at most; fewer with a side of 2)."""
+    return 2 * n
+
+
+def complete_edges(n: int) -> int:
+    """Edges of ``complete(n)``."""
+    return n * (n - 1) // 2
+
+
+def star_edges(n: int) -> int:
+    """Edges of ``star(n)``."""
+    return n - 1
+
+
+def exponential_edges(n: int) -> int:
+    """Edges of ``exponential(n)`` (at most: hops of n/2 coincide)."""
+    return n * (n - 1).bit_length()
+
+
+def er_edges(n: int, p: float) -> int:
+    """Expected edges of ``erdos_renyi(n, p)``."""
+    return int(Fraction(p) * (n * (n - 1) // 2))  # exact: n may be any size
 
 
 def ring(n: int) -> nx.Graph:
@@ -61,6 +92,7 @@ def ring(n: int) -> nx.Graph:
     [(0, 1), (0, 3), (1, 2), (2, 3)]
     """
     n = positive_int(n, "ring(n): n", "e.g. ring(8)")
+    require_memory(f"ring({n})", n, ring_edges, dense=False)
     return canonical_graph(n, ((i, (i + 1) % n) for i in range(n) if n > 1))
 
 
@@ -105,6 +137,7 @@ def torus(r: int, c: int | None = None) -> nx.Graph:
     """
     if c is None:
         n = positive_int(r, "torus(n): n", "e.g. torus(16) for a 4x4 torus")
+        require_memory(f"torus({n})", n, torus_edges, dense=False)
         r, c = _square_side(n), n // _square_side(n)
         if r == 1:
             raise TopologyError(
@@ -119,6 +152,7 @@ def torus(r: int, c: int | None = None) -> nx.Graph:
             f"torus(r, c) needs both sides >= 2, got {r}x{c}; a 1-wide torus is a ring: "
             f"use ring({r * c}) (spec ring:{r * c})"
         )
+    require_memory(f"torus({r}, {c})", r * c, torus_edges, dense=False)
     grid = nx.grid_2d_graph(r, c, periodic=True)
     rank = {node: k for k, node in enumerate(sorted(grid))}  # (i, j) -> i*c + j
     return canonical_graph(r * c, ((rank[u], rank[v]) for u, v in grid.edges))
@@ -160,6 +194,7 @@ def complete(n: int) -> nx.Graph:
     6
     """
     n = positive_int(n, "complete(n): n", "e.g. complete(8)")
+    require_memory(f"complete({n})", n, complete_edges, dense=False)
     return canonical_graph(n, ((i, j) for i in range(n) for j in range(i + 1, n)))
 
 
@@ -174,6 +209,7 @@ def star(n: int) -> nx.Graph:
     [(0, 1), (0, 2), (0, 3)]
     """
     n = positive_int(n, "star(n): n", "e.g. star(8)")
+    require_memory(f"star({n})", n, star_edges, dense=False)
     return canonical_graph(n, ((0, j) for j in range(1, n)))
 
 
@@ -192,6 +228,7 @@ def exponential(n: int) -> nx.Graph:
     [1, 2, 4, 6, 7]
     """
     n = positive_int(n, "exponential(n): n", "e.g. exponential(16)")
+    require_memory(f"exponential({n})", n, exponential_edges, dense=False)
     hops = [2**k for k in range(n.bit_length()) if 2**k < n]
     return canonical_graph(n, ((i, (i + h) % n) for i in range(n) for h in hops))
 
@@ -225,6 +262,7 @@ def erdos_renyi(n: int, p: float, seed: int = 0) -> nx.Graph:
         raise TopologyError(
             f"erdos_renyi(n, p, seed): seed must be a non-negative integer, got {seed!r}"
         )
+    require_memory(f"erdos_renyi({n}, {p})", n, lambda k: er_edges(k, p), dense=False)
     sampled = nx.gnp_random_graph(n, float(p), seed=seed)
     graph = canonical_graph(n, sampled.edges)
     lost = unreachable_node(graph)
@@ -278,6 +316,7 @@ def from_file(path: str | os.PathLike[str]) -> nx.Graph:
             "write one edge per line, e.g. '0 1'"
         )
     n = max(nodes) + 1
+    require_memory(f"edge-list file {str(file)!r}", n, lambda k: len(edges), dense=False)
     missing = sorted(set(range(n)) - nodes)
     if missing:
         raise TopologyError(

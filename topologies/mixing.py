@@ -21,7 +21,7 @@ import networkx as nx
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import canonical_graph, unreachable_node
+from ._validate import canonical_graph, require_memory, unreachable_node
 from .errors import SpectralGapWarning, TopologyError
 
 __all__ = [
@@ -119,6 +119,7 @@ def mixing_matrix(G: nx.Graph, rule: str = "metropolis") -> NDArray[np.float64]:
             "use 'metropolis' instead"
         )
     weight = _RULES[rule]
+    require_memory(f"mixing_matrix(G) of {n:,} nodes", n, lambda k: 0)
     W = np.zeros((n, n), dtype=np.float64)
     for i, j in G.edges:
         W[i, j] = W[j, i] = weight(degree[i], degree[j])
@@ -318,6 +319,21 @@ def check_mixing_matrix(W: ArrayLike, atol: float = 1e-10) -> NDArray[np.float64
     return matrix
 
 
+def _require_file_memory(file: Path) -> None:
+    """Refuse a saved n x n matrix too large for memory before reading its data."""
+    try:
+        header = np.load(file, mmap_mode="r", allow_pickle=False)  # the shape only
+    except (OSError, ValueError):
+        return  # unreadable, empty or not .npy: the full load reports it
+    if isinstance(header, np.ndarray):
+        shape = header.shape
+        del header
+        if len(shape) == 2:
+            require_memory(f"mixing-matrix file {str(file)!r}", max(shape), lambda k: 0)
+    else:  # an .npz archive: its arrays are read lazily, close it
+        header.close()
+
+
 def load_mixing_matrix(path: str | os.PathLike[str], atol: float = 1e-10) -> NDArray[np.float64]:
     """Load a mixing matrix saved with ``numpy.save`` and validate it.
 
@@ -328,6 +344,7 @@ def load_mixing_matrix(path: str | os.PathLike[str], atol: float = 1e-10) -> NDA
         fails :func:`check_mixing_matrix`.
     """
     file = Path(path)
+    _require_file_memory(file)
     try:
         array = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -335,6 +352,11 @@ def load_mixing_matrix(path: str | os.PathLike[str], atol: float = 1e-10) -> NDA
             f"mixing-matrix file {str(file)!r} must be a numeric .npy array written by "
             f"numpy.save, got: {exc}; check the path or save W again"
         ) from exc
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        raise TopologyError(
+            f"mixing-matrix file {str(file)!r} must be one .npy array written by numpy.save, "
+            "got an .npz archive; save W alone with numpy.save('W.npy', W)"
+        )
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise TopologyError(
             f"mixing-matrix file {str(file)!r} must hold a real numeric array, got dtype "

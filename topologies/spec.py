@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import graphs
+from ._validate import require_memory
 from .errors import SpectralGapWarning, TopologyError
 from .mixing import (
     MIXING_RULES,
@@ -151,16 +152,19 @@ def _count(text: str, spec: str, example: str) -> int:
 
 def _single_count(name: str) -> Callable[[list[str], str], nx.Graph]:
     """Parser for ``name:N`` specs calling ``graphs.<builder>(N)``."""
-    builders: dict[str, Callable[[int], nx.Graph]] = {
-        "ring": graphs.ring,
-        "complete": graphs.complete,
-        "star": graphs.star,
-        "exponential": graphs.exponential,
+    builders: dict[str, tuple[Callable[[int], nx.Graph], Callable[[int], int]]] = {
+        "ring": (graphs.ring, graphs.ring_edges),
+        "complete": (graphs.complete, graphs.complete_edges),
+        "star": (graphs.star, graphs.star_edges),
+        "exponential": (graphs.exponential, graphs.exponential_edges),
     }
 
     def parse(args: list[str], spec: str) -> nx.Graph:
         _arity(args, 1, spec, f"{name}:N, e.g. {name}:8")
-        return builders[name](_count(args[0], spec, f"{name}:8"))
+        n = _count(args[0], spec, f"{name}:8")
+        build, edges = builders[name]
+        require_memory(f"topology {spec!r}", n, edges)
+        return build(n)
 
     return parse
 
@@ -176,10 +180,12 @@ def _torus(args: list[str], spec: str) -> nx.Graph:
     _arity(args, 1, spec, "torus:RxC or torus:N, e.g. torus:4x4")
     shape = _SHAPE.fullmatch(args[0])
     if shape:
-        return graphs.torus(
-            _count(shape[1], spec, "torus:4x4"), _count(shape[2], spec, "torus:4x4")
-        )
-    return graphs.torus(_count(args[0], spec, "torus:16"))
+        r, c = _count(shape[1], spec, "torus:4x4"), _count(shape[2], spec, "torus:4x4")
+        require_memory(f"topology {spec!r}", r * c, graphs.torus_edges)
+        return graphs.torus(r, c)
+    n = _count(args[0], spec, "torus:16")
+    require_memory(f"topology {spec!r}", n, graphs.torus_edges)
+    return graphs.torus(n)
 
 
 def _social(args: list[str], spec: str) -> nx.Graph:
@@ -209,6 +215,7 @@ def _erdos_renyi(args: list[str], spec: str) -> nx.Graph:
                 f"non-negative integer, got {args[2]!r}; {form}"
             )
         seed = int(value)
+    require_memory(f"topology {spec!r}", n, lambda k: graphs.er_edges(k, p))
     return graphs.erdos_renyi(n, p, seed)
 
 

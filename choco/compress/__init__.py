@@ -178,7 +178,8 @@ def _split_top(text: str, spec: str) -> list[str]:
             start = i + 1
     if depth != 0:
         raise CompressionError(
-            f"unbalanced parentheses in compressor spec {spec!r}; write e.g. scaled(topk:0.01)"
+            f"a compressor spec must have balanced parentheses, got {spec!r}; write e.g. "
+            "scaled(topk:0.01)"
         )
     return [*parts, text[start:]]
 
@@ -187,8 +188,8 @@ def _parse(text: str, spec: str) -> Compressor:
     parts = [p.strip() for p in _split_top(text, spec)]
     if any(not p for p in parts):
         raise CompressionError(
-            f"empty term in compressor spec {spec!r}; a composition is A+B, e.g. "
-            "topk:0.01+natural"
+            f"every term of a composition A+B must be a compressor spec, got an empty term in "
+            f"{spec!r}; write e.g. topk:0.01+natural"
         )
     if len(parts) > 1:
         return Composed(_parse(parts[0], spec), _parse("+".join(parts[1:]), spec))
@@ -197,8 +198,11 @@ def _parse(text: str, spec: str) -> Compressor:
     name, sep, arg = text.partition(":")
     factory = REGISTRY.get(name.strip())
     if factory is None:
+        part = name.strip()
+        where = "" if part == spec.strip().lower() else f" in {spec!r}"
         raise CompressionError(
-            f"unknown compressor {spec!r}; valid specs are: {', '.join(available())}"
+            f"a compressor spec must name known compressors, got the unknown compressor "
+            f"{part!r}{where}; valid specs are: {', '.join(available())}"
         )
     return factory(arg.strip() if sep else None)
 

@@ -6,7 +6,8 @@ object with ``spec`` (canonical), ``numel``, ``nbytes`` (the encoded buffer's le
 included), ``delta`` (the documented contraction for this ``d``), ``bits_per_element``,
 ``error`` (``||Q(x) - x||^2 / ||x||^2`` for this ``x``; ``null`` if ``x = 0``) and, for
 unbiased families, ``omega``. A bad input prints one paragraph on stderr and exits with
-status 2 without writing the output.
+status 2 without writing the output. The output is checked before any work: it must not be
+the input, and an existing file is replaced only with ``--overwrite``.
 
 Examples
 --------
@@ -30,11 +31,15 @@ from ..compress import PerTensor, available, make_compressor
 from ..compress.base import Compressor
 from ..errors import UsageError
 from .cli import HelpFormatter, add_version_argument, run_local, setup_output
-from .files import atomic_write, load_npy
+from .files import ArgumentParser, atomic_write, check_memory, check_output_file, load_npy
+
+#: memory per input element: x, Q(x) in torch and numpy, float64 copies for the error
+#: (a generous bound; the encoded buffer is smaller than x)
+BYTES_PER_ELEMENT = 48
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m choco.compress",
         description="Compress a 1-D array with a choco compressor and write Q(x) decoded "
         "(same shape and dtype); the last stdout line is a JSON summary (spec, numel, nbytes, "
@@ -46,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 "topk:0.01+natural, scaled(randk:0.1:raw)")
     p.add_argument("--in", dest="inp", required=True, help="input .npy, a 1-D float array")
     p.add_argument("--out", required=True, help="output .npy: Q(x), same shape and dtype")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (default: refuse an existing file)")
     p.add_argument("--seed", type=int, default=0, help="64-bit seed of the randomness")
     p.add_argument("--sizes", default=None,
                    help="per-tensor segments, comma-separated sizes summing to numel")
@@ -86,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def run() -> int:
-        out = Path(args.out)
-        if not out.parent.is_dir():
-            raise UsageError(f"--out {out}: directory {out.parent} does not exist; create it.")
         make_compressor(args.spec, unbiased=args.unbiased)  # a bad spec is the first error
+        out = check_output_file(args.out, "--out", inputs=[args.inp], overwrite=args.overwrite)
         x = load_input(Path(args.inp))
+        check_memory(BYTES_PER_ELEMENT * x.size, "compressing --in",
+                     f"{x.size:,} elements, about {BYTES_PER_ELEMENT} bytes each",
+                     "pass a shorter --in")
         q = build(args, x.size)
         xt = torch.from_numpy(x)
         buf = q.encode(xt, args.seed)

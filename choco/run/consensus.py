@@ -10,7 +10,10 @@ rows. The output ``.npz`` holds
   number of neighbours, summed over rounds).
 
 With no options: sign compression on a ring of 8 nodes, γ from the tuner, 500 rounds, from a
-generated ``X0`` (standard normal, ``--dim`` columns, ``--seed``), output ``consensus.npz``::
+generated ``X0`` (standard normal, ``--dim`` columns, ``--seed``), output ``consensus.npz``.
+The output is checked before anything runs: it must not be an input (``--init``, a
+``file:`` topology), and an existing file is replaced only with ``--overwrite``; a run
+whose memory estimate exceeds the limit (:func:`choco.run.files.memory_limit`) is refused::
 
     python -m choco.consensus
     python -m choco.consensus --topology ring:8 --compressor sign --gamma 0.5 \\
@@ -46,12 +49,58 @@ from .cli import (
     run,
     setup_output,
 )
-from .files import atomic_savez, load_npy
+from .files import (
+    ArgumentParser,
+    atomic_savez,
+    check_memory,
+    check_output_file,
+    largest,
+    load_npy,
+    memory_limit,
+    spec_file,
+)
+from .world import World, mpi_world, torch_world
 
 log = logging.getLogger(__name__)
 
-#: the largest generated ``X0`` (n × dim entries), to refuse sizes that cannot fit in memory
-MAX_GENERATED = 2**28
+#: memory of a run per byte of ``X0``: X0, every node's x, x̂, s, x̄⁰, messages and the
+#: stacked result (measured: 101 bytes per float64 entry of X0 with identity, n = 8)
+COPIES_OF_X0 = 16
+#: memory per error value (node, round): each node's array, the stack, the mean, the file
+BYTES_PER_ERROR = 32
+#: the γ tuner's simulation (``tune_gamma``, dim 500, float32): bytes per node × dim
+#: (measured: 44 bytes per entry with identity)
+TUNER_DIM, TUNER_BYTES = 500, 48
+#: seeds are 64-bit (numpy's and torch's generators)
+SEED_RANGE = 2**64
+
+
+def run_bytes(n: int, dim: int, steps: int, itemsize: int = 8, tuner: bool = False) -> int:
+    """Estimated peak memory of a consensus run of ``n`` nodes, ``dim`` columns, ``steps``."""
+    return (COPIES_OF_X0 * itemsize * n * dim + BYTES_PER_ERROR * n * (steps + 1)
+            + (TUNER_BYTES * n * TUNER_DIM if tuner else 0))
+
+
+def check_run_memory(n: int, dim: int, steps: int, itemsize: int, tuner: bool,
+                     generated: bool) -> None:
+    """Refuse, before X0 is generated or the run starts, a run that cannot fit in memory."""
+    need = run_bytes(n, dim, steps, itemsize, tuner)
+    limit, _ = memory_limit()
+    if need <= limit:
+        return
+    detail = (f"{n} nodes × {dim:,} columns × {itemsize} bytes of X0, about "
+              f"{COPIES_OF_X0} copies of it during the run, plus {steps + 1:,} error values "
+              f"of {BYTES_PER_ERROR} bytes per node")
+    most_dim = largest(lambda d: run_bytes(n, d, steps, itemsize, tuner) <= limit, high=dim)
+    if most_dim and generated:
+        fix = f"lower --dim to at most {most_dim:,}"
+    elif most_dim:
+        fix = f"pass an --init with at most {most_dim:,} columns"
+    else:
+        most_steps = largest(lambda t: run_bytes(n, 1, t, itemsize, tuner) <= limit,
+                             high=steps)
+        fix = f"lower --steps to at most {max(most_steps - 1, 0):,}"
+    check_memory(need, "the consensus run", detail, fix)
 
 
 @dataclass(frozen=True)
@@ -75,7 +124,7 @@ class NodeResult:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog_name("choco-consensus", "choco.consensus"), formatter_class=HelpFormatter,
         description="Run CHOCO-Gossip average consensus (arXiv:1902.00340) on a topology: "
         "node i starts from row i of X0 and the nodes gossip compressed differences until "
@@ -94,6 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "standard normal with --dim columns and --seed)")
     p.add_argument("--dim", type=int, default=1000, help="columns of the generated X0")
     p.add_argument("--out", default="consensus.npz", help="output .npz (x, error, bytes_sent)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (default: refuse an existing file)")
     add_backend_argument(p)
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of the compressors (and of the generated X0)")
@@ -102,13 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _initial(args: argparse.Namespace, n: int) -> np.ndarray:
+def _initial(args: argparse.Namespace, n: int, tuner: bool) -> np.ndarray:
     if args.init is None:
-        if args.dim < 1:
-            raise UsageError(f"--dim must be >= 1, got {args.dim}.")
-        if n * args.dim > MAX_GENERATED:
-            raise UsageError(f"a generated X0 of {n} × {args.dim} entries is too large (at most "
-                             f"{MAX_GENERATED}); lower --dim.")
+        check_run_memory(n, args.dim, args.steps, 8, tuner, generated=True)
         return np.random.default_rng(args.seed).standard_normal((n, args.dim))
     x0 = load_npy(Path(args.init), "--init", ndim=2, dtypes=(np.float32, np.float64),
                   holding="an (n, d) float array",
@@ -118,7 +165,21 @@ def _initial(args: argparse.Namespace, n: int) -> np.ndarray:
             f"--init must hold an (n, d) array with one row per node (n = {n} for "
             f"{args.topology}), got shape {x0.shape}; save numpy.random.randn({n}, d)."
         )
+    check_run_memory(n, x0.shape[1], args.steps, x0.itemsize, tuner, generated=False)
     return x0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need no work: numbers in range, and the output file (before any run)."""
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {args.steps}; e.g. --steps 500.")
+    if args.init is None and args.dim < 1:
+        raise UsageError(f"--dim must be >= 1, got {args.dim}; e.g. --dim 1000 (or pass "
+                         "--init X0.npy).")
+    if not 0 <= args.seed < SEED_RANGE:
+        raise UsageError(f"--seed must be in [0, 2^64), got {args.seed}; e.g. --seed 0.")
+    check_output_file(args.out, "--out", inputs=[args.init, spec_file(args.topology)],
+                      overwrite=args.overwrite)
 
 
 def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = None,
@@ -128,22 +189,20 @@ def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = Non
     ``ranks``: the MPI world size, which must equal the topology's n. ``share``: ``(rank,
     size, allgather)`` to split the γ tuner's grid over the ranks.
     """
+    check_arguments(args)
     topology = parse_topology(args.topology, args.mixing)
     if ranks is not None and ranks != topology.n:
         n = topology.n
         raise UsageError(
             f"the topology {args.topology} has n = {n} nodes, so mpiexec -n {n} is required; "
-            f"got {ranks} ranks. Relaunch with mpiexec -n {n} or change --topology."
+            f"got {ranks} ranks; relaunch with mpiexec -n {n} or change --topology."
         )
     compressor = make_compressor(args.compressor)
-    if args.steps < 0:
-        raise UsageError(f"--steps must be >= 0, got {args.steps}.")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: directory {out.parent} does not exist; create it first.")
-    x0 = _initial(args, topology.n)
-    if str(args.gamma).strip().lower() != "auto":
-        gamma, source = check_gamma(args.gamma, "--gamma"), "given"
+    auto = str(args.gamma).strip().lower() == "auto"
+    gamma = None if auto else check_gamma(args.gamma, "--gamma")
+    x0 = _initial(args, topology.n, tuner=auto and compressor.spec != "identity")
+    if gamma is not None:
+        source = "given"
     elif compressor.spec == "identity":
         gamma, source = 1.0, "auto: identity needs no damping"
     else:
@@ -152,8 +211,8 @@ def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = Non
         if report:
             print(f"tuning gamma for {compressor.spec} on {topology.spec} (consensus "
                   "simulation; pass --gamma G to skip) ...", flush=True)
-        gamma, _ = tune_gamma(topology.W, compressor, dim=500, steps=200, seed=args.seed,
-                              share=share)
+        gamma, _ = tune_gamma(topology.W, compressor, dim=TUNER_DIM, steps=200,
+                              seed=args.seed, share=share)
         source = "auto: consensus tuner (choco.tuning.tune_gamma, dim 500, 200 steps)"
     if report:
         print(f"gamma {gamma:.4g} ({source})", flush=True)
@@ -233,16 +292,18 @@ def main_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def main_mpi(args: argparse.Namespace) -> int:
-    from mpi4py import MPI
+def main_world(args: argparse.Namespace, world: World) -> int:
+    """One node per rank of an MPI or torchrun launch; rank 0 writes the output."""
+    from ..comm import check_agreement
 
-    from ..comm.mpi import MPICommunicator
-
-    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    rank, size = world.rank, world.size
+    # one collective first: ranks started with other options stop here, on every rank
+    check_agreement(world.comm, config=vars(args), what="consensus")
     problem = load_problem(args, report=not args.quiet and rank == 0, ranks=size,
-                           share=(rank, size, MPI.COMM_WORLD.allgather))
+                           share=(rank, size, world.comm.allgather_object))
+    check_agreement(world.comm, tensors=[torch.from_numpy(problem.x0)], what="consensus")
     n = problem.topology.n
-    comm = MPICommunicator(problem.topology.neighbors(rank))
+    comm = world.node(problem.topology.neighbors(rank))
     result = run_node(comm, problem, report=not args.quiet)
     xs = comm.allgather(result.x)
     errors = comm.allgather(result.error)
@@ -257,8 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m choco.consensus`` / ``choco-consensus``."""
     setup_output()
     args = parse_args(argv)
-    return run(args.backend, lambda backend: main_mpi(args) if backend == "mpi"
-               else main_local(args))
+    def start(backend: str) -> int:
+        if backend == "mpi":
+            return main_world(args, mpi_world())
+        if backend == "torch":
+            return main_world(args, torch_world("cpu"))
+        return main_local(args)
+
+    return run(args.backend, start)
 
 
 if __name__ == "__main__":

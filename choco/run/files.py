@@ -1,7 +1,22 @@
-"""Files the command-line programs read and write: atomic writes and ``.npy`` inputs.
+"""Files the command-line programs read and write, and the checks made before any work.
 
 Every output is written to a temporary file in the same folder and renamed into place, so a
-crash never leaves a half-written file under the final name.
+crash never leaves a half-written file under the final name; the file gets the permission
+bits of the file it replaces, or those of a new file (``0o666`` less the umask).
+
+Checks shared by every program, raising :class:`~choco.errors.UsageError` (one paragraph:
+requirement, value received, fix), made before anything is allocated or written:
+
+* :func:`check_output_file`: the output's folder exists, is a folder and is writable; the
+  path is not a folder, not an input of the run, and not an existing file unless
+  ``--overwrite`` is given;
+* :func:`check_memory`: a memory estimate against :func:`memory_limit` (1/4 of physical
+  memory, or ``CHOCO_MEMORY_LIMIT`` bytes), with the bytes needed in the message;
+* :class:`ArgumentParser`: argparse whose errors (``--dim abc``, an unknown option, a
+  missing argument) are one paragraph too, exit status 2, without the usage block.
+
+They live in the dependency-free module ``topologies._guards``, so that ``python -m
+topologies`` (a lower layer, which cannot import the run layer) uses the same code.
 """
 
 from __future__ import annotations
@@ -15,21 +30,35 @@ from typing import IO, Any
 
 import numpy as np
 
+from topologies._guards import (
+    ArgumentParser,
+    check_memory,
+    check_output_file,
+    format_bytes,
+    largest,
+    memory_limit,
+    new_file_mode,
+    spec_file,
+)
+
 from ..errors import UsageError
 
-__all__ = ["atomic_savez", "atomic_torch_save", "atomic_write", "atomic_write_json",
-           "atomic_write_text", "load_npy"]
+__all__ = ["ArgumentParser", "atomic_savez", "atomic_torch_save", "atomic_write",
+           "atomic_write_json", "atomic_write_text", "check_memory", "check_output_file",
+           "format_bytes", "largest", "load_npy", "memory_limit", "spec_file"]
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,23 +91,31 @@ def load_npy(path: Path, option: str, *, ndim: int, dtypes: Sequence[type],
              holding: str, example: str) -> np.ndarray:
     """Load a ``.npy`` array given on the command line, or raise a one-paragraph error.
 
-    Checks, in order: the file exists and holds a plain numpy array (no pickles), it has
-    ``ndim`` dimensions and at least one element, its dtype is one of ``dtypes``, and every
-    entry is finite. ``holding`` says what the file must hold (``"a 1-D float array"``),
-    ``example`` how to make one (``"numpy.save('x.npy', numpy.random.randn(1000))"``).
+    Checks, in order: the file exists, is a regular file and fits in memory (its size
+    against :func:`memory_limit`, before it is read), holds a plain numpy array (no
+    pickles), has ``ndim`` dimensions and at least one element, its dtype is one of
+    ``dtypes``, and every entry is finite. ``holding`` says what the file must hold (``"a
+    1-D float array"``), ``example`` how to make one
+    (``"numpy.save('x.npy', numpy.random.randn(1000))"``).
     """
     path = Path(path)
     if not path.is_file():
+        why = "a folder" if path.is_dir() else "not found" if not path.exists() else \
+            "not a regular file"
         raise UsageError(f"{option} must be an existing .npy file holding {holding}, got "
-                         f"{path} (not found); create one with {example}.")
+                         f"{path} ({why}); create one with {example}.")
+    check_memory(path.stat().st_size, f"{option} {path}", "reading the file",
+                 f"pass a smaller {option}")
     try:
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise UsageError(f"{option} {path} is not a readable .npy array ({exc}); write it "
-                         f"with numpy.save, e.g. {example}.") from None
+        raise UsageError(f"{option} must be a .npy array written by numpy.save, got {path}, "
+                         f"which is not readable as one ({exc}); write it with "
+                         f"{example}.") from None
     if not isinstance(x, np.ndarray):  # an .npz archive
-        raise UsageError(f"{option} {path} is an .npz archive, but {option} takes one .npy "
-                         f"array holding {holding}; save one array with {example}.")
+        x.close()
+        raise UsageError(f"{option} takes one .npy array holding {holding}, got {path}, an "
+                         f".npz archive; save one array with {example}.")
     if x.ndim != ndim or x.size == 0:
         raise UsageError(f"{option} must hold {holding} (non-empty, {ndim}-D), got shape "
                          f"{x.shape}; create one with {example}.")
@@ -90,6 +127,6 @@ def load_npy(path: Path, option: str, *, ndim: int, dtypes: Sequence[type],
     finite = np.isfinite(x)
     if not finite.all():
         bad = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise UsageError(f"{option} {path} holds NaN or Inf (first at index {bad}); every "
-                         "entry must be finite (replace them, e.g. numpy.nan_to_num).")
+        raise UsageError(f"{option} must hold finite values only, got NaN or Inf in {path} "
+                         f"(first at index {bad}); replace them, e.g. with numpy.nan_to_num.")
     return x

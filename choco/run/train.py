@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +44,7 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
+from .world import World, mpi_world, torch_world
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -319,45 +320,6 @@ def _on_every_rank(comm: Communicator, fn: Callable[[], T]) -> T:
     if errors:
         raise UsageError(errors[0])
     return result  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place in a distributed launch (one node per rank)."""
-
-    backend: str  # "mpi" or "torch"
-    rank: int
-    size: int
-    #: a communicator without neighbours, for the start-up checks and small collectives
-    comm: Communicator
-    #: builds the node's communicator from its neighbour list (collective)
-    node: Callable[[list[int]], Communicator]
-    #: the communication library, for config.json
-    vendor: str
-    local_rank: int = 0
-
-
-def mpi_world() -> World:
-    from mpi4py import MPI
-
-    from ..comm.mpi import MPICommunicator
-
-    world = MPI.COMM_WORLD
-    local = next((int(os.environ[v]) for v in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK",
-                                               "SLURM_LOCALID") if os.environ.get(v, "").isdigit()),
-                 0)
-    return World("mpi", world.Get_rank(), world.Get_size(), MPICommunicator([], world),
-                  lambda nb: MPICommunicator(nb, world),
-                  MPI.Get_library_version().splitlines()[0].strip(), local)
-
-
-def torch_world(device: str) -> World:
-    from ..comm.torchdist import init_from_env
-
-    launch = init_from_env(device=device)
-    return World("torch", launch.rank, launch.size, launch.communicator([]),
-                 lambda nb: launch.communicator(nb),
-                 f"torch.distributed {launch.backend} on {launch.comm_device}", launch.local_rank)
 
 
 def train_world(cfg: TrainConfig, world: World) -> int:

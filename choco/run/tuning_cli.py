@@ -17,10 +17,21 @@ from ..compress import available, make_compressor
 from ..errors import UsageError
 from ..tuning import tune_gamma
 from .cli import HelpFormatter, add_version_argument, run_local, setup_output
+from .files import ArgumentParser, check_memory, largest, memory_limit
+
+#: memory per node and per vector entry of the simulation (float32 x, x̂, s, messages, the
+#: stacked residual; measured: 44 bytes with identity)
+BYTES_PER_ENTRY = 48
+#: the finest grid: candidates in logspace(-3, 0) closer than this are indistinguishable
+MAX_GRID = 1000
+#: the most work (dim × steps) each candidate may simulate
+MAX_WORK = 10**9
+#: seeds are 64-bit (torch's generator)
+SEED_RANGE = 2**64
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m choco.tuning", formatter_class=HelpFormatter,
         description="Tune CHOCO's consensus step gamma on a topology: simulate CHOCO-Gossip "
         "alone with the real mixing matrix and compressor for each gamma in "
@@ -39,17 +50,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    for option, value, low in (("--dim", args.dim, 1), ("--steps", args.steps, 1),
-                               ("--grid", args.grid, 2)):
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers in range, before anything is parsed or allocated."""
+    for option, value, low, example in (("--dim", args.dim, 1, 1000),
+                                        ("--steps", args.steps, 1, 300),
+                                        ("--grid", args.grid, 2, 13)):
         if value < low:
-            raise UsageError(f"{option} must be >= {low}, got {value}.")
-    if args.dim * args.steps > 10**9:
-        raise UsageError(f"--dim × --steps = {args.dim * args.steps} is too much work for a "
-                         "tuner (each candidate simulates all of it); keep it below 1e9, e.g. "
-                         "--dim 1000 --steps 300.")
+            raise UsageError(f"{option} must be >= {low}, got {value}; e.g. {option} "
+                             f"{example}.")
+    if args.grid > MAX_GRID:
+        raise UsageError(f"--grid must be at most {MAX_GRID} (candidates in logspace(-3, 0) "
+                         f"closer than that give the same residual), got {args.grid}; e.g. "
+                         "--grid 13.")
+    if args.dim * args.steps > MAX_WORK:
+        raise UsageError(f"--dim × --steps must be at most 1e9 (each candidate simulates all "
+                         f"of it), got {args.dim * args.steps:,}; e.g. --dim 1000 --steps 300.")
+    if not 0 <= args.seed < SEED_RANGE:
+        raise UsageError(f"--seed must be in [0, 2^64), got {args.seed}; e.g. --seed 0.")
+
+
+def check_run_memory(n: int, dim: int) -> None:
+    """Refuse a simulation of ``n`` nodes × ``dim`` entries that cannot fit in memory."""
+    need = BYTES_PER_ENTRY * n * dim
+    limit, _ = memory_limit()
+    if need > limit:
+        most = largest(lambda d: BYTES_PER_ENTRY * n * d <= limit, high=dim)
+        fix = f"lower --dim to at most {most:,}" if most else "use fewer nodes"
+        check_memory(need, "the tuner's simulation",
+                     f"{n} nodes × {dim:,} entries × about {BYTES_PER_ENTRY} bytes", fix)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     topo = parse_topology(args.topology, args.mixing)
     compressor = make_compressor(args.compressor)
+    check_run_memory(topo.n, args.dim)
     gamma, scores = tune_gamma(topo.W, compressor, args.dim, args.steps, args.grid, args.seed)
     for g, s in scores.items():
         print(f"gamma {g:.4g}  residual {s:.4e}")

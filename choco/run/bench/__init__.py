@@ -13,19 +13,24 @@ import sys
 from collections.abc import Callable
 
 from ..cli import HelpFormatter, add_version_argument, run_local, setup_output
-from . import compressors, delta
+from ..files import ArgumentParser
+from . import compressors, delta, gossip, scaling, train, whatif
 
 #: subcommand -> (help, add_arguments(parser), run(args) -> exit status)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                              Callable[[argparse.Namespace], int]]] = {
     "compressors": (compressors.HELP, compressors.add_arguments, compressors.run),
     "delta": (delta.HELP, delta.add_arguments, delta.run),
+    "gossip": (gossip.HELP, gossip.add_arguments, gossip.run),
+    "train": (train.HELP, train.add_arguments, train.run),
+    "scaling": (scaling.HELP, scaling.add_arguments, scaling.run),
+    "whatif": (whatif.HELP, whatif.add_arguments, whatif.run),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m choco.bench``."""
-    parser = argparse.ArgumentParser(prog="python -m choco.bench", description=__doc__.split(
+    parser = ArgumentParser(prog="python -m choco.bench", description=__doc__.split(
         "\n")[0], formatter_class=HelpFormatter)
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -23,8 +23,12 @@ import torch
 
 from ...compress import make_compressor
 from ...errors import UsageError
+from ..files import check_memory, largest, memory_limit
 
 HELP = "time encode/decode of every compressor against a plain fp32 copy"
+#: host memory per element: x, its clone, the copy target, the decode target, the encoded
+#: buffer and its host copy (measured: 20 bytes with identity)
+BYTES_PER_ELEMENT = 32
 
 DEFAULT_SPECS = [
     "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
@@ -63,7 +67,7 @@ def _device(text: str) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be cpu or cuda[:i], got {text!r}.")
+        raise UsageError(f"--device must be cpu or cuda[:i], got {text!r}; e.g. --device cpu.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(
             f"--device {text} needs a CUDA build of torch and a visible GPU, but "
@@ -132,17 +136,39 @@ def table(rows: list[dict], numel: int, device: torch.device, stat: str) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    device = _device(args.device)
-    if args.numel < 1 or args.repeat < 1:
-        raise UsageError(
-            f"--numel and --repeat must be >= 1, got {args.numel} and {args.repeat}."
-        )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+def parse_specs(text: str) -> list[str]:
+    """The comma-separated ``--specs``, each validated, at least one."""
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs:
+        raise UsageError(f"--specs must name at least one compressor spec, got {text!r}; "
+                         "e.g. --specs sign,topk:0.01 (or leave it out for all families).")
     for spec in specs:
         make_compressor(spec)  # validate every spec before timing anything
+    return specs
+
+
+def check_numel(numel: int, bytes_per_element: int) -> None:
+    """Refuse a ``--numel`` whose memory estimate exceeds the limit, before allocating."""
+    limit, _ = memory_limit()
+    need = bytes_per_element * numel
+    if need > limit:
+        most = largest(lambda k: bytes_per_element * k <= limit, high=numel)
+        check_memory(need, f"--numel {numel:,}",
+                     f"{numel:,} elements × about {bytes_per_element} bytes",
+                     f"lower --numel to at most {most:,}")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    threads = 1 if args.threads is None else args.threads
+    for option, value, example in (("--numel", args.numel, 1_000_000),
+                                   ("--repeat", args.repeat, 7), ("--threads", threads, 1)):
+        if value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}; e.g. {option} {example}.")
+    specs = parse_specs(args.specs)
+    check_numel(args.numel, BYTES_PER_ELEMENT)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.numel, generator=gen).to(device)
     rows = [bench_one(spec, x, args.repeat, args.stat) for spec in specs]

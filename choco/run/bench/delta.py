@@ -18,8 +18,12 @@ import torch
 
 from ...compress import make_compressor
 from ...errors import UsageError
+from .compressors import check_numel, parse_specs
 
 HELP = "measure each compressor's contraction δ on N(0, 1) against the documented bound"
+#: memory per element: x, its float64 copy, each Q_s(x) in float64 and its difference
+#: (measured: 27 bytes with identity)
+BYTES_PER_ELEMENT = 40
 
 DEFAULT_SPECS = [
     "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
@@ -45,10 +49,11 @@ def relative_error(spec: str, x: torch.Tensor, seeds: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.numel < 1 or args.seeds < 1:
-        raise UsageError(f"--numel and --seeds must be >= 1, got {args.numel}, {args.seeds}.")
-    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
-    compressors = [make_compressor(s) for s in specs]  # validate first
+    for option, value, example in (("--numel", args.numel, 1 << 20), ("--seeds", args.seeds, 3)):
+        if value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}; e.g. {option} {example}.")
+    compressors = [make_compressor(s) for s in parse_specs(args.specs)]  # validate first
+    check_numel(args.numel, BYTES_PER_ELEMENT)
     x = torch.randn(args.numel, generator=torch.Generator().manual_seed(0))
     d = args.numel
     rows = []
