@@ -47,6 +47,7 @@ from .compose import Composed, Scaled
 from .identity import Identity
 from .natural import Natural
 from .quantize import DEFAULT_BUCKET, QSGD, Dither
+from .sbc import SBC
 from .segmented import PerTensor
 from .sign import Sign
 from .sparse import RandBlock, RandK, Sparsifier
@@ -117,6 +118,20 @@ def _natural(arg: str | None) -> Compressor:
     return Natural(raw=raw)
 
 
+def _sbc(arg: str | None) -> Compressor:
+    positional, options, raw = _split_args("sbc", arg)
+    need = "a ratio R in (0, 1] as sbc:R"
+    if len(positional) != 1 or options or raw:
+        raise _bad("sbc", arg, need, "sbc:0.01")
+    try:
+        ratio = float(positional[0])
+    except ValueError:
+        raise _bad("sbc", arg, need, "sbc:0.01") from None
+    if not 0.0 < ratio <= 1.0:
+        raise _bad("sbc", arg, need, "sbc:0.01")
+    return SBC(ratio)
+
+
 def _levels(cls: type[QSGD] | type[Dither], name: str, example: str) -> Factory:
     def make(arg: str | None) -> Compressor:
         positional, options, raw = _split_args(name, arg)
@@ -143,13 +158,14 @@ REGISTRY: dict[str, Factory] = {
     "natural": _natural,
     "dither": _levels(Dither, "dither", "dither:8"),
     "qsgd": _levels(QSGD, "qsgd", "qsgd:16"),
+    "sbc": _sbc,
 }
 
 #: example specs shown when a name is unknown
 EXAMPLES: dict[str, str] = {
     "identity": "identity", "sign": "sign", "topk": "topk:0.01", "randk": "randk:0.01",
     "randblock": "randblock:0.01", "natural": "natural", "dither": "dither:8",
-    "qsgd": "qsgd:16",
+    "qsgd": "qsgd:16", "sbc": "sbc:0.01",
 }
 #: combinator forms, listed after the families
 FORMS = ["topk:0.01+natural", "scaled(randk:0.1:raw)"]
@@ -235,6 +251,7 @@ def make_compressor(spec: str, unbiased: bool = False) -> Compressor:
 __all__ = [
     "QSGD",
     "REGISTRY",
+    "SBC",
     "Composed",
     "CompressionError",
     "Compressor",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validate the whatif link model on a slowed link (run as root, from anywhere):
 #
-#   experiments/netns/run.sh [OUTDIR]     # default OUTDIR: experiments/netns/results
+#   experiments/netns/run.sh [OUTDIR]     # default OUTDIR: $TMPDIR/choco-netns (/tmp)
 #
 # 1. in a fresh network namespace without shaping, `mpiexec -n $N python -m choco.bench
 #    gossip` over TCP (MPICH's shared memory off) measures the CPU part of each round;
@@ -12,7 +12,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-OUT=${1:-$HERE/results}
+OUT=${1:-${TMPDIR:-/tmp}/choco-netns}
 N=${N:-8}
 NUMEL=${NUMEL:-2000000}
 SPECS=${SPECS:-sign,topk:0.01,natural,identity}

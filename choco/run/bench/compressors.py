@@ -33,7 +33,7 @@ BYTES_PER_ELEMENT = 32
 DEFAULT_SPECS = [
     "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
     "randblock:0.01", "natural", "dither:8", "qsgd:16", "topk:0.01+natural",
-    "topk:0.01:rice+natural", "randk:0.01+natural", "scaled(qsgd:16)",
+    "topk:0.01:rice+natural", "randk:0.01+natural", "scaled(qsgd:16)", "sbc:0.01",
 ]
 
 

@@ -454,6 +454,9 @@ def run_local_bench(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     backend = resolve_backend(args.backend)
+    if backend not in ("mpi", "local"):
+        raise UsageError(f"--backend must be mpi, local or auto for the gossip benchmark, got "
+                         f"{args.backend!r}; run it under mpiexec (or with --backend local).")
     if backend == "mpi":
         main: Callable[[], int] = lambda: run_mpi_bench(args)  # noqa: E731
         return run_mpi(main)
