@@ -182,7 +182,9 @@ class ChocoGossip(_HoldsRound):
                 f"{tuple(state.x_hat.shape)}; gossip one flat buffer of fixed size."
             )
         seed = round_seed(self.seed, self.comm.rank, state.step)
-        self.round.post(self.compressor.encode(x - state.x_hat, seed))
+        diff = self._buffer(state.x_hat)
+        torch.sub(x, state.x_hat, out=diff)  # x − x̂ into the round's buffer, no allocation
+        self.round.post(self.compressor.encode(diff, seed))
 
     def finish(self, x: torch.Tensor) -> None:
         """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8).
@@ -202,11 +204,16 @@ class ChocoGossip(_HoldsRound):
         self.compressor.decode_add_(message, s, alpha=self.w_self)
         for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
             self.round.decode_add_(self.compressor, j, buf, s, alpha=w)
-        if self._diff is None or self._diff.shape != state.s.shape:
-            self._diff = torch.empty_like(state.s)  # allocated once, reused every round
-        torch.sub(state.s, state.x_hat, out=self._diff)
-        x.add_(self._diff, alpha=self.gamma)
+        diff = self._buffer(state.s)
+        torch.sub(state.s, state.x_hat, out=diff)
+        x.add_(diff, alpha=self.gamma)
         state.step += 1
+
+    def _buffer(self, like: torch.Tensor) -> torch.Tensor:
+        """The round's scratch vector (``x − x̂``, then ``s − x̂``), allocated once."""
+        if self._diff is None or self._diff.shape != like.shape or self._diff.dtype != like.dtype:
+            self._diff = torch.empty_like(like)
+        return self._diff
 
     def step(self, x: torch.Tensor) -> None:
         """One whole round: ``begin`` then ``finish``."""
