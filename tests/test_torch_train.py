@@ -53,3 +53,19 @@ def test_choco_train_on_cuda_under_torchrun(tmp_path):  # pragma: no cover - nee
     proc = torchrun(["-m", "choco.train", *OPTIONS, "--device", "cuda", "--out",
                      str(tmp_path / "cuda")])
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_consensus_under_torchrun_equals_local(tmp_path):
+    import numpy as np
+
+    from choco.run.consensus import main as consensus
+
+    common = ["--topology", "ring:4", "--steps", "30", "--dim", "50", "--gamma", "0.5",
+              "--compressor", "sign", "--quiet"]
+    proc = torchrun(["-m", "choco.consensus", *common, "--out", str(tmp_path / "t.npz")],
+                    timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert consensus([*common, "--backend", "local", "--out", str(tmp_path / "l.npz")]) == 0
+    a, b = np.load(tmp_path / "t.npz"), np.load(tmp_path / "l.npz")
+    for key in ("x", "error", "bytes_sent"):
+        np.testing.assert_array_equal(a[key], b[key])
