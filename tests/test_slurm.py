@@ -209,6 +209,23 @@ def test_train_sbatch_with_mpiexec_writes_runs_slurm_job_id(cluster, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_train_sbatch_with_torchrun_uses_the_torch_backend(cluster, tmp_path):
+    """``CHOCO_LAUNCHER=torchrun``: srun starts one torchrun per node, which starts the ranks
+    (torch.distributed, gloo); a size-less topology takes n from the tasks."""
+    out = tmp_path / "torch"
+    job = cluster.submit(["--ntasks", "2", "--nodes", "1", str(SLURM / "train.sbatch"),
+                          "--topology", "ring", "--epochs", "1", "--gamma", "1", "--quiet",
+                          "--out", str(out)], cwd=tmp_path, env={"CHOCO_LAUNCHER": "torchrun"})
+    state = cluster.wait(job)[job]
+    log = tmp_path / f"slurm-choco-train-{job}.out"
+    text = log.read_text() if log.exists() else "(no output file)"
+    assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), \
+        f"{state}\n{text}\n{cluster.log_tail()}"
+    assert "torchrun --nnodes 1 --nproc-per-node 2" in text and "--backend torch" in text
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n"], config["backend"], config["topology"]) == (2, "torch", "ring:2")
+
+
 def test_sweep_sbatch_runs_one_run_per_array_task(cluster, tmp_path):
     sweep_file = tmp_path / "sweep.toml"
     sweep_file.write_text(SWEEP)
