@@ -46,6 +46,8 @@ USAGE_EXIT = 2
 DIVERGED_EXIT = 3
 #: seconds a non-zero rank waits for rank 0 to abort first
 GRACE_SECONDS = 2.0
+#: seconds between writing the error and MPI_Abort, for the launcher to forward the output
+ABORT_DRAIN_SECONDS = 0.3
 #: exceptions reported as one paragraph, without a traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (ChocoError,)
 
@@ -188,6 +190,9 @@ def run_mpi(main: Callable[[], int]) -> int:
     sys.stderr.write(message)
     sys.stdout.flush()
     sys.stderr.flush()
+    # give the launcher's proxy a moment to forward what was written before MPI_Abort tears
+    # the job down (seen: the error line lost when aborting at once)
+    time.sleep(ABORT_DRAIN_SECONDS)
     world.Abort(code)
     return code  # not reached: Abort ends the process
 
