@@ -66,6 +66,35 @@ class Communicator(ABC):
         return self.allgather(array)[root].copy()
 
 
+class ProcessCommunicator(Communicator):
+    """What the communicators spanning processes (MPI, torch.distributed) share.
+
+    Subclasses set ``all_neighbors`` (every rank's neighbour list, gathered and checked at
+    construction) and ``_lengths_checked = False``, and implement ``allgather``.
+    """
+
+    all_neighbors: list[list[int]]
+    _lengths_checked: bool
+
+    def allreduce(self, array: np.ndarray) -> np.ndarray:
+        """Sum over ranks, added in rank order (:func:`rank_order_sum`): bit-identical to the
+        in-process backend. It gathers every rank's array (memory ``size ×``), which suits
+        the metrics and small reductions it serves."""
+        return rank_order_sum(self.allgather(array))
+
+    def _check_lengths(self, length: int) -> None:
+        """One all-gather of the message length, on the first exchange only.
+
+        Not repeated when the length changes: a rank that changed alone would wait in this
+        collective while its neighbours wait in the exchange.
+        """
+        self._lengths_checked = True
+        if self.size == 1:
+            return
+        lengths = self.allgather(np.array([length], dtype=np.int64))[:, 0].tolist()
+        check_message_lengths(lengths, self.all_neighbors)
+
+
 def rank_order_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
     """``parts[0] + parts[1] + ...`` added in rank order (a new array).
 

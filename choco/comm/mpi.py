@@ -29,13 +29,11 @@ from mpi4py import MPI
 from .base import (
     SAME_LENGTH_FIX,
     CommError,
-    Communicator,
     Exchange,
-    check_message_lengths,
+    ProcessCommunicator,
     check_neighbors,
     check_symmetric,
     format_ranks,
-    rank_order_sum,
 )
 
 
@@ -62,7 +60,7 @@ class _MPIExchange(Exchange):
         return [torch.from_numpy(row) for row in self.recv]
 
 
-class MPICommunicator(Communicator):
+class MPICommunicator(ProcessCommunicator):
     """Rank ``comm.rank`` of ``comm`` with the given neighbours (symmetric graph).
 
     Construction is collective over ``comm``: every rank must build its communicator at the
@@ -136,23 +134,7 @@ class MPICommunicator(Communicator):
         request = self.graph.Ineighbor_allgather([buf, MPI.BYTE], [self._recv, MPI.BYTE])
         return _MPIExchange(request, buf, self._recv, self)
 
-    def _check_lengths(self, length: int) -> None:
-        """One allgather of the message length, on the first exchange only.
 
-        Not repeated when the length changes: a rank that changed alone would wait in this
-        collective while its neighbours wait in the exchange.
-        """
-        self._lengths_checked = True
-        if self.size == 1:
-            return
-        lengths = self.allgather(np.array([length], dtype=np.int64))[:, 0].tolist()
-        check_message_lengths(lengths, self.all_neighbors)
-
-    def allreduce(self, array: np.ndarray) -> np.ndarray:
-        """Sum over ranks, added in rank order (:func:`rank_order_sum`): bit-identical to the
-        in-process backend. It gathers every rank's array (memory ``size ×``), which suits
-        the metrics and small reductions it serves."""
-        return rank_order_sum(self.allgather(array))
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
         arr = np.ascontiguousarray(array)

@@ -57,12 +57,10 @@ import torch.distributed as dist
 from ..errors import ChocoError, UsageError
 from .base import (
     CommError,
-    Communicator,
     Exchange,
-    check_message_lengths,
+    ProcessCommunicator,
     check_neighbors,
     check_symmetric,
-    rank_order_sum,
 )
 
 __all__ = [
@@ -99,7 +97,7 @@ BACKENDS = ("gloo", "nccl")
 
 
 # ---------------------------------------------------------------------------- communicator
-class TorchCommunicator(Communicator):
+class TorchCommunicator(ProcessCommunicator):
     """Rank ``dist.get_rank(group)`` of an initialized process group, with the given
     neighbours (symmetric graph).
 
@@ -210,7 +208,10 @@ class TorchCommunicator(Communicator):
         if self._on_host:
             payload = send.contiguous() if send.device.type == "cpu" else send.cpu()
         else:
-            assert self._send_dev is not None
+            if self._send_dev is None:
+                raise CommError(f"rank {self.rank}: the device send buffer was not allocated "
+                                "before the exchange; exchanges must go through "
+                                "neighbor_exchange.")
             self._send_dev.copy_(send)
             payload = self._send_dev
         ops = [dist.P2POp(dist.irecv, self._recv[i], peer, self.group)
@@ -233,24 +234,8 @@ class TorchCommunicator(Communicator):
     def _host_buffer(self) -> torch.Tensor | None:
         return None if self._on_host or self.keep_on_device else self._host
 
-    def _check_lengths(self, length: int) -> None:
-        """One all-gather of the message length, on the first exchange only.
-
-        Not repeated when the length changes: a rank that changed alone would wait in this
-        collective while its neighbours wait in the exchange.
-        """
-        self._lengths_checked = True
-        if self.size == 1:
-            return
-        lengths = self.allgather(np.array([length], dtype=np.int64))[:, 0].tolist()
-        check_message_lengths(lengths, self.all_neighbors)
 
     # -- blocking collectives -----------------------------------------------------------
-    def allreduce(self, array: np.ndarray) -> np.ndarray:
-        """Sum over ranks, added in rank order (:func:`rank_order_sum`): bit-identical to the
-        in-process and the MPI backends. It gathers every rank's array (memory ``size ×``),
-        which suits the metrics and small reductions it serves."""
-        return rank_order_sum(self.allgather(array))
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
         """Every rank's equal-shape ``array`` stacked in rank order (raw bytes: exact)."""
