@@ -93,8 +93,7 @@ class Algorithm:
                       dtype: torch.dtype) -> int:
         """Bytes of the one message a node sends to each neighbour per round (0: none)."""
         if self.traffic == "compressed":
-            assert compressor is not None
-            return compressor.nbytes(numel, dtype)
+            return _compressor_of(self.name, compressor).nbytes(numel, dtype)
         if self.traffic == "exact":
             from ..compress.identity import Identity
 
@@ -112,11 +111,19 @@ class Algorithm:
                         gossip_every=gossip_every)
 
 
-def _choco(a: AveragerArgs) -> Averager:
-    from ..gossip import ChocoGossip
+def _compressor_of(name: str, compressor: Compressor | None) -> Compressor:
+    """The compressor a compressed algorithm needs, or an error saying so."""
+    if compressor is None:
+        raise UsageError(f"algorithm {name} sends compressed messages and needs a compressor, "
+                         "got none; give --compressor (e.g. sign).")
+    return compressor
 
-    assert a.compressor is not None and a.gamma is not None
-    return ChocoGossip(a.comm, a.row, a.compressor, a.gamma, a.seed)
+
+def _choco(a: AveragerArgs) -> Averager:
+    from ..gossip import ChocoGossip, check_gamma
+
+    gamma = check_gamma(a.gamma if a.gamma is not None else float("nan"), "--gamma")
+    return ChocoGossip(a.comm, a.row, _compressor_of("choco", a.compressor), gamma, a.seed)
 
 
 def _exact(a: AveragerArgs) -> Averager:
@@ -128,15 +135,13 @@ def _exact(a: AveragerArgs) -> Averager:
 def _dcd(a: AveragerArgs) -> Averager:
     from ..baselines import DCDGossip
 
-    assert a.compressor is not None
-    return DCDGossip(a.comm, a.row, a.compressor, a.seed)
+    return DCDGossip(a.comm, a.row, _compressor_of("dcd", a.compressor), a.seed)
 
 
 def _ecd(a: AveragerArgs) -> Averager:
     from ..baselines import ECDGossip
 
-    assert a.compressor is not None
-    return ECDGossip(a.comm, a.row, a.compressor, a.seed)
+    return ECDGossip(a.comm, a.row, _compressor_of("ecd", a.compressor), a.seed)
 
 
 def _local(a: AveragerArgs) -> Averager:

@@ -158,7 +158,9 @@ def load_rank_state(comm: Communicator, gen: Generation) -> dict[str, Any]:
         error = (f"checkpoint file {path} does not load as a choco checkpoint ({exc}); start "
                  "again with --overwrite.")
     _agree(comm, error)
-    assert state is not None
+    if state is None:  # unreachable: _agree raised for every failure above
+        raise UsageError(f"checkpoint file {path} could not be loaded; start again with "
+                         "--overwrite.")
     return state
 
 

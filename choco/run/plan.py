@@ -128,7 +128,9 @@ def _gamma(cfg: TrainConfig, algorithm: Algorithm, topo: Topology,
         return 1.0, "auto: identity needs no damping"
     from ..tuning import tune_gamma
 
-    assert compressor is not None  # uses_gamma algorithms send compressed messages
+    if compressor is None:
+        raise UsageError(f"--gamma auto tunes γ for the run's compressor, but algorithm "
+                         f"{cfg.algorithm} has none; give --compressor or a number for --gamma.")
     if not cfg.quiet and (share is None or share[0] == 0):
         print(f"tuning gamma for {cfg.compressor} on {topo.spec}: consensus simulation, dim "
               "500, 200 steps per candidate (pass --gamma G to skip) ...", flush=True)

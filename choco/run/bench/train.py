@@ -92,7 +92,9 @@ class Config:
     def instrument(self) -> None:
         """Wrap ``begin``, ``finish`` and the round's ``wait`` with timers."""
         g = self.gossip
-        assert g is not None
+        if g is None:
+            raise UsageError(f"{self.name}: only a configuration with a gossip can be timed "
+                             "round by round; it has none.")
         timed_wait(g, self.waits)
         for name in ("begin", "finish"):
             inner = getattr(g, name)
@@ -248,7 +250,9 @@ def run_train_bench(args: argparse.Namespace) -> int:
                 s = summarize(np.stack(gathered))
                 if c.name == "local":
                     local_step = s["step_ms"]
-                assert local_step is not None
+                if local_step is None:
+                    raise UsageError("the local-SGD configuration must be timed first: it "
+                                     "is the baseline of every overhead; keep it first.")
                 results.append({"model": model_name, "params": params, "tensors": tensors,
                                 "config": c.name, "spec": c.spec, "order": c.order, **s,
                                 "overhead": (s["step_ms"] - local_step) / local_step,
