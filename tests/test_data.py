@@ -334,3 +334,22 @@ def test_node_loader_validates_input():
         NodeLoader(x, y, np.array([40]), 4, 0, 0)
     with pytest.raises(DataError, match="float32"):
         NodeLoader(x.double(), y, np.arange(3), 4, 0, 0)
+
+
+def test_cifar_reader_refuses_a_pickle_that_would_run_code(tmp_path):
+    """The batch reader builds containers and arrays only; anything else is an error."""
+    import os
+
+    from choco.data import DataError
+    from choco.data.images import read_cifar_batch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
+        read_cifar_batch(path)
+    assert not (tmp_path / "pwned").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -100,15 +101,34 @@ def cifar10_folder(data_dir: str | Path) -> Path:
     return folder
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles containers and numpy arrays only: a CIFAR batch cannot run code."""
+
+    ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR batch holds only "
+                                         "a dict of bytes, lists and numpy arrays")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR python batch: ``uint8`` images ``(N, 3, 32, 32)`` and ``int64`` labels.
 
     The file is a pickled dict with ``b'data'`` (``uint8``, ``(N, 3072)``: 1024 red, then
-    1024 green, then 1024 blue values, each plane row-major) and ``b'labels'``. Pickle runs
-    code from the file: only read batches you trust.
+    1024 green, then 1024 blue values, each plane row-major) and ``b'labels'``. The file is
+    read with an unpickler that builds only containers and numpy arrays (never runs code).
     """
     with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+        try:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise DataError(f"{path} is not a CIFAR-10 python batch ({exc}); use the files "
+                            "of cifar-10-python.tar.gz.") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
