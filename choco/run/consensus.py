@@ -59,6 +59,7 @@ from .files import (
     memory_limit,
     spec_file,
 )
+from .plan import AUTO_DIM, resolve_gamma
 from .world import World, mpi_world, torch_world
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ COPIES_OF_X0 = 16
 BYTES_PER_ERROR = 32
 #: the γ tuner's simulation (``tune_gamma``, dim 500, float32): bytes per node × dim
 #: (measured: 44 bytes per entry with identity)
-TUNER_DIM, TUNER_BYTES = 500, 48
+TUNER_BYTES = 48
 #: seeds are 64-bit (numpy's and torch's generators)
 SEED_RANGE = 2**64
 
@@ -78,7 +79,7 @@ SEED_RANGE = 2**64
 def run_bytes(n: int, dim: int, steps: int, itemsize: int = 8, tuner: bool = False) -> int:
     """Estimated peak memory of a consensus run of ``n`` nodes, ``dim`` columns, ``steps``."""
     return (COPIES_OF_X0 * itemsize * n * dim + BYTES_PER_ERROR * n * (steps + 1)
-            + (TUNER_BYTES * n * TUNER_DIM if tuner else 0))
+            + (TUNER_BYTES * n * AUTO_DIM if tuner else 0))
 
 
 def check_run_memory(n: int, dim: int, steps: int, itemsize: int, tuner: bool,
@@ -199,21 +200,11 @@ def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = Non
         )
     compressor = make_compressor(args.compressor)
     auto = str(args.gamma).strip().lower() == "auto"
-    gamma = None if auto else check_gamma(args.gamma, "--gamma")
+    if not auto:
+        check_gamma(args.gamma, "--gamma")  # a bad value is refused before X0 is built
     x0 = _initial(args, topology.n, tuner=auto and compressor.spec != "identity")
-    if gamma is not None:
-        source = "given"
-    elif compressor.spec == "identity":
-        gamma, source = 1.0, "auto: identity needs no damping"
-    else:
-        from ..tuning import tune_gamma
-
-        if report:
-            print(f"tuning gamma for {compressor.spec} on {topology.spec} (consensus "
-                  "simulation; pass --gamma G to skip) ...", flush=True)
-        gamma, _ = tune_gamma(topology.W, compressor, dim=TUNER_DIM, steps=200,
-                              seed=args.seed, share=share)
-        source = "auto: consensus tuner (choco.tuning.tune_gamma, dim 500, 200 steps)"
+    gamma, source = resolve_gamma(args.gamma, compressor, topology.W, args.seed, share,
+                                  topology.spec if report else None)
     if report:
         print(f"gamma {gamma:.4g} ({source})", flush=True)
     return Problem(topology, compressor, gamma, source, args.steps, args.seed, x0)

@@ -117,25 +117,42 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise UsageError(f"{requirement}, got {value!r}.")
 
 
-def _gamma(cfg: TrainConfig, algorithm: Algorithm, topo: Topology,
-           compressor: Compressor | None, share: Share | None) -> tuple[float | None, str]:
-    """γ and where it came from: given, 1 for identity, or the consensus tuner."""
-    if not algorithm.uses_gamma:
-        return None, "unused"
-    if cfg.gamma.strip().lower() != "auto":
-        return check_gamma(cfg.gamma, "--gamma"), "given"
-    if cfg.compressor.strip().lower() == "identity":
+#: the consensus simulation ``--gamma auto`` runs per candidate γ
+AUTO_DIM, AUTO_STEPS = 500, 200
+
+
+def resolve_gamma(text: str, compressor: Compressor, W, seed: int, share: Share | None,
+                  announce: str | None = None) -> tuple[float, str]:
+    """``--gamma``: a number in (0, 1] (``given``), or ``auto``: 1 for identity (nothing to
+    damp), else :func:`choco.tuning.tune_gamma` on this ``W`` and compressor. Returns
+    ``(γ, where it came from)``; ``announce`` (the topology's name) prints what is tuned."""
+    if str(text).strip().lower() != "auto":
+        return check_gamma(text, "--gamma"), "given"
+    if compressor.spec == "identity":
         return 1.0, "auto: identity needs no damping"
     from ..tuning import tune_gamma
 
+    if announce:
+        print(f"tuning gamma for {compressor.spec} on {announce}: consensus simulation, dim "
+              f"{AUTO_DIM}, {AUTO_STEPS} steps per candidate (pass --gamma G to skip) ...",
+              flush=True)
+    gamma, _ = tune_gamma(W, compressor, dim=AUTO_DIM, steps=AUTO_STEPS, seed=seed,
+                          share=share)
+    return gamma, (f"auto: consensus tuner (choco.tuning.tune_gamma, dim {AUTO_DIM}, "
+                   f"{AUTO_STEPS} steps)")
+
+
+def _gamma(cfg: TrainConfig, algorithm: Algorithm, topo: Topology,
+           compressor: Compressor | None, share: Share | None) -> tuple[float | None, str]:
+    """γ and where it came from (:func:`resolve_gamma`); ``None`` if the algorithm has none."""
+    if not algorithm.uses_gamma:
+        return None, "unused"
     if compressor is None:
-        raise UsageError(f"--gamma auto tunes γ for the run's compressor, but algorithm "
-                         f"{cfg.algorithm} has none; give --compressor or a number for --gamma.")
-    if not cfg.quiet and (share is None or share[0] == 0):
-        print(f"tuning gamma for {cfg.compressor} on {topo.spec}: consensus simulation, dim "
-              "500, 200 steps per candidate (pass --gamma G to skip) ...", flush=True)
-    gamma, _ = tune_gamma(topo.W, compressor, dim=500, steps=200, seed=cfg.seed, share=share)
-    return gamma, "auto: consensus tuner (choco.tuning.tune_gamma, dim 500, 200 steps)"
+        raise UsageError(f"algorithm {cfg.algorithm} takes γ but has no compressor; give "
+                         "--compressor.")
+    loud = not cfg.quiet and (share is None or share[0] == 0)
+    return resolve_gamma(cfg.gamma, compressor, topo.W, cfg.seed, share,
+                         topo.spec if loud else None)
 
 
 def make_plan(cfg: TrainConfig, n: int | None, share: Share | None = None) -> Plan:
