@@ -134,6 +134,15 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (choco {__version__})")
 
 
+def add_gossip_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--topology``, ``--mixing`` and ``--compressor``, the same in every program."""
+    parser.add_argument("--topology", default="ring:8",
+                        help="ring:8, torus:4x4, social, er:16:0.3, ...")
+    parser.add_argument("--mixing", default="metropolis", help="metropolis | maxdegree | uniform")
+    parser.add_argument("--compressor", default="sign",
+                        help="compressor spec: identity, sign, topk:0.01, ...")
+
+
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     """``--backend auto|local|mpi`` with the same meaning in every program."""
     parser.add_argument("--backend", choices=BACKENDS, default="auto",

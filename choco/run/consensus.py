@@ -43,6 +43,7 @@ from ..gossip import ChocoGossip, check_gamma
 from .cli import (
     HelpFormatter,
     add_backend_argument,
+    add_gossip_arguments,
     add_version_argument,
     prog_name,
     refuse_local_under_mpi,
@@ -132,9 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "they agree on the mean. Writes x, error and bytes_sent to an .npz file.",
         epilog="compressor specs: " + ", ".join(available()))
     add_version_argument(p)
-    p.add_argument("--topology", default="ring:8", help="ring:8, torus:4x4, social, er:16:0.3, ...")
-    p.add_argument("--mixing", default="metropolis", help="metropolis | maxdegree | uniform")
-    p.add_argument("--compressor", default="sign", help="identity, sign, topk:0.01, ...")
+    add_gossip_arguments(p)
     p.add_argument("--gamma", default="auto",
                    help="consensus step size in (0, 1], or auto: 1 for identity, else the "
                    "consensus tuner (choco.tuning) on this topology and compressor")

@@ -16,7 +16,7 @@ from topologies import parse_topology
 from ..compress import available, make_compressor
 from ..errors import UsageError
 from ..tuning import tune_gamma
-from .cli import HelpFormatter, add_version_argument, run_local, setup_output
+from .cli import HelpFormatter, add_gossip_arguments, add_version_argument, run_local, setup_output
 from .files import ArgumentParser, check_memory, largest, memory_limit
 
 #: memory per node and per vector entry of the simulation (float32 x, x̂, s, messages, the
@@ -39,9 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sum_i ||x_i - mean||^2 + ||x_i - x_hat_i||^2 (docs/gamma.md).",
         epilog="compressor specs: " + ", ".join(available()))
     add_version_argument(p)
-    p.add_argument("--topology", default="ring:8", help="ring:8, torus:4x4, social, ...")
-    p.add_argument("--mixing", default="metropolis", help="metropolis | maxdegree | uniform")
-    p.add_argument("--compressor", default="sign", help="compressor spec")
+    add_gossip_arguments(p)
     p.add_argument("--dim", type=int, default=1000, help="length of each node's vector")
     p.add_argument("--steps", type=int, default=300, help="gossip rounds per candidate γ")
     p.add_argument("--grid", type=int, default=13, help="number of candidates in logspace(-3, 0)")
