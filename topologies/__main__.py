@@ -24,9 +24,7 @@ before anything is built.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +36,10 @@ from choco.errors import ChocoError, UsageError
 
 from ._guards import (
     ArgumentParser,
+    atomic_write,
     check_memory,
     check_output_file,
     format_bytes,
-    new_file_mode,
     spec_file,
 )
 from .mixing import MIXING_RULES
@@ -109,18 +107,7 @@ def as_json(topology: Topology) -> str:
 
 def save_matrix(path: Path, W: NDArray[np.float64]) -> None:
     """``numpy.save`` to exactly ``path``, atomically: a temporary file renamed into place."""
-    mode = new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.save(file, W)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: np.save(file, W))
 
 
 def run(args) -> int:

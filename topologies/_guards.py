@@ -23,7 +23,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 from choco.errors import ChocoError, UsageError
 
@@ -308,3 +308,20 @@ class ArgumentParser(argparse.ArgumentParser):
             return (f"an abbreviated option must match one option, got {m['got']}, which "
                     f"could be {m['options']}; write the option in full")
         return f"the command line must follow {help_hint}, got: {message}; see --help"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    mode = new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -22,22 +22,20 @@ topologies`` (a lower layer, which cannot import the run layer) uses the same co
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from topologies._guards import (
     ArgumentParser,
+    atomic_write,
     check_memory,
     check_output_file,
     format_bytes,
     largest,
     memory_limit,
-    new_file_mode,
     spec_file,
 )
 
@@ -46,23 +44,6 @@ from ..errors import UsageError
 __all__ = ["ArgumentParser", "atomic_savez", "atomic_torch_save", "atomic_write",
            "atomic_write_json", "atomic_write_text", "check_memory", "check_output_file",
            "format_bytes", "largest", "load_npy", "memory_limit", "spec_file"]
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    mode = new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
