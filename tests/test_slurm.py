@@ -35,7 +35,7 @@ START = SLURM / "testing" / "start-cluster.sh"
 STOP = SLURM / "testing" / "stop-cluster.sh"
 NODES = 2
 #: seconds a job may take, from submission to its end
-JOB_TIMEOUT = float(os.environ.get("CHOCO_SLURM_JOB_TIMEOUT", "400"))
+JOB_TIMEOUT = float(os.environ.get("CHOCO_SLURM_JOB_TIMEOUT", "240"))
 REQUIRED = bool(os.environ.get("CI") or os.environ.get("CHOCO_REQUIRE_SLURM"))
 
 SWEEP = """
@@ -82,6 +82,7 @@ class Cluster:
     def __init__(self, folder: Path, env: dict[str, str]):
         self.folder = folder
         self.env = env
+        self.cwd: dict[str, Path] = {}  # job id -> the folder it was submitted from
 
     def run(self, cmd: list[str], timeout: float = 60, cwd: Path | None = None,
             ) -> subprocess.CompletedProcess:
@@ -92,7 +93,9 @@ class Cluster:
         proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True,
                               timeout=60, cwd=cwd, env={**self.env, **(env or {})})
         assert proc.returncode == 0, f"sbatch {args}: {proc.stderr}"
-        return proc.stdout.strip().split(";")[0]
+        job = proc.stdout.strip().split(";")[0]
+        self.cwd[job] = cwd
+        return job
 
     def wait(self, job: str, timeout: float = JOB_TIMEOUT) -> dict[str, dict[str, str]]:
         """Wait until job ``job`` (every task of an array) has ended; ``{JobId: fields}``."""
@@ -102,8 +105,8 @@ class Cluster:
             if proc.returncode == 0 and not proc.stdout.strip():
                 break
             if time.monotonic() > deadline:
-                self.run(["scancel", job], timeout=30)
-                pytest.fail(f"job {job} still running after {timeout:.0f} s: {proc.stdout}")
+                pytest.fail(f"job {job} still running after {timeout:.0f} s: {proc.stdout}\n"
+                            + self.hung(job))
             time.sleep(0.5)
         proc = self.run(["scontrol", "-o", "show", "job", job], timeout=30)
         assert proc.returncode == 0, proc.stderr
@@ -112,6 +115,24 @@ class Cluster:
             fields = dict(re.findall(r"(\w+)=(\S*)", line))
             jobs[fields["JobId"]] = fields
         return jobs
+
+    def hung(self, job: str) -> str:
+        """Where a hung job's processes are: SIGABRT to its steps' tasks (the jobs run with
+        ``PYTHONFAULTHANDLER=1``, so each Python rank prints its stack), then cancel it and
+        return the job's output files, the processes that were left and the daemons' logs."""
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,stat,etime,wchan:20,args"],
+                            capture_output=True, text=True, timeout=30).stdout
+        procs = "\n".join(line for line in ps.splitlines()
+                          if any(k in line for k in ("choco", "srun", "slurmstepd", "mpiexec",
+                                                      "hydra", "torchrun", "PID")))
+        self.run(["scancel", "--signal=ABRT", job], timeout=30)
+        time.sleep(5)
+        self.run(["scancel", job], timeout=30)
+        time.sleep(2)
+        outputs = []
+        for out in sorted(self.cwd.get(job, self.folder).glob(f"slurm-*-{job}*.out")):
+            outputs.append(f"--- {out}\n{out.read_text(errors='replace')[-20000:]}")
+        return (f"processes:\n{procs}\n" + "\n".join(outputs) + "\n" + self.log_tail())
 
     def log_tail(self) -> str:
         out = []
@@ -139,6 +160,8 @@ def cluster() -> Iterator[Cluster]:
         # choco-train and this Python for the jobs (sbatch exports the environment)
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin",
         "PYTHONUNBUFFERED": "1",
+        # a hung job is sent SIGABRT before it is cancelled: every rank prints its stack
+        "PYTHONFAULTHANDLER": "1",
     })
     try:
         proc = subprocess.run(["bash", str(START)], capture_output=True, text=True,
