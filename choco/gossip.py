@@ -28,6 +28,7 @@ import torch
 
 from .comm.base import Communicator
 from .compress.base import Compressor
+from .compress.lgc import LGC, sync_in_process
 from .errors import GossipError
 from .neighbourhood import NeighbourRound, RoundState, neighbour_weights, round_seed
 
@@ -106,6 +107,15 @@ class _HoldsRound:
         return self.round.bytes_sent
 
 
+def prepare_round(gossips: Sequence) -> None:
+    """What a round needs before the nodes' ``begin`` calls when one thread drives every
+    node: ``lgc``'s switch (a collective in :meth:`ChocoGossip.begin`, which would wait
+    forever for the other nodes' ``begin``) is done here, in this thread."""
+    learned = [g.compressor for g in gossips if isinstance(g.compressor, LGC)]
+    if learned and learned[0].wants_sync():
+        sync_in_process(learned)
+
+
 def lockstep(gossips: Sequence, xs: Sequence[torch.Tensor], rounds: int = 1) -> None:
     """Drive the nodes of a :class:`~choco.comm.LocalNetwork` through ``rounds`` rounds.
 
@@ -113,6 +123,7 @@ def lockstep(gossips: Sequence, xs: Sequence[torch.Tensor], rounds: int = 1) -> 
     (deterministic). Used by the γ tuner and the tests.
     """
     for _ in range(rounds):
+        prepare_round(gossips)
         for g, x in zip(gossips, xs, strict=True):
             g.begin(x)
         for g, x in zip(gossips, xs, strict=True):
@@ -146,7 +157,8 @@ class ChocoGossip(_HoldsRound):
     ) -> None:
         self.gamma = check_gamma(gamma)
         self.round = NeighbourRound(comm, W_row)
-        self.compressor = compressor
+        # a learned compressor keeps per-node state (weights, counters): one per node
+        self.compressor = compressor.for_node() if isinstance(compressor, LGC) else compressor
         self.seed = int(seed)
         self.state: GossipState | None = None
         self._diff: torch.Tensor | None = None  # s − x̂, a buffer reused across rounds
@@ -182,6 +194,8 @@ class ChocoGossip(_HoldsRound):
                 f"{tuple(state.x_hat.shape)}; gossip one flat buffer of fixed size."
             )
         seed = round_seed(self.seed, self.comm.rank, state.step)
+        if isinstance(self.compressor, LGC) and self.compressor.wants_sync():
+            self.compressor.sync(self.comm)  # the switch: a collective, once per run
         diff = self._buffer(state.x_hat)
         torch.sub(x, state.x_hat, out=diff)  # x − x̂ into the round's buffer, no allocation
         self.round.post(self.compressor.encode(diff, seed))
@@ -209,6 +223,13 @@ class ChocoGossip(_HoldsRound):
         x.add_(diff, alpha=self.gamma)
         state.step += 1
 
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes this node put on the wire: messages, plus for ``lgc`` on node 0
+        the one broadcast of the autoencoder at the switch."""
+        extra = self.compressor.sync_bytes if isinstance(self.compressor, LGC) else 0
+        return self.round.bytes_sent + extra
+
     def _buffer(self, like: torch.Tensor) -> torch.Tensor:
         """The round's scratch vector (``x − x̂``, then ``s − x̂``), allocated once."""
         if self._diff is None or self._diff.shape != like.shape or self._diff.dtype != like.dtype:
@@ -230,8 +251,11 @@ class ChocoGossip(_HoldsRound):
         if self.state is None:
             return {}
         st = self.state
-        return {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
-                **self.round.state().to_dict()}
+        sd = {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
+              **self.round.state().to_dict()}
+        if isinstance(self.compressor, LGC):
+            sd["compressor"] = self.compressor.state_dict()
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore :meth:`state_dict`; re-posts a saved in-flight exchange (collective)."""
@@ -240,6 +264,8 @@ class ChocoGossip(_HoldsRound):
                 raise GossipError("cannot load a state with an exchange in flight")
             self.state = None
             return
+        if isinstance(self.compressor, LGC) and "compressor" in sd:
+            self.compressor.load_state_dict(sd["compressor"])
         self.round.restore(RoundState.from_dict(sd))
         self.state = GossipState(x_hat=sd["x_hat"].clone(), s=sd["s"].clone(),
                                  step=int(sd["step"]))

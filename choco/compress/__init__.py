@@ -27,6 +27,8 @@ spec               operator                                    δ (CHOCO form)
 ``qsgd:S``         QSGD / ``(1 + ω)``                           ``1/(1 + ω)``
 ``A+B``            ``B`` on the values ``A`` keeps              ``δ_A δ_B``
 ``scaled(SPEC)``   ``α* Q(x)``, ``α* = <Q x, x>/||Q x||²``      ``>= δ_Q``
+``sbc:R``          signed mean on ``k`` entries of one sign    ``>= 1/(4d)``
+``lgc``            learned code of the top-k values (lgc.py)   ``>= min(1 − floor, k'/d)``
 =================  ==========================================  ===========================
 
 Options: ``:raw`` (randk, randblock, natural, dither, qsgd) sends the unbiased operator
@@ -45,6 +47,7 @@ from collections.abc import Callable
 from .base import CompressionError, Compressor
 from .compose import Composed, Scaled
 from .identity import Identity
+from .lgc import LGC
 from .natural import Natural
 from .quantize import DEFAULT_BUCKET, QSGD, Dither
 from .sbc import SBC
@@ -132,6 +135,21 @@ def _sbc(arg: str | None) -> Compressor:
     return SBC(ratio)
 
 
+def _lgc(arg: str | None) -> Compressor:
+    positional, options, raw = _split_args("lgc", arg)
+    need = ("options warmup=ROUNDS, latent=F (a power of two), ratio=R, floor=E as "
+            "lgc[:warmup=N][:latent=F][:ratio=R][:floor=E]")
+    example = "lgc or lgc:warmup=100:latent=4:ratio=0.01"
+    if positional or raw or set(options) - {"warmup", "latent", "ratio", "floor"}:
+        raise _bad("lgc", arg, need, example)
+    try:
+        kwargs: dict = {key: (int(value) if key in ("warmup", "latent") else float(value))
+                        for key, value in options.items()}
+    except ValueError:
+        raise _bad("lgc", arg, need, example) from None
+    return LGC(**kwargs)
+
+
 def _levels(cls: type[QSGD] | type[Dither], name: str, example: str) -> Factory:
     def make(arg: str | None) -> Compressor:
         positional, options, raw = _split_args(name, arg)
@@ -159,13 +177,14 @@ REGISTRY: dict[str, Factory] = {
     "dither": _levels(Dither, "dither", "dither:8"),
     "qsgd": _levels(QSGD, "qsgd", "qsgd:16"),
     "sbc": _sbc,
+    "lgc": _lgc,
 }
 
 #: example specs shown when a name is unknown
 EXAMPLES: dict[str, str] = {
     "identity": "identity", "sign": "sign", "topk": "topk:0.01", "randk": "randk:0.01",
     "randblock": "randblock:0.01", "natural": "natural", "dither": "dither:8",
-    "qsgd": "qsgd:16", "sbc": "sbc:0.01",
+    "qsgd": "qsgd:16", "sbc": "sbc:0.01", "lgc": "lgc",
 }
 #: combinator forms, listed after the families
 FORMS = ["topk:0.01+natural", "scaled(randk:0.1:raw)"]
@@ -200,6 +219,15 @@ def _split_top(text: str, spec: str) -> list[str]:
     return [*parts, text[start:]]
 
 
+def _alone(q: Compressor, spec: str) -> Compressor:
+    if isinstance(q, LGC):
+        raise CompressionError(
+            f"lgc is used alone (it selects top-k values and rescales them itself), got "
+            f"{spec!r}; write e.g. lgc:ratio=0.01"
+        )
+    return q
+
+
 def _parse(text: str, spec: str) -> Compressor:
     parts = [p.strip() for p in _split_top(text, spec)]
     if any(not p for p in parts):
@@ -208,9 +236,10 @@ def _parse(text: str, spec: str) -> Compressor:
             f"{spec!r}; write e.g. topk:0.01+natural"
         )
     if len(parts) > 1:
-        return Composed(_parse(parts[0], spec), _parse("+".join(parts[1:]), spec))
+        return Composed(_alone(_parse(parts[0], spec), spec),
+                        _alone(_parse("+".join(parts[1:]), spec), spec))
     if text.startswith("scaled(") and text.endswith(")"):
-        return Scaled(_parse(text[len("scaled(") : -1].strip(), spec))
+        return Scaled(_alone(_parse(text[len("scaled(") : -1].strip(), spec), spec))
     name, sep, arg = text.partition(":")
     factory = REGISTRY.get(name.strip())
     if factory is None:
@@ -249,6 +278,7 @@ def make_compressor(spec: str, unbiased: bool = False) -> Compressor:
 
 
 __all__ = [
+    "LGC",
     "QSGD",
     "REGISTRY",
     "SBC",

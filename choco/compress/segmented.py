@@ -17,6 +17,9 @@ import torch
 from ..wire.framing import HEADER_SIZE, check_codec, parse_header
 from .base import CompressionError, Compressor
 
+#: codec id of lgc (choco.compress.lgc), which cannot run per tensor
+LGC_CODEC = 11
+
 
 def segment_seed(seed: int, index: int) -> int:
     """A distinct 64-bit seed per segment (splitmix64 of ``seed + index``)."""
@@ -35,6 +38,11 @@ class PerTensor(Compressor):
         if not sizes or any(int(s) < 1 for s in sizes):
             raise CompressionError(
                 f"per-tensor compression needs positive segment sizes, got {list(sizes)[:8]}"
+            )
+        if getattr(inner, "codec_id", None) == LGC_CODEC:  # lgc: one learned code per vector
+            raise CompressionError(
+                f"lgc learns one code for a whole vector and cannot run per tensor, got "
+                f"per-tensor {inner.spec}; compress the flat vector (no --sizes)"
             )
         self.inner = inner
         self.sizes = [int(s) for s in sizes]

@@ -15,6 +15,11 @@ Examples
     python -m choco.compress topk:0.01+natural --in x.npy --out q.npy --seed 3
     python -m choco.compress qsgd:16:raw --in x.npy --out q.npy       # unbiased form
     python -m choco.compress sign --in x.npy --out q.npy --sizes 600,400   # per tensor
+    python -m choco.compress lgc:warmup=200 --in x.npy --out q.npy   # learned, fit on x first
+
+``lgc`` is first trained for its ``warmup`` steps on ``x`` itself (there is no network to
+share it with), then frozen; the JSON then also says whether the learned code was sent
+(``learned``) or the round fell back to top-k'.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compress import PerTensor, available, make_compressor
+from ..compress import LGC, PerTensor, available, make_compressor
 from ..compress.base import Compressor
 from ..errors import UsageError
 from .cli import HelpFormatter, add_version_argument, run_local, setup_output
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                      "pass a shorter --in")
         q = build(args, x.size)
         xt = torch.from_numpy(x)
+        if isinstance(q, LGC):  # one vector, no network: train on it, then freeze
+            q.fit(xt, q.warmup)
         buf = q.encode(xt, args.seed)
         y = q.decode(buf, xt.dtype, xt.device).numpy()
         atomic_write(out, lambda fh: np.save(fh, y))  # exactly this path, never half-written
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if q.unbiased:
             result["omega"] = q.omega(x.size)
+        if isinstance(q, LGC):
+            result["learned"] = q.learned == 1  # else the top-k' fallback was sent
         if args.sizes is not None:
             result["sizes"] = q.sizes  # type: ignore[attr-defined]
         print(json.dumps(result), flush=True)

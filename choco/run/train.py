@@ -29,6 +29,7 @@ import torch
 
 from .. import __version__
 from ..comm.base import Communicator
+from ..compress import LGC
 from ..errors import UsageError
 from ..models import param_groups
 from . import checkpoint
@@ -160,6 +161,10 @@ def train_node(comm: Communicator, plan: Plan,
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
+        learned = getattr(getattr(opt, "gossip", None), "compressor", None)
+        if isinstance(learned, LGC):  # messages by kind, totals over the nodes
+            sums = comm.allreduce(np.array([learned.learned, learned.fallbacks], np.float64))
+            row["lgc_learned"], row["lgc_fallbacks"] = int(sums[0]), int(sums[1])
         row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                for k, v in row.items()}
         if diverged:

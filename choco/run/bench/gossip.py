@@ -42,7 +42,7 @@ import torch
 from ...compress import make_compressor
 from ...compress.base import Compressor
 from ...errors import UsageError
-from ...gossip import ChocoGossip
+from ...gossip import ChocoGossip, prepare_round
 from ..cli import add_backend_argument, resolve_backend, run_mpi
 from ..files import check_memory, format_bytes, largest, memory_limit
 from .compressors import cpu_model
@@ -358,6 +358,7 @@ def bench_local(topo, compressors: Sequence[Compressor], numel: int, rounds: int
             probe_y.copy_(probe_x)
             c = time.perf_counter() - start
             t_begin = t_finish = 0.0
+            prepare_round(gossips)
             for i, (g, x) in enumerate(zip(gossips, xs, strict=True)):
                 start = time.perf_counter()
                 g.begin(x)

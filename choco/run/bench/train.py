@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ...baselines import NoGossip
-from ...compress import PerTensor, make_compressor
+from ...compress import LGC, PerTensor, make_compressor
 from ...errors import UsageError
 from ...gossip import ChocoGossip
 from ...models import make_model, param_groups
@@ -147,7 +147,8 @@ def build_configs(model_name: str, specs: list[str], orders: list[str], topo, wo
             sgd = _sgd(m)
             sizes = [p.numel() for g in sgd.param_groups for p in g["params"]]
             comm = MPICommunicator(topo.neighbors(rank), world)
-            q = PerTensor(make_compressor(spec), sizes)
+            base = make_compressor(spec)
+            q = base if isinstance(base, LGC) else PerTensor(base, sizes)
             g = ChocoGossip(comm, topo.W[rank], q, gamma, seed=0)
             c = Config(f"{spec} {order}", spec, order, m,
                        ChocoSGD(sgd, g, order=order), g, comm)  # type: ignore[arg-type]
