@@ -57,7 +57,7 @@ def flat_model(state: dict) -> torch.Tensor:
     return torch.cat([v.reshape(-1).double() for v in state["model"].values()])
 
 
-@pytest.mark.parametrize("compressor", ["randk:0.1", "qsgd:4"])
+@pytest.mark.parametrize("compressor", ["randk:0.1", "qsgd:4", "lgc:warmup=50"])
 def test_resume_with_randomized_compressor_is_exact_per_node(tmp_path, compressor):
     a, b = tmp_path / "a", tmp_path / "b"
     run = [*COMMON, "--compressor", compressor]

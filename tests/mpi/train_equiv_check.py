@@ -14,7 +14,7 @@ from pathlib import Path
 from choco.train import main
 
 #: (compressor, gamma) pairs, shared with tests/test_mpi_train.py
-COMPRESSORS = [("sign", "0.5"), ("topk:0.05", "0.2")]
+COMPRESSORS = [("sign", "0.5"), ("topk:0.05", "0.2"), ("lgc:warmup=30", "0.05")]
 
 
 def run_all(out: Path, args: list[str]) -> int:

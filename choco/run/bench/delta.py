@@ -29,7 +29,7 @@ DEFAULT_SPECS = [
     "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
     "randblock:0.01", "natural", "dither:8", "dither:4", "qsgd:16", "qsgd:4", "qsgd:16:b=0",
     "topk:0.01+natural", "randk:0.01+natural", "randblock:0.01+qsgd:16", "scaled(qsgd:16)",
-    "scaled(randk:0.01:raw)", "sbc:0.01", "sbc:0.001",
+    "scaled(randk:0.01:raw)", "sbc:0.01", "sbc:0.001", "lgc",
 ]
 
 
