@@ -194,6 +194,9 @@ class NoGossip:
     def finish(self, x: torch.Tensor) -> None:
         pass
 
+    def progress(self) -> None:
+        pass
+
     def state_dict(self) -> dict:
         return {}
 

@@ -106,6 +106,11 @@ class _HoldsRound:
         """Payload bytes this node put on the wire so far (message length × neighbours)."""
         return self.round.bytes_sent
 
+    def progress(self) -> None:
+        """Advance the exchange in flight without blocking; call it during computation
+        (:meth:`choco.optim.ChocoSGD.progress_hooks` does, from the backward pass)."""
+        self.round.progress()
+
 
 def prepare_round(gossips: Sequence) -> None:
     """What a round needs before the nodes' ``begin`` calls when one thread drives every

@@ -125,6 +125,12 @@ class NeighbourRound:
         self._pending = (message, self.comm.neighbor_exchange(message))
         self.bytes_sent += message.numel() * len(self.comm.neighbors)
 
+    def progress(self) -> None:
+        """Advance the exchange in flight, if any, without blocking (cheap: one
+        ``MPI_Test`` under MPI, nothing elsewhere)."""
+        if self._pending is not None:
+            self._pending[1].progress()
+
     def wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Block until the exchange is done: ``(own message, [neighbour buffers])``."""
         if self._pending is None:

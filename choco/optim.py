@@ -52,6 +52,7 @@ class Averager(Protocol):
     def init(self, x: torch.Tensor) -> None: ...
     def begin(self, x: torch.Tensor) -> None: ...
     def finish(self, x: torch.Tensor) -> None: ...
+    def progress(self) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, sd: dict) -> None: ...
 
@@ -136,6 +137,23 @@ class ChocoSGD(_Wrapped):
         if self.gossip.in_flight:
             self.gossip.finish(x)
         self.gossip.begin(x)
+
+    def progress(self) -> None:
+        """Advance the exchange in flight without blocking (one ``MPI_Test`` under MPI).
+
+        In the ``overlap`` order the messages are posted before the forward and backward
+        passes; MPICH moves a non-blocking exchange only inside MPI calls, so calling this
+        during the computation lets the transfer finish there instead of in the next
+        :meth:`step`. :meth:`progress_hooks` calls it from the backward pass.
+        """
+        self.gossip.progress()
+
+    def progress_hooks(self) -> list:
+        """Call :meth:`progress` each time a parameter's gradient is accumulated in the
+        backward pass (a few dozen cheap calls per step). Returns the hook handles
+        (``handle.remove()`` undoes them)."""
+        return [p.register_post_accumulate_grad_hook(lambda _p: self.progress())
+                for g in self.optimizer.param_groups for p in g["params"]]
 
     @torch.no_grad()
     def flush(self) -> None:

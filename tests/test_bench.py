@@ -137,7 +137,8 @@ def test_gossip_under_mpiexec_prints_ratio_table():
 @pytest.mark.slow
 def test_train_under_mpiexec_prints_overhead_table():
     proc = run_mpi(2, ["choco.bench", "train", "--models", "mlp,resnet20", "--batch-size", "2",
-                       "--specs", "sign", "--orders", "overlap,sync", "--blocks", "1",
+                       "--specs", "sign", "--orders", "overlap,overlap-noprogress,sync",
+                       "--blocks", "1",
                        "--block", "2", "--json"], module=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -146,11 +147,11 @@ def test_train_under_mpiexec_prints_overhead_table():
     for model in ("mlp", "resnet20"):
         rows = [r for r in out.splitlines() if r.startswith(f"| {model} (")]
         assert [r.split(" | ")[1] for r in rows] == ["local", "plain SGD", "sign overlap",
-                                                     "sign sync"]
+                                                     "sign overlap-noprogress", "sign sync"]
         assert rows[0].endswith("| – | – |") and rows[2].endswith("% |")
     summary = _json(out)
-    assert summary["n"] == 2 and len(summary["rows"]) == 8
-    assert summary["rows"][4]["params"] == 272_474 and summary["rows"][4]["tensors"] == 65
+    assert summary["n"] == 2 and len(summary["rows"]) == 10
+    assert summary["rows"][5]["params"] == 272_474 and summary["rows"][5]["tensors"] == 65
 
 
 def test_train_without_mpiexec_says_how_to_run_it(bench):

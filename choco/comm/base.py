@@ -29,6 +29,11 @@ class Exchange(ABC):
     def wait(self) -> list[torch.Tensor]:
         """Block until done; buffers are in :attr:`Communicator.neighbors` order."""
 
+    def progress(self) -> None:
+        """Advance the exchange without blocking (a no-op where transfers progress on their
+        own: threads, gloo's background threads)."""
+        return None
+
 
 class Communicator(ABC):
     """Rank, size, neighbours, one non-blocking neighbourhood exchange, small collectives."""

@@ -45,6 +45,13 @@ class _MPIExchange(Exchange):
         self.recv = recv
         self.owner = owner
 
+    def progress(self) -> None:
+        """``MPI_Test`` on the request: MPICH advances a non-blocking neighbourhood
+        collective only inside MPI calls (no progress thread by default), so without this
+        the messages posted before the computation would wait for :meth:`wait` to move."""
+        if self.request is not None:
+            self.request.Test()  # completes it at most; wait() still returns the buffers
+
     def wait(self) -> list[torch.Tensor]:
         if self.request is not None:
             request, self.request = self.request, None

@@ -107,8 +107,11 @@ class Algorithm:
 
         if self.averager is None:
             return AllReduceSGD(optimizer, args.comm)
-        return ChocoSGD(optimizer, self.averager(args), order=order,  # type: ignore[arg-type]
-                        gossip_every=gossip_every)
+        opt = ChocoSGD(optimizer, self.averager(args), order=order,  # type: ignore[arg-type]
+                       gossip_every=gossip_every)
+        if order == "overlap":  # the exchange moves during the backward pass (MPI)
+            opt.progress_hooks()
+        return opt
 
 
 def _compressor_of(name: str, compressor: Compressor | None) -> Compressor:

@@ -12,7 +12,9 @@ that configuration's own calls):
   reference;
 * ``choco`` with each ``--specs`` compressor (per tensor, as ``choco-train`` does) in each
   ``--orders`` order (``overlap``: ICLR Alg. 1, the exchange posted at one step is finished
-  at the next; ``sync``: begin and finish back to back).
+  at the next, progressed by ``MPI_Test`` from the backward pass as ``choco-train`` does;
+  ``overlap-noprogress``: the same without those calls; ``sync``: begin and finish back to
+  back).
 
 A step's time is split into *compute* (forward, backward and the local optimizer step),
 *compress* (:meth:`ChocoGossip.begin`: encode and post), *exchange wait* (time inside the
@@ -61,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="mlp,resnet20",
                    help="comma-separated: mlp (digits), resnet20 (synthetic 3x32x32 input)")
     p.add_argument("--specs", default="sign,topk:0.01", help="comma-separated compressors")
-    p.add_argument("--orders", default="overlap,sync", help="comma-separated: overlap, sync")
+    p.add_argument("--orders", default="overlap,overlap-noprogress,sync",
+                   help="comma-separated: overlap (choco-train's: the exchange progressed from "
+                        "the backward pass), overlap-noprogress, sync")
     p.add_argument("--topology", default=None, help="graph spec; default ring:N (N = ranks)")
     p.add_argument("--batch-size", type=int, default=32, help="per node")
     p.add_argument("--blocks", type=int, default=3, help="timed blocks per configuration")
@@ -150,8 +154,12 @@ def build_configs(model_name: str, specs: list[str], orders: list[str], topo, wo
             base = make_compressor(spec)
             q = base if isinstance(base, LGC) else PerTensor(base, sizes)
             g = ChocoGossip(comm, topo.W[rank], q, gamma, seed=0)
-            c = Config(f"{spec} {order}", spec, order, m,
-                       ChocoSGD(sgd, g, order=order), g, comm)  # type: ignore[arg-type]
+            # "overlap" is choco-train's: MPI_Test from the backward pass moves the exchange;
+            # "overlap-noprogress" leaves it to the next step's wait (the comparison)
+            opt = ChocoSGD(sgd, g, order="sync" if order == "sync" else "overlap")
+            if order == "overlap":
+                opt.progress_hooks()
+            c = Config(f"{spec} {order}", spec, order, m, opt, g, comm)  # type: ignore[arg-type]
             c.instrument()
             configs.append(c)
     return configs
@@ -221,7 +229,7 @@ def run_train_bench(args: argparse.Namespace) -> int:
     specs = _split(args.specs, "--specs")
     for spec in specs:
         make_compressor(spec)
-    orders = _split(args.orders, "--orders", ("overlap", "sync"))
+    orders = _split(args.orders, "--orders", ("overlap", "overlap-noprogress", "sync"))
     check_positive(("--batch-size", args.batch_size, 1, 32), ("--blocks", args.blocks, 1, 3),
                    ("--block", args.block, 2, 5), ("--threads", args.threads, 1, 1))
     topo = _topology(args.topology, "metropolis", size, mpi=True)
