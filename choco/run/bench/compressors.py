@@ -8,6 +8,11 @@ preallocated vector (``decode_add_``, what a receiver does per neighbour). It re
 best round (``--stat min``, robust to other load on the machine) or the median, the bits per
 element on the wire (header included) and the ratio of each time to the copy measured in
 the same rounds. CUDA timings synchronize the device around each call.
+
+``--per-tensor-model NAME`` (e.g. ``resnet20``) adds a second table: each spec applied per
+tensor (:class:`~choco.compress.PerTensor` over the model's parameter sizes) and to the same
+entries as one flat vector, encode and decode-and-add (``alpha = 0.5``) of both interleaved
+in the same rounds, with the ratios per-tensor/flat (the cost of the segmentation).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...compress import LGC, make_compressor
+from ...compress import LGC, PerTensor, make_compressor
 from ...errors import UsageError
 from ..files import check_memory, largest, memory_limit
 
@@ -46,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated compressor specs (default: all families)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
+    p.add_argument("--per-tensor-model", default=None, metavar="NAME",
+                   help="also time each spec per tensor over this model's parameters "
+                        "(e.g. resnet20) against the same entries as one flat vector")
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -102,6 +110,70 @@ def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
         "encode_ms": 1e3 * e,
         "decode_ms": 1e3 * d, "encode_ratio": e / c, "decode_ratio": d / c,
     }
+
+
+def bench_per_tensor(spec: str, sizes: list[int], x: torch.Tensor, repeat: int,
+                     stat: str) -> dict:
+    """Time ``spec`` per tensor (segments ``sizes`` of ``x``) and flat, interleaved.
+
+    Returns the row in ms and the ratios ``per-tensor / flat`` of encode and of
+    ``decode_add_`` (``alpha = 0.5``, as into the gossip's ``s``).
+    """
+    flat = make_compressor(spec)
+    per = PerTensor(flat, sizes)
+    timed = _timer(x.device)
+    out = torch.zeros_like(x)
+    bufs = {"flat": flat.encode(x, 0), "per_tensor": per.encode(x, 0)}  # warm-up
+    flat.decode_add_(bufs["flat"], out, 0.5)
+    per.decode_add_(bufs["per_tensor"], out, 0.5)
+    times: dict[str, list[float]] = {key: [] for key in
+                                     ("flat_enc", "flat_dec", "per_enc", "per_dec")}
+    for r in range(repeat):
+        for name, q in (("flat", flat), ("per", per)):
+            times[f"{name}_enc"].append(timed(lambda q=q, r=r: q.encode(x, r + 1)))
+            buf = q.encode(x, r + 1)
+            times[f"{name}_dec"].append(timed(lambda q=q, buf=buf: q.decode_add_(buf, out, 0.5)))
+    pick = min if stat == "min" else statistics.median
+    t = {key: 1e3 * pick(v) for key, v in times.items()}
+    return {
+        "spec": flat.spec, "tensors": len(sizes), "numel": x.numel(),
+        "per_tensor_nbytes": int(bufs["per_tensor"].numel()),
+        "flat_encode_ms": t["flat_enc"], "per_tensor_encode_ms": t["per_enc"],
+        "flat_decode_ms": t["flat_dec"], "per_tensor_decode_ms": t["per_dec"],
+        "encode_ratio": t["per_enc"] / t["flat_enc"],
+        "decode_ratio": t["per_dec"] / t["flat_dec"],
+    }
+
+
+def per_tensor_table(rows: list[dict], model: str, stat: str) -> str:
+    """The per-tensor against flat comparison as a Markdown table."""
+    first = rows[0]
+    lines = [
+        f"per tensor: {model}, {first['tensors']} tensors, {first['numel']:,} parameters, "
+        f"{stat} of the rounds, decode_add_ with alpha = 0.5",
+        "",
+        "| spec | per-tensor encode ms | flat encode ms | encode ratio | "
+        "per-tensor decode ms | flat decode ms | decode ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['spec']}` | {r['per_tensor_encode_ms']:.3f} | {r['flat_encode_ms']:.3f} | "
+            f"{r['encode_ratio']:.2f} | {r['per_tensor_decode_ms']:.3f} | "
+            f"{r['flat_decode_ms']:.3f} | {r['decode_ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def model_sizes(name: str) -> list[int]:
+    """The parameter sizes of the model ``name`` (``choco.models.make_model``)."""
+    from ...models import make_model
+
+    try:
+        model = make_model(name)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"--per-tensor-model: {exc}; e.g. --per-tensor-model resnet20.") from None
+    return [p.numel() for p in model.parameters()]
 
 
 def cpu_model() -> str:
@@ -175,7 +247,17 @@ def run(args: argparse.Namespace) -> int:
     x = torch.randn(args.numel, generator=gen).to(device)
     rows = [bench_one(spec, x, args.repeat, args.stat) for spec in specs]
     print(table(rows, args.numel, device, args.stat), flush=True)
+    summary = {"numel": args.numel, "device": str(device), "stat": args.stat,
+               "threads": torch.get_num_threads(), "rows": rows}
+    if args.per_tensor_model is not None:
+        sizes = model_sizes(args.per_tensor_model)
+        xs = torch.randn(sum(sizes), generator=gen).to(device)
+        per_rows = [bench_per_tensor(spec, sizes, xs, args.repeat, args.stat)
+                    for spec in specs if not isinstance(make_compressor(spec), LGC)]
+        if per_rows:
+            print("\n" + per_tensor_table(per_rows, args.per_tensor_model, args.stat),
+                  flush=True)
+        summary["per_tensor"] = {"model": args.per_tensor_model, "rows": per_rows}
     if args.json:
-        print(json.dumps({"numel": args.numel, "device": str(device), "stat": args.stat,
-                          "threads": torch.get_num_threads(), "rows": rows}))
+        print(json.dumps(summary))
     return 0
