@@ -116,7 +116,7 @@ def prepare_round(gossips: Sequence) -> None:
     """What a round needs before the nodes' ``begin`` calls when one thread drives every
     node: ``lgc``'s switch (a collective in :meth:`ChocoGossip.begin`, which would wait
     forever for the other nodes' ``begin``) is done here, in this thread."""
-    learned = [g.compressor for g in gossips if isinstance(g.compressor, LGC)]
+    learned = [q for g in gossips if isinstance(q := getattr(g, "compressor", None), LGC)]
     if learned and learned[0].wants_sync():
         sync_in_process(learned)
 
