@@ -42,7 +42,7 @@ norm per layer) is :class:`PerTensor`; a bare compressor treats its input as one
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .base import CompressionError, Compressor
 from .compose import Composed, Scaled
@@ -190,6 +190,12 @@ EXAMPLES: dict[str, str] = {
 FORMS = ["topk:0.01+natural", "scaled(randk:0.1:raw)"]
 
 
+def per_tensor(q: Compressor, sizes: Sequence[int]) -> Compressor:
+    """``q`` applied tensor by tensor over ``sizes`` (:class:`PerTensor`), except for a
+    compressor that codes one whole vector (``lgc``), which is returned as it is."""
+    return q if isinstance(q, LGC) else PerTensor(q, sizes)
+
+
 def register(name: str, factory: Factory, example: str) -> None:
     """Add a compressor family to :func:`make_compressor` under ``name``."""
     REGISTRY[name] = factory
@@ -298,5 +304,6 @@ __all__ = [
     "TopKRice",
     "available",
     "make_compressor",
+    "per_tensor",
     "register",
 ]

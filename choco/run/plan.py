@@ -20,7 +20,7 @@ from torch import nn
 
 from topologies import Topology, parse_topology
 
-from ..compress import LGC, PerTensor
+from ..compress import per_tensor
 from ..compress.base import Compressor
 from ..data import make_dataset
 from ..errors import UsageError
@@ -175,9 +175,8 @@ def make_plan(cfg: TrainConfig, n: int | None, share: Share | None = None) -> Pl
     params = [p for g in groups for p in g["params"]]
     sizes = [p.numel() for p in params]
     base = algorithm.compressor(cfg.compressor)
-    # lgc learns one code for the whole vector: never split per tensor
-    per_tensor = cfg.per_tensor and not isinstance(base, LGC)
-    compressor = PerTensor(base, sizes) if base is not None and per_tensor else base
+    # per tensor unless --per-tensor false (lgc learns one code for the whole vector: flat)
+    compressor = per_tensor(base, sizes) if base is not None and cfg.per_tensor else base
     message_bytes = algorithm.message_bytes(compressor, sum(sizes), params[0].dtype)
     gamma, source = _gamma(cfg, algorithm, topo, base, share)
     groups_n = [topo.n if algorithm.traffic == "allreduce" else len(topo.neighbors(i)) + 1

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...compress import LGC, PerTensor, make_compressor
+from ...compress import LGC, make_compressor, per_tensor
 from ...errors import UsageError
 from ..files import check_memory, largest, memory_limit
 
@@ -120,7 +120,9 @@ def bench_per_tensor(spec: str, sizes: list[int], x: torch.Tensor, repeat: int,
     ``decode_add_`` (``alpha = 0.5``, as into the gossip's ``s``).
     """
     flat = make_compressor(spec)
-    per = PerTensor(flat, sizes)
+    if isinstance(flat, LGC):  # one code for the whole vector: "per tensor" is flat too
+        flat.fit(x.cpu(), flat.warmup)
+    per = per_tensor(flat, sizes)
     timed = _timer(x.device)
     out = torch.zeros_like(x)
     bufs = {"flat": flat.encode(x, 0), "per_tensor": per.encode(x, 0)}  # warm-up

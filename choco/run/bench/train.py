@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ...baselines import NoGossip
-from ...compress import LGC, PerTensor, make_compressor
+from ...compress import make_compressor, per_tensor
 from ...errors import UsageError
 from ...gossip import ChocoGossip
 from ...models import make_model, param_groups
@@ -151,8 +151,7 @@ def build_configs(model_name: str, specs: list[str], orders: list[str], topo, wo
             sgd = _sgd(m)
             sizes = [p.numel() for g in sgd.param_groups for p in g["params"]]
             comm = MPICommunicator(topo.neighbors(rank), world)
-            base = make_compressor(spec)
-            q = base if isinstance(base, LGC) else PerTensor(base, sizes)
+            q = per_tensor(make_compressor(spec), sizes)
             g = ChocoGossip(comm, topo.W[rank], q, gamma, seed=0)
             # "overlap" is choco-train's: MPI_Test from the backward pass moves the exchange;
             # "overlap-noprogress" leaves it to the next step's wait (the comparison)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from ...compress import PerTensor, make_compressor
+from ...compress import make_compressor, per_tensor
 from ...errors import UsageError
 from .gossip import check_positive, machine_line, parse_specs
 
@@ -221,7 +221,7 @@ def measure_codec(compressors, sizes: list[int], n: int, family: str, rounds: in
     from .gossip import bench_local
 
     topo = resolve_topology(family, "metropolis", n)
-    wrapped = compressors if flat else [PerTensor(q, sizes) for q in compressors]
+    wrapped = compressors if flat else [per_tensor(q, sizes) for q in compressors]
     return bench_local(topo, wrapped, sum(sizes), rounds, 2, 0.5, stat="min")
 
 
@@ -364,7 +364,7 @@ def run_model(args: argparse.Namespace) -> int:
     dense = 4 * params
     entries = [{"spec": "allreduce", "bytes": dense, "codec": reduce}]
     for q, r in zip(compressors, codec_rows, strict=True):
-        sent = q if args.flat else PerTensor(q, sizes)
+        sent = q if args.flat else per_tensor(q, sizes)
         entries.append({"spec": q.spec, "bytes": sent.nbytes(params),
                         "codec": (r["round_ms"] - r["wait_ms"]) / 1e3})
     grid = []
