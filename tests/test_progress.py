@@ -75,13 +75,16 @@ def test_progress_on_a_real_gossip_changes_nothing():
         W = torch.tensor([[0.5, 0.5], [0.5, 0.5]]).numpy()
 
         def node(comm, hooks=hooks, W=W):
-            torch.manual_seed(comm.rank)
+            # weights from a per-node generator: torch's global one is shared by the threads
+            g = torch.Generator().manual_seed(comm.rank)
             model = torch.nn.Linear(3, 1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g))
             gossip = ChocoGossip(comm, W[comm.rank], make_compressor("sign"), 0.5, seed=1)
             opt = ChocoSGD(torch.optim.SGD(model.parameters(), lr=0.1), gossip)
             if hooks:
                 opt.progress_hooks()
-            g = torch.Generator().manual_seed(comm.rank)
             for _ in range(5):
                 opt.zero_grad()
                 model(torch.randn(4, 3, generator=g)).pow(2).sum().backward()
