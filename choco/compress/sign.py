@@ -54,16 +54,20 @@ class Sign(Compressor):
         scale = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
         numel = out.numel()
         if _host.use_host_kernels(out):
-            # float32 bits of ±scale: the scale's bits with the sign bit set for negatives
-            bits = np.array([scale], dtype=np.float32).view(np.uint32)[0]
+            # out += fl(±scale · alpha) in out's precision: the bits of scale · alpha (one
+            # product, as the elementwise one gives, since negation is exact) with the sign
+            # bit set for the negatives, added in one pass
             signs, target = payload[4:].numpy(), out.detach().numpy()
-            word = np.empty(min(_host.CHUNK, numel), dtype=np.uint32)
+            dtype = target.dtype
+            uint = np.dtype(f"u{dtype.itemsize}")
+            value = np.multiply(np.float32(scale), dtype.type(alpha), dtype=dtype).view(uint)
+            word = np.empty(min(_host.CHUNK, numel), dtype=uint)
             for start, stop in _host.chunks(numel):
                 w = word[: stop - start]
                 neg = np.unpackbits(signs[start // 8 :], count=stop - start, bitorder="little")
-                np.left_shift(neg, 31, out=w, dtype=np.uint32)
-                w |= bits
-                _host.add_into(target[start:stop], w.view(np.float32), alpha)
+                np.left_shift(neg, 8 * dtype.itemsize - 1, out=w, dtype=uint)
+                w |= value
+                np.add(target[start:stop], w.view(dtype), out=target[start:stop])
             return
         negative = unpack_bits(payload[4:], numel, out.device)
         # sign(x) * scale = scale - 2*scale*[x < 0]
