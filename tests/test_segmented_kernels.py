@@ -1,4 +1,5 @@
-"""The batched PerTensor kernels (sign, topk, topk:rice) against a plain per-segment loop.
+"""The batched PerTensor kernels (sign, topk, topk:rice, randblock, natural) against a plain
+per-segment loop.
 
 The reference is written here, independently of :class:`PerTensor`: the payload is the
 concatenation of ``inner.encode(x_l, segment_seed(seed, l))`` over the segments, and decoding
@@ -18,7 +19,8 @@ from choco.compress.segmented import segment_seed, segment_seeds
 from choco.models import make_model
 
 SPECS = ["sign", "topk:0.01", "topk:0.1", "topk:0.5", "topk:1", "topk:0.01:rice",
-         "topk:0.2:rice"]
+         "topk:0.2:rice", "randblock:0.01", "randblock:0.3", "randblock:1", "natural",
+         "natural:raw"]
 RESNET20 = [p.numel() for p in make_model("resnet20").parameters()]
 LAYOUTS = {
     "resnet20": RESNET20,
@@ -101,15 +103,51 @@ def test_batched_bytes_and_sums_equal_the_loop(spec, layout):
                 assert torch.equal(out, expected), (kind, dtype, alpha)
 
 
-@pytest.mark.parametrize("spec", ["sign", "topk:0.01", "topk:0.01:rice"])
-def test_the_batched_path_runs_no_per_segment_loop(monkeypatch, spec):
+@pytest.mark.parametrize("spec", ["sign", "topk:0.01", "topk:0.01:rice", "randblock:0.01",
+                                  "natural", "natural:raw"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_the_batched_path_runs_no_per_segment_loop(monkeypatch, spec, dtype):
     inner = make_compressor(spec)
     q = PerTensor(inner, RESNET20)
-    x = torch.randn(sum(RESNET20))
+    x = torch.randn(sum(RESNET20)).to(dtype)
     calls = count_loop_calls(monkeypatch, inner)
     buf = q.encode(x, 3)
     q.decode_add_(buf, torch.zeros_like(x), 0.5)
     assert calls == []
+
+
+def test_randblock_raw_keeps_the_loop_and_agrees():
+    sizes = [7, 300, 1, 4096]
+    inner = make_compressor("randblock:0.1:raw")
+    q = PerTensor(inner, sizes)
+    assert q._kernel is None  # each segment scales by its own d/k
+    x = torch.randn(sum(sizes))
+    buf = q.encode(x, 9)
+    ref = reference_encode(inner, x, sizes, 9)
+    assert torch.equal(buf[HEADER_SIZE:], ref)
+    out, expected = torch.zeros_like(x), torch.zeros_like(x)
+    q.decode_add_(buf, out, 0.5)
+    reference_decode_add_(inner, ref, expected, sizes, 0.5)
+    assert torch.equal(out, expected)
+
+
+def test_randblock_wraps_around_each_segment():
+    """Some seed makes a block wrap in every short segment; the batched positions agree."""
+    sizes = [5, 3, 9, 2]
+    inner = make_compressor("randblock:0.6")
+    q = PerTensor(inner, sizes)
+    x = torch.arange(1.0, sum(sizes) + 1)
+    wrapped = set()
+    for seed in range(40):
+        buf = q.encode(x, seed)
+        assert torch.equal(buf[HEADER_SIZE:], reference_encode(inner, x, sizes, seed))
+        for i, d in enumerate(sizes):
+            if _host.block_start(segment_seed(seed, i), d) + inner.k(d) > d:
+                wrapped.add(i)
+        out = torch.zeros_like(x)
+        q.decode_add_(buf, out)
+        assert torch.equal(out, q(x, seed))
+    assert wrapped == set(range(len(sizes)))
 
 
 def test_the_torch_path_still_loops_and_agrees(monkeypatch):
@@ -119,7 +157,8 @@ def test_the_torch_path_still_loops_and_agrees(monkeypatch):
         q = PerTensor(make_compressor(spec), sizes)
         host = q.encode(x, 5)
         monkeypatch.setattr(_host, "HOST_KERNELS", False)
-        assert torch.equal(q.encode(x, 5), host)
+        if not spec.startswith("natural"):  # natural's sender randomness differs by device
+            assert torch.equal(q.encode(x, 5), host)
         out = torch.zeros_like(x)
         q.decode_add_(host, out, 0.5)
         monkeypatch.setattr(_host, "HOST_KERNELS", True)
@@ -135,7 +174,8 @@ def test_vectorized_segment_seeds_equal_the_scalar_ones():
         assert [int(s) for s in segment_seeds(seed, idx)] == expected
 
 
-@pytest.mark.parametrize("spec", ["sign", "topk:0.1", "topk:0.1:rice"])
+@pytest.mark.parametrize("spec", ["sign", "topk:0.1", "topk:0.1:rice", "randblock:0.1",
+                                  "natural"])
 def test_corrupt_buffers_fall_back_to_the_loop_and_its_errors(spec):
     sizes = [30, 17, 64]
     q = PerTensor(make_compressor(spec), sizes)
@@ -164,9 +204,22 @@ def test_corrupt_buffers_fall_back_to_the_loop_and_its_errors(spec):
 
 def test_non_finite_input_is_rejected_as_by_the_loop():
     sizes = [10, 20]
-    for spec in ["sign", "topk:0.1", "topk:0.1:rice"]:
+    for spec in ["sign", "topk:0.1", "topk:0.1:rice", "randblock:0.1", "natural"]:
         q = PerTensor(make_compressor(spec), sizes)
         x = torch.randn(30)
         x[25] = float("nan")
         with pytest.raises(CompressionError, match="finite"):
             q.encode(x)
+
+
+def test_natural_overflow_is_rejected_as_by_the_loop():
+    sizes = [10, 20]
+    inner = make_compressor("natural")
+    q = PerTensor(inner, sizes)
+    x = torch.randn(30, dtype=torch.float64)
+    x[25] = 1e39  # finite in fp64, inf in fp32: e' = 255 whatever the draw
+    with pytest.raises(CompressionError, match="2\\^127") as batched:
+        q.encode(x)
+    with pytest.raises(CompressionError) as loop:
+        reference_encode(inner, x, sizes, 0)
+    assert str(batched.value) == str(loop.value)

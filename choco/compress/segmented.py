@@ -10,14 +10,17 @@ worst over the segments: ``δ = min_l δ_l(d_l)``, because
 Batched kernels. The payload is, for every segment ``l``, the message
 ``inner.encode(x_l, segment_seed(seed, l))``; since the sizes are fixed, the byte offset of
 every segment message, its constant header bytes (all but the seed) and the place of every
-field are computed once. For ``sign``, ``topk:R`` and ``topk:R:rice`` on CPU (the numpy host
-kernels, :func:`choco.compress._host.use_host_kernels`) the segments shorter than
-:data:`BATCH_MAX` are then encoded and decoded together, in blocks of at most
-:data:`BATCH_MAX` elements, with a handful of whole-block numpy passes instead of a Python
-round trip per tensor; the bytes and the decoded values are exactly those of the
-per-segment loop (``tests/test_segmented_kernels.py`` checks them byte for byte). Every
-other inner compressor, other devices and dtypes, and a buffer whose segment headers are not
-the expected ones (which the loop then rejects with its own error) use the per-segment loop.
+field are computed once. For ``sign``, ``topk:R``, ``topk:R:rice``, ``randblock:R`` (not
+``:raw``) and ``natural`` on CPU (the numpy host kernels,
+:func:`choco.compress._host.use_host_kernels`) the segments shorter than :data:`BATCH_MAX`
+are then encoded and decoded together, in blocks of at most :data:`BATCH_MAX` elements, with
+a handful of whole-block numpy passes instead of a Python round trip per tensor; the bytes
+and the decoded values are exactly those of the per-segment loop
+(``tests/test_segmented_kernels.py`` checks them byte for byte). ``randblock`` and
+``natural`` seed one generator per segment, so their random draws alone stay a loop over
+the segments. Every other inner compressor, other devices and dtypes, and a buffer whose
+segment headers are not the expected ones (which the loop then rejects with its own error)
+use the per-segment loop.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from ..wire import rice_nbits_bound
 from ..wire.framing import HEADER_SIZE, check_codec, pack_header, parse_header
 from . import _host
 from .base import CompressionError, Compressor, Reserved, check_finite
+from .natural import Natural, _too_large
 from .sign import Sign
+from .sparse import RandBlock, Support
 from .topk import OVERSAMPLE, SAMPLE_MIN_NUMEL, TopK, TopKRice
 
 #: codec id of lgc (choco.compress.lgc), which cannot run per tensor
@@ -111,6 +116,62 @@ class _Block:
         return np.concatenate([[0], np.cumsum(self.sizes)])
 
 
+# ------------------------------------------------------------------------------- sign bits
+def _prepare_signs(block: _Block, first: np.ndarray) -> None:
+    """Plan the sign bytes of every segment: ``ceil(d_l/8)`` bytes from byte ``first[l]``.
+
+    Bit ``t`` of byte ``j`` of segment ``l`` is ``[x_{s_l + 8 j + t} < 0]`` (LSB-first, zero
+    padding bits), ``s_l`` the segment's first element. Every byte is cut out of the packed
+    bits of the whole block with a shift (its start bit mod 8) and a mask (its valid bits);
+    decoding copies runs of segments whose bits sit at a constant offset in the padded stream.
+    """
+    sizes, starts = block.sizes, block.starts
+    nsign = (sizes + 7) // 8
+    byte_in_seg = _arange_within(nsign)
+    bit = np.repeat(starts, nsign) + 8 * byte_in_seg  # first stream bit of each byte
+    valid = np.minimum(np.repeat(starts + sizes, nsign) - bit, 8)
+    block.plan["sign"] = np.repeat(first, nsign) + byte_in_seg
+    block.plan["src"] = bit // 8
+    shift = (bit % 8).astype(np.uint16)
+    block.plan["shift"] = shift if shift.any() else None
+    block.plan["mask"] = ((1 << valid) - 1).astype(np.uint16)
+    padded = 8 * (np.cumsum(nsign) - nsign)
+    runs: list[list[int]] = []
+    for j in range(sizes.size):
+        a, b, p = int(starts[j]), int(starts[j] + sizes[j]), int(padded[j])
+        if runs and runs[-1][2] - runs[-1][0] == p - a:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b, p])
+    block.plan["runs"] = runs
+
+
+def _pack_signs(negative: np.ndarray, plan: dict, payload: np.ndarray) -> None:
+    """Write the sign bytes planned by :func:`_prepare_signs` of the block's ``x < 0``."""
+    packed = np.packbits(negative, bitorder="little")
+    src = plan["src"]
+    if plan["shift"] is None:
+        signs = packed[src]
+    else:
+        wide = np.zeros(packed.size + 1, dtype=np.uint16)
+        wide[:-1] = packed
+        signs = (wide[src] | (wide[src + 1] << np.uint16(8))) >> plan["shift"]
+    signs &= plan["mask"]
+    payload[plan["sign"]] = signs
+
+
+def _unpack_signs(payload: np.ndarray, block: _Block) -> np.ndarray:
+    """The block's sign bits (uint8, 1 ⇔ negative), one per element, padding dropped."""
+    bits = np.unpackbits(payload[block.plan["sign"]], bitorder="little")
+    runs = block.plan["runs"]
+    if len(runs) == 1:
+        return bits[: block.numel]
+    flat = np.empty(block.numel, dtype=np.uint8)
+    for a, b, s in runs:
+        flat[a:b] = bits[s : s + b - a]
+    return flat
+
+
 # ------------------------------------------------------------------------------------ sign
 class _SignKernel:
     """``sign`` on a block: ``Q(x_l) = (||x_l||_1 / d_l) sign(x_l)`` for every segment.
@@ -126,31 +187,12 @@ class _SignKernel:
         self.inner = inner
 
     def prepare(self, block: _Block) -> None:
-        sizes, starts = block.sizes, block.starts
-        nsign = (sizes + 7) // 8
         scale_at = block.offsets + HEADER_SIZE
         block.plan["scale"] = (scale_at[:, None] + np.arange(4)).reshape(-1)
-        byte_in_seg = _arange_within(nsign)
-        sign_at = np.repeat(scale_at + 4, nsign) + byte_in_seg
-        bit = np.repeat(starts, nsign) + 8 * byte_in_seg  # first stream bit of each byte
-        valid = np.minimum(np.repeat(starts + sizes, nsign) - bit, 8)
-        block.plan["sign"] = sign_at
-        block.plan["src"] = bit // 8
-        shift = (bit % 8).astype(np.uint16)
-        block.plan["shift"] = shift if shift.any() else None
-        block.plan["mask"] = ((1 << valid) - 1).astype(np.uint16)
-        # decoding: runs of segments whose bits sit at a constant offset in the padded stream
-        padded = 8 * (np.cumsum(nsign) - nsign)
-        runs: list[list[int]] = []
-        for j in range(sizes.size):
-            a, b, p = int(starts[j]), int(starts[j] + sizes[j]), int(padded[j])
-            if runs and runs[-1][2] - runs[-1][0] == p - a:
-                runs[-1][1] = b
-            else:
-                runs.append([a, b, p])
-        block.plan["runs"] = runs
+        _prepare_signs(block, scale_at + 4)
 
-    def encode(self, x: torch.Tensor, block: _Block, payload: np.ndarray) -> None:
+    def encode(self, x: torch.Tensor, block: _Block, payload: np.ndarray,
+               seeds: np.ndarray) -> None:
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         sizes = block.sizes
         l1 = torch.stack([
@@ -161,18 +203,9 @@ class _SignKernel:
         check_finite(scales, self.inner.spec)
         plan = block.plan
         payload[plan["scale"]] = scales.numpy().view(np.uint8)
-        packed = np.packbits(x.detach().numpy() < 0, bitorder="little")
-        src = plan["src"]
-        if plan["shift"] is None:
-            signs = packed[src]
-        else:
-            wide = np.zeros(packed.size + 1, dtype=np.uint16)
-            wide[:-1] = packed
-            signs = (wide[src] | (wide[src + 1] << np.uint16(8))) >> plan["shift"]
-        signs &= plan["mask"]
-        payload[plan["sign"]] = signs
+        _pack_signs(x.detach().numpy() < 0, plan, payload)
 
-    def check(self, payload: np.ndarray, block: _Block) -> object:
+    def check(self, payload: np.ndarray, block: _Block, seeds: np.ndarray) -> object:
         return True
 
     def decode_add_(self, payload: np.ndarray, block: _Block, state: object,
@@ -184,15 +217,7 @@ class _SignKernel:
         dtype = target.dtype
         word = np.dtype(f"u{dtype.itemsize}")
         value = np.multiply(scales, dtype.type(alpha), dtype=dtype).view(word)
-        bits = np.unpackbits(payload[plan["sign"]], bitorder="little")
-        runs = plan["runs"]
-        if len(runs) > 1:
-            flat = np.empty(block.numel, dtype=np.uint8)
-            for a, b, s in runs:
-                flat[a:b] = bits[s : s + b - a]
-            bits = flat
-        else:
-            bits = bits[: block.numel]
+        bits = _unpack_signs(payload, block)
         w = np.left_shift(bits, 8 * dtype.itemsize - 1, dtype=word)
         w ^= np.repeat(value, block.sizes)  # flip the sign bit of the negatives
         np.add(target, w.view(dtype), out=target)
@@ -319,7 +344,8 @@ class _TopKKernel:
         chosen.sort()
         return chosen
 
-    def encode(self, x: torch.Tensor, block: _Block, payload: np.ndarray) -> None:
+    def encode(self, x: torch.Tensor, block: _Block, payload: np.ndarray,
+               seeds: np.ndarray) -> None:
         plan = block.plan
         xn = x.detach().numpy()
         chosen = self.select(xn, block)
@@ -342,7 +368,8 @@ class _TopKKernel:
         bits[plan["unary_base"] + steps - before - 1] = 1
         payload[plan["code"]] = np.packbits(bits, bitorder="little")
 
-    def check(self, payload: np.ndarray, block: _Block) -> np.ndarray | None:
+    def check(self, payload: np.ndarray, block: _Block,
+              seeds: np.ndarray) -> np.ndarray | None:
         """Block positions of every kept entry, or None if a segment's positions are
         invalid (the per-segment loop then raises its own error)."""
         plan = block.plan
@@ -378,12 +405,148 @@ class _TopKKernel:
         out.index_add_(0, torch.from_numpy(state), values.to(out.dtype), alpha=alpha * 1.0)
 
 
-def _kernel(inner: Compressor) -> _SignKernel | _TopKKernel | None:
+# ------------------------------------------------------------------------------ random block
+class _RandBlockKernel:
+    """``randblock:R`` (not ``:raw``) on a block of segments.
+
+    Segment ``l`` keeps the ``k_l`` entries ``(s_l + j) mod d_l``, ``j = 0 … k_l - 1``, with
+    ``s_l = r_l mod d_l`` and ``r_l`` the first raw draw of ``SFC64(segment_seed(seed, l))``
+    (:func:`choco.compress._host.block_start`); its message is the header then the ``k_l``
+    kept values as fp32. Each ``s_l`` needs its own seeded generator, so the starts are
+    drawn in a loop (one ``block_start`` per segment, the only per-segment Python work);
+    the positions, the gather, the fp32 words and the add are one pass over the block.
+    """
+
+    def __init__(self, inner: RandBlock) -> None:
+        self.inner = inner
+
+    def prepare(self, block: _Block) -> None:
+        sizes, plan = block.sizes, block.plan
+        k = np.array([self.inner.k(int(s)) for s in sizes], dtype=np.int64)
+        plan["k"] = k
+        plan["size_list"] = sizes.tolist()
+        plan["within"] = _arange_within(k)
+        plan["seg_start"] = np.repeat(block.starts, k)
+        plan["seg_size"] = np.repeat(sizes, k)
+        value_at = np.repeat(block.offsets + HEADER_SIZE, k) + 4 * plan["within"]
+        plan["word"] = value_at // 4  # every message is a multiple of 4 bytes long
+
+    def positions(self, block: _Block, seeds: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """``(s_l for every segment, block position of every kept entry)``:
+        ``start_l + (s_l + j) mod d_l``, grouped by segment in support order."""
+        plan = block.plan
+        starts = [_host.block_start(int(s), d) for s, d in zip(seeds, plan["size_list"],
+                                                                 strict=True)]
+        offset = np.repeat(np.array(starts, dtype=np.int64), plan["k"]) + plan["within"]
+        return starts, plan["seg_start"] + offset % plan["seg_size"]
+
+    def encode(self, x: torch.Tensor, block: _Block, payload: np.ndarray,
+               seeds: np.ndarray) -> None:
+        _, index = self.positions(block, seeds)
+        values = x.detach().numpy()[index]
+        if values.dtype != np.float32:  # torch's conversion, as as_float32 does
+            values = torch.from_numpy(values).to(torch.float32).numpy()
+        payload.view(np.uint32)[block.plan["word"]] = values.view(np.uint32)
+
+    def check(self, payload: np.ndarray, block: _Block,
+              seeds: np.ndarray) -> tuple[list[int], np.ndarray]:
+        return self.positions(block, seeds)
+
+    def decode_add_(self, payload: np.ndarray, block: _Block,
+                    state: tuple[list[int], np.ndarray], out: torch.Tensor,
+                    alpha: float) -> None:
+        """``out[S_l] += alpha v_l`` with torch's ``add_`` (as :meth:`Support.add_`).
+
+        fp32/fp64: one gather, one ``add_`` and one scatter for the block (torch's
+        ``a + alpha b`` is the same in its vector body and its scalar tail there). fp16:
+        ``add_`` rounds differently in the two, so the sum depends on where an element falls
+        in the call; the values are converted at once but added segment by segment with the
+        loop's own slices, which keeps the sum bit-identical to the loop's.
+        """
+        starts, index = state
+        values = torch.from_numpy(payload.view(np.uint32)[block.plan["word"]].view(np.float32))
+        values = values.to(out.dtype)
+        if out.dtype == torch.float16:
+            pos = 0
+            for start, k, seg in zip(starts, block.plan["k"].tolist(),
+                                     torch.split(out, block.plan["size_list"]), strict=True):
+                Support(k, None, start).add_(seg, values[pos : pos + k], alpha)
+                pos += k
+            return
+        where = torch.from_numpy(index)
+        kept = out[where]
+        kept.add_(values, alpha=alpha)
+        out[where] = kept
+
+
+# ----------------------------------------------------------------------------------- natural
+class _NaturalKernel:
+    """``natural`` / ``natural:raw`` on a block of segments.
+
+    Segment ``l``: ``u`` = the first ``d_l`` uint32 of ``SFC64(segment_seed(seed, l))``'s raw
+    stream, ``e' = ((bits(x) & 0x7FFFFFFF) + (u >> 9)) >> 23`` (stochastic rounding to a
+    power of two, :mod:`choco.compress.natural`); message: header, ``ceil(d_l/8)`` sign
+    bytes, ``d_l`` exponent bytes. Each segment's ``u`` comes from its own seeded generator,
+    drawn in a loop (the only per-segment Python work); the rounding, the range check, the
+    sign packing, the exponent bytes (one boolean-mask scatter) and the decoded sum
+    ``out += (alpha c) ((sign << 31) | (e' << 23))``, ``c = 8/9`` or 1, are whole-block
+    passes.
+    """
+
+    def __init__(self, inner: Natural) -> None:
+        self.inner = inner
+
+    def prepare(self, block: _Block) -> None:
+        sizes, plan = block.sizes, block.plan
+        nsign = (sizes + 7) // 8
+        _prepare_signs(block, block.offsets + HEADER_SIZE)
+        plan["size_list"] = sizes.tolist()
+        plan["bounds"] = block.bounds.tolist()
+        exps = np.zeros(int(block.nbytes.sum()), dtype=bool)
+        exps[np.repeat(block.offsets + HEADER_SIZE + nsign, sizes) + _arange_within(sizes)] = 1
+        plan["exps"] = exps
+
+    def encode(self, x: torch.Tensor, block: _Block, payload: np.ndarray,
+               seeds: np.ndarray) -> None:
+        plan = block.plan
+        xn = (x if x.dtype == torch.float32 else x.to(torch.float32)).detach().numpy()
+        u = np.empty(xn.size, dtype=np.uint32)
+        bounds = plan["bounds"]
+        for j, (seed, d) in enumerate(zip(seeds, plan["size_list"], strict=True)):
+            u[bounds[j] : bounds[j + 1]] = _host.random_u32(_host.host_bitgen(int(seed)), d)
+        u >>= 9  # uniform on [0, 2^23)
+        a = np.bitwise_and(xn.view(np.uint32), np.uint32(0x7FFFFFFF))
+        a += u
+        a >>= 23
+        if a.max() >= 255:
+            raise _too_large(self.inner.spec)
+        payload[plan["exps"]] = a
+        _pack_signs(xn < 0, plan, payload)
+
+    def check(self, payload: np.ndarray, block: _Block, seeds: np.ndarray) -> object:
+        return True
+
+    def decode_add_(self, payload: np.ndarray, block: _Block, state: object,
+                    out: torch.Tensor, alpha: float) -> None:
+        w = payload[block.plan["exps"]].astype(np.uint32)
+        w <<= 23
+        w |= _unpack_signs(payload, block).astype(np.uint32) << 31
+        _host.add_into(out.detach().numpy(), w.view(np.float32), alpha * self.inner.scale())
+
+
+_Kernel = _SignKernel | _TopKKernel | _RandBlockKernel | _NaturalKernel
+
+
+def _kernel(inner: Compressor) -> _Kernel | None:
     """The batched kernel of ``inner``, or None (per-segment loop)."""
     if type(inner) is Sign:
         return _SignKernel(inner)
     if type(inner) in (TopK, TopKRice):
         return _TopKKernel(inner)  # type: ignore[arg-type]
+    if type(inner) is RandBlock and not inner.is_raw:  # :raw scales each segment by d/k
+        return _RandBlockKernel(inner)
+    if type(inner) is Natural:
+        return _NaturalKernel(inner)
     return None
 
 
@@ -463,12 +626,12 @@ class PerTensor(Compressor):
         payload[index] = headers.reshape(-1)
         kernel = self._kernel
         assert kernel is not None
-        if isinstance(kernel, _TopKKernel):
+        if isinstance(kernel, _TopKKernel | _RandBlockKernel):
             check_finite(x, self.inner.spec)
         for item in items:
             if isinstance(item, _Block):
                 kernel.encode(x[item.elem : item.elem + item.numel], item,
-                              payload[item.byte : item.stop])
+                              payload[item.byte : item.stop], seeds[item.lo : item.hi])
             else:
                 i, elem, byte, nbytes = item
                 seg = self.inner.encode(x[elem : elem + self.sizes[i]], int(seeds[i]))
@@ -486,10 +649,11 @@ class PerTensor(Compressor):
             return False
         kernel = self._kernel
         assert kernel is not None
+        seeds = data[index].reshape(-1, HEADER_SIZE)[:, 8:].copy().view("<u8").reshape(-1)
         states = []
         for item in items:
             if isinstance(item, _Block):
-                state = kernel.check(data[item.byte : item.stop], item)
+                state = kernel.check(data[item.byte : item.stop], item, seeds[item.lo : item.hi])
                 if state is None:
                     return False
                 states.append(state)
