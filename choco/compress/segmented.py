@@ -576,16 +576,15 @@ class PerTensor(Compressor):
         self._nbytes: dict[torch.dtype, int] = {}
 
     # ------------------------------------------------------------------ batched layout
-    def _plan(self) -> tuple:
-        """``(items, header index, header template, payload bytes)``, built once.
+    def _plan(self, kernel: _Kernel) -> tuple:
+        """``(items, header index, header template, payload bytes)`` for ``kernel`` (this
+        compressor's batched kernel), built once.
 
         ``items`` are :class:`_Block` s (batched) and ``(i, elem, byte, nbytes)`` tuples
         (segment ``i`` coded alone); the header index and template cover every segment.
         """
         if self._layout is not None:
             return self._layout
-        kernel = self._kernel
-        assert kernel is not None
         sizes = np.array(self.sizes, dtype=np.int64)
         nbytes = np.array([self.inner.nbytes(s) for s in self.sizes], dtype=np.int64)
         offsets = np.cumsum(nbytes) - nbytes
@@ -616,16 +615,14 @@ class PerTensor(Compressor):
         self._layout = (items, index, template.reshape(-1, HEADER_SIZE), int(nbytes.sum()))
         return self._layout
 
-    def _encode_batched(self, x: torch.Tensor, seed: int) -> Reserved:
-        items, index, template, total = self._plan()
+    def _encode_batched(self, kernel: _Kernel, x: torch.Tensor, seed: int) -> Reserved:
+        items, index, template, total = self._plan(kernel)
         message = Reserved(total)
         payload = message.payload
         headers = template.copy()
         seeds = segment_seeds(seed, np.arange(len(self.sizes)))
         headers[:, 8:] = seeds.astype("<u8").view(np.uint8).reshape(-1, 8)
         payload[index] = headers.reshape(-1)
-        kernel = self._kernel
-        assert kernel is not None
         if isinstance(kernel, _TopKKernel | _RandBlockKernel):
             check_finite(x, self.inner.spec)
         for item in items:
@@ -638,17 +635,16 @@ class PerTensor(Compressor):
                 payload[byte : byte + nbytes] = seg.numpy()
         return message
 
-    def _decode_batched(self, payload: torch.Tensor, out: torch.Tensor, alpha: float) -> bool:
+    def _decode_batched(self, kernel: _Kernel, payload: torch.Tensor, out: torch.Tensor,
+                        alpha: float) -> bool:
         """Add every segment's ``alpha Q(x_l)``; False (nothing added) if the buffer is not
         laid out as expected, for the per-segment loop to decode or reject it."""
-        items, index, template, total = self._plan()
+        items, index, template, total = self._plan(kernel)
         data = payload.numpy()
         if data.size != total or not np.array_equal(
             data[index].reshape(-1, HEADER_SIZE)[:, :8], template[:, :8]
         ):
             return False
-        kernel = self._kernel
-        assert kernel is not None
         seeds = data[index].reshape(-1, HEADER_SIZE)[:, 8:].copy().view("<u8").reshape(-1)
         states = []
         for item in items:
@@ -711,8 +707,9 @@ class PerTensor(Compressor):
 
     def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
         self._check(x.numel())
-        if self._kernel is not None and _host.use_host_kernels(x):
-            return 0, self._encode_batched(x, seed)
+        kernel = self._kernel
+        if kernel is not None and _host.use_host_kernels(x):
+            return 0, self._encode_batched(kernel, x, seed)
         parts = [
             self.inner.encode(seg, segment_seed(seed, i))
             for i, seg in enumerate(torch.split(x, self.sizes))
@@ -720,8 +717,9 @@ class PerTensor(Compressor):
         return 0, torch.cat(parts)
 
     def decode_payload_add_(self, payload, flags, seed, out, alpha):
-        if (self._kernel is not None and _host.use_host_kernels(out)
-                and self._decode_batched(payload, out, alpha)):
+        kernel = self._kernel
+        if (kernel is not None and _host.use_host_kernels(out)
+                and self._decode_batched(kernel, payload, out, alpha)):
             return
         pos = 0
         for seg in torch.split(out, self.sizes):
