@@ -28,7 +28,6 @@ import torch
 
 from .comm.base import Communicator
 from .compress.base import Compressor
-from .compress.lgc import LGC, sync_in_process
 from .errors import GossipError
 from .neighbourhood import NeighbourRound, RoundState, neighbour_weights, round_seed
 
@@ -116,9 +115,9 @@ def prepare_round(gossips: Sequence) -> None:
     """What a round needs before the nodes' ``begin`` calls when one thread drives every
     node: ``lgc``'s switch (a collective in :meth:`ChocoGossip.begin`, which would wait
     forever for the other nodes' ``begin``) is done here, in this thread."""
-    learned = [q for g in gossips if isinstance(q := getattr(g, "compressor", None), LGC)]
-    if learned and learned[0].wants_sync():
-        sync_in_process(learned)
+    compressors = [g.compressor for g in gossips if isinstance(g, ChocoGossip)]
+    if compressors and compressors[0].wants_sync():
+        compressors[0].sync_in_process(compressors)
 
 
 def lockstep(gossips: Sequence, xs: Sequence[torch.Tensor], rounds: int = 1) -> None:
@@ -162,8 +161,8 @@ class ChocoGossip(_HoldsRound):
     ) -> None:
         self.gamma = check_gamma(gamma)
         self.round = NeighbourRound(comm, W_row)
-        # a learned compressor keeps per-node state (weights, counters): one per node
-        self.compressor = compressor.for_node() if isinstance(compressor, LGC) else compressor
+        # a stateful compressor (lgc: weights, counters) gives each node its own instance
+        self.compressor = compressor.for_node()
         self.seed = int(seed)
         self.state: GossipState | None = None
         self._diff: torch.Tensor | None = None  # s − x̂, a buffer reused across rounds
@@ -199,8 +198,8 @@ class ChocoGossip(_HoldsRound):
                 f"{tuple(state.x_hat.shape)}; gossip one flat buffer of fixed size."
             )
         seed = round_seed(self.seed, self.comm.rank, state.step)
-        if isinstance(self.compressor, LGC) and self.compressor.wants_sync():
-            self.compressor.sync(self.comm)  # the switch: a collective, once per run
+        if self.compressor.wants_sync():
+            self.compressor.sync(self.comm)  # lgc's switch: a collective, once per run
         diff = self._buffer(state.x_hat)
         torch.sub(x, state.x_hat, out=diff)  # x − x̂ into the round's buffer, no allocation
         self.round.post(self.compressor.encode(diff, seed))
@@ -232,8 +231,7 @@ class ChocoGossip(_HoldsRound):
     def bytes_sent(self) -> int:
         """Payload bytes this node put on the wire: messages, plus for ``lgc`` on node 0
         the one broadcast of the autoencoder at the switch."""
-        extra = self.compressor.sync_bytes if isinstance(self.compressor, LGC) else 0
-        return self.round.bytes_sent + extra
+        return self.round.bytes_sent + self.compressor.sync_bytes
 
     def _buffer(self, like: torch.Tensor) -> torch.Tensor:
         """The round's scratch vector (``x − x̂``, then ``s − x̂``), allocated once."""
@@ -258,8 +256,9 @@ class ChocoGossip(_HoldsRound):
         st = self.state
         sd = {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
               **self.round.state().to_dict()}
-        if isinstance(self.compressor, LGC):
-            sd["compressor"] = self.compressor.state_dict()
+        compressor_state = self.compressor.state_dict()
+        if compressor_state:
+            sd["compressor"] = compressor_state
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -269,7 +268,7 @@ class ChocoGossip(_HoldsRound):
                 raise GossipError("cannot load a state with an exchange in flight")
             self.state = None
             return
-        if isinstance(self.compressor, LGC) and "compressor" in sd:
+        if "compressor" in sd:
             self.compressor.load_state_dict(sd["compressor"])
         self.round.restore(RoundState.from_dict(sd))
         self.state = GossipState(x_hat=sd["x_hat"].clone(), s=sd["s"].clone(),

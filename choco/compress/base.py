@@ -137,6 +137,42 @@ class Compressor(ABC):
             "randk:R, randblock:R, natural, dither:S, qsgd:S (identity is exact)."
         )
 
+    # ------------------------------------------------------------------ per-node state
+    #: bytes this node sent outside its messages (lgc: the shared autoencoder, on node 0)
+    sync_bytes: int = 0
+
+    def for_node(self) -> Compressor:
+        """The instance one node uses: ``self`` for the stateless compressors (every node
+        may share it); a fresh copy for a stateful one (``lgc``)."""
+        return self
+
+    def wants_sync(self) -> bool:
+        """Whether the nodes must run :meth:`sync` before the next round (never, except
+        ``lgc`` at the end of its warm-up)."""
+        return False
+
+    def sync(self, comm: object) -> None:
+        """A collective over every node's instance (``comm``: a communicator); no-op."""
+        return None
+
+    def sync_in_process(self, nodes: list[Compressor]) -> None:
+        """What :meth:`sync` does, for the instances of all nodes driven from one thread
+        (no collective can run there); no-op."""
+        return None
+
+    def prepare_alone(self, x: torch.Tensor) -> None:
+        """Get ready to code ``x`` with no network (the compress CLI, the benchmarks); a
+        learned compressor trains on ``x`` for its warm-up and freezes. No-op."""
+        return None
+
+    def state_dict(self) -> dict:
+        """The per-node state a checkpoint must keep (empty when stateless)."""
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        return None
+
     # ------------------------------------------------------------------ encode / decode
     def encode(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Encode ``x`` (any shape, flattened) into a CPU ``uint8`` buffer of :meth:`nbytes`.

@@ -195,6 +195,15 @@ class LGC(Compressor):
         digests = comm.allgather_object(self.digest())
         check_same_weights(digests)
 
+    def sync_in_process(self, nodes: list[Compressor]) -> None:
+        """The switch for the instances of all nodes, in rank order, in one thread: node 0's
+        weights copied to every node, checked, frozen."""
+        learned = [q for q in nodes if isinstance(q, LGC)]
+        shared = learned[0].weights().copy()
+        for rank, q in enumerate(learned):
+            q._freeze(shared, rank, len(learned))
+        check_same_weights([q.digest() for q in learned])
+
     def _freeze(self, shared: np.ndarray, rank: int, size: int) -> None:
         self._load_weights(shared)
         self.frozen = True
@@ -266,12 +275,16 @@ class LGC(Compressor):
         return self.train_loss
 
     def fit(self, x: torch.Tensor, steps: int) -> None:
-        """Train ``steps`` warm-up steps on ``x`` alone, then freeze (one node, no network):
-        what ``python -m choco.compress`` and the benchmarks do with a single vector."""
+        """Train ``steps`` warm-up steps on ``x`` alone, then freeze (one node, no network)."""
         for _ in range(steps):
             self.train_step(x)
         self._freeze(self.weights(), 0, 1)
         self.rounds = max(self.rounds, self.warmup)
+
+    def prepare_alone(self, x: torch.Tensor) -> None:
+        """What ``python -m choco.compress`` and the benchmarks do with a single vector:
+        :meth:`fit` for the warm-up's ``warmup`` steps."""
+        self.fit(x.detach().cpu(), self.warmup)
 
     # ------------------------------------------------------------------ encode / decode
     def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
@@ -357,7 +370,4 @@ def check_same_weights(digests: list[str]) -> None:
 def sync_in_process(compressors: list[LGC]) -> None:
     """The switch for nodes driven from one thread (:func:`choco.gossip.lockstep`): what
     :meth:`LGC.sync` does, with node 0's weights copied instead of broadcast."""
-    shared = compressors[0].weights().copy()
-    for rank, q in enumerate(compressors):
-        q._freeze(shared, rank, len(compressors))
-    check_same_weights([q.digest() for q in compressors])
+    compressors[0].sync_in_process(compressors)

@@ -36,13 +36,12 @@ from ..wire import rice_nbits_bound
 from ..wire.framing import HEADER_SIZE, check_codec, pack_header, parse_header
 from . import _host
 from .base import CompressionError, Compressor, Reserved, check_finite
+from .lgc import LGC
 from .natural import Natural, _too_large
 from .sign import Sign
 from .sparse import RandBlock, Support
 from .topk import OVERSAMPLE, SAMPLE_MIN_NUMEL, TopK, TopKRice
 
-#: codec id of lgc (choco.compress.lgc), which cannot run per tensor
-LGC_CODEC = 11
 #: segments with at least this many elements are coded alone (the inner compressor's own
 #: chunked kernels); shorter ones are batched in blocks of at most this many elements
 BATCH_MAX = 1 << 20
@@ -560,7 +559,7 @@ class PerTensor(Compressor):
             raise CompressionError(
                 f"per-tensor compression needs positive segment sizes, got {list(sizes)[:8]}"
             )
-        if getattr(inner, "codec_id", None) == LGC_CODEC:  # lgc: one learned code per vector
+        if isinstance(inner, LGC):  # one learned code per vector
             raise CompressionError(
                 f"lgc learns one code for a whole vector and cannot run per tensor, got "
                 f"per-tensor {inner.spec}; compress the flat vector (no --sizes)"

@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                      "pass a shorter --in")
         q = build(args, x.size)
         xt = torch.from_numpy(x)
-        if isinstance(q, LGC):  # one vector, no network: train on it, then freeze
-            q.fit(xt, q.warmup)
+        q.prepare_alone(xt)  # lgc: one vector, no network: train on it, then freeze
         buf = q.encode(xt, args.seed)
         y = q.decode(buf, xt.dtype, xt.device).numpy()
         atomic_write(out, lambda fh: np.save(fh, y))  # exactly this path, never half-written

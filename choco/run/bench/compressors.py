@@ -87,8 +87,7 @@ def _device(text: str) -> torch.device:
 def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
     """Time ``spec`` on ``x``; return one row of the table (seconds in ms)."""
     q = make_compressor(spec)
-    if isinstance(q, LGC):  # timed as a frozen code, trained on x first
-        q.fit(x.cpu(), q.warmup)
+    q.prepare_alone(x)  # lgc: timed as a frozen code, trained on x first
     timed = _timer(x.device)
     out = torch.zeros_like(x)
     target = torch.zeros_like(x)  # touched once, so copy_ into it pays no page faults
@@ -120,8 +119,6 @@ def bench_per_tensor(spec: str, sizes: list[int], x: torch.Tensor, repeat: int,
     ``decode_add_`` (``alpha = 0.5``, as into the gossip's ``s``).
     """
     flat = make_compressor(spec)
-    if isinstance(flat, LGC):  # one code for the whole vector: "per tensor" is flat too
-        flat.fit(x.cpu(), flat.warmup)
     per = per_tensor(flat, sizes)
     timed = _timer(x.device)
     out = torch.zeros_like(x)

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import torch
 
-from ...compress import LGC, make_compressor
+from ...compress import make_compressor
 from ...errors import UsageError
 from .compressors import check_numel, parse_specs
 
@@ -42,8 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def relative_error(spec: str, x: torch.Tensor, seeds: int) -> float:
     q = make_compressor(spec)
-    if isinstance(q, LGC):  # trained on x for its warm-up, then frozen (no network here)
-        q.fit(x, q.warmup)
+    q.prepare_alone(x)  # lgc: trained on x for its warm-up, then frozen (no network here)
     x64 = x.double()
     norm2 = float(x64 @ x64)
     errs = [float(((q(x, seed=s).double() - x64) ** 2).sum()) / norm2 for s in range(seeds)]
