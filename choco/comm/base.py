@@ -14,7 +14,7 @@ that post messages of different lengths (:func:`check_message_lengths`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +86,32 @@ class ProcessCommunicator(Communicator):
         in-process backend. It gathers every rank's array (memory ``size ×``), which suits
         the metrics and small reductions it serves."""
         return rank_order_sum(self.allgather(array))
+
+    def _agree_on_neighbors(self, neighbors: Sequence[int],
+                            gather: Callable[[object], list]) -> list[int]:
+        """Check this rank's ``neighbors``, gather every rank's list (``gather``: an
+        all-gather of a small object) and check the relation is symmetric; set
+        :attr:`all_neighbors` and return this rank's checked list.
+
+        A bad list is reported on every rank after the gather, never raised alone (the other
+        ranks would wait in the gather, the graph creation or the first exchange).
+        """
+        problem: str | None = None
+        try:
+            mine = check_neighbors(self.rank, self.size, neighbors)
+        except CommError as exc:
+            mine, problem = [], str(exc)
+        except (TypeError, ValueError) as exc:
+            mine, problem = [], f"rank {self.rank}: a list of neighbour ranks is required ({exc})"
+        gathered = gather((mine, problem))
+        problems = [p for _, p in gathered if p is not None]
+        if problems:
+            more = len(problems) - 1
+            raise CommError(problems[0] + (f" (and {more} more rank{'s' * (more > 1)})"
+                                           if more else ""))
+        self.all_neighbors = [list(nb) for nb, _ in gathered]
+        check_symmetric(self.all_neighbors)  # the same verdict on every rank
+        return mine
 
     def _check_lengths(self, length: int) -> None:
         """One all-gather of the message length, on the first exchange only.

@@ -31,8 +31,6 @@ from .base import (
     CommError,
     Exchange,
     ProcessCommunicator,
-    check_neighbors,
-    check_symmetric,
     format_ranks,
 )
 
@@ -95,24 +93,7 @@ class MPICommunicator(ProcessCommunicator):
         self.world = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
-        # A bad list is reported on every rank after the gather, never raised alone (the
-        # other ranks would wait in the gather or the graph creation).
-        problem: str | None = None
-        try:
-            mine = check_neighbors(self.rank, self.size, neighbors)
-        except CommError as exc:
-            mine, problem = [], str(exc)
-        except (TypeError, ValueError) as exc:
-            mine, problem = [], f"rank {self.rank}: a list of neighbour ranks is required ({exc})"
-        gathered = self.world.allgather((mine, problem))
-        problems = [p for _, p in gathered if p is not None]
-        if problems:
-            more = len(problems) - 1
-            raise CommError(problems[0] + (f" (and {more} more rank{'s' * (more > 1)})"
-                                           if more else ""))
-        self.all_neighbors: list[list[int]] = [nb for nb, _ in gathered]
-        check_symmetric(self.all_neighbors)  # the same verdict on every rank
-        self.neighbors = mine
+        self.neighbors = self._agree_on_neighbors(neighbors, self.world.allgather)
         self.graph = self.world.Create_dist_graph_adjacent(
             self.neighbors, self.neighbors, reorder=False
         )

@@ -59,8 +59,6 @@ from .base import (
     CommError,
     Exchange,
     ProcessCommunicator,
-    check_neighbors,
-    check_symmetric,
 )
 
 __all__ = [
@@ -149,24 +147,7 @@ class TorchCommunicator(ProcessCommunicator):
         self.device = _transport_device(self.backend, device)
         self.keep_on_device = bool(keep_on_device)
         self._global = [_global_rank(group, r) for r in range(self.size)]
-        # A bad list is reported on every rank after the gather, never raised alone (the
-        # other ranks would wait in the gather or the first exchange).
-        problem: str | None = None
-        try:
-            mine = check_neighbors(self.rank, self.size, neighbors)
-        except CommError as exc:
-            mine, problem = [], str(exc)
-        except (TypeError, ValueError) as exc:
-            mine, problem = [], f"rank {self.rank}: a list of neighbour ranks is required ({exc})"
-        gathered = self.allgather_object((mine, problem))
-        problems = [p for _, p in gathered if p is not None]
-        if problems:
-            more = len(problems) - 1
-            raise CommError(problems[0] + (f" (and {more} more rank{'s' * (more > 1)})"
-                                           if more else ""))
-        self.all_neighbors: list[list[int]] = [list(nb) for nb, _ in gathered]
-        check_symmetric(self.all_neighbors)  # the same verdict on every rank
-        self.neighbors = mine
+        self.neighbors = self._agree_on_neighbors(neighbors, self.allgather_object)
         self._peers = [self._global[j] for j in self.neighbors]
         self._nbytes = -1
         self._recv = torch.empty((len(self.neighbors), 0), dtype=torch.uint8,
