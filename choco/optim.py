@@ -34,6 +34,7 @@ import torch
 from .comm.base import Communicator
 from .errors import GossipError
 from .flat import FlatParameters
+from .sim import allreduce_next, local_step
 
 Order = Literal["overlap", "sync"]
 
@@ -115,6 +116,7 @@ class ChocoSGD(_Wrapped):
     def step(self, closure=None):
         """Local optimizer step, then a gossip round every ``gossip_every`` steps."""
         loss = self.optimizer.step(closure)
+        local_step()  # the simulated clock, if this node runs under one
         self.local_steps += 1
         if self.local_steps % self.gossip_every == 0:
             self.gossip_round()
@@ -187,6 +189,8 @@ class AllReduceSGD(_Wrapped):
 
     def step(self, closure=None):
         grad = self.flat.grad_buffer()
+        local_step()  # the simulated clock, if this node runs under one
+        allreduce_next(grad.numel() * grad.element_size())
         total = self.comm.allreduce(grad.detach().cpu().numpy())
         mean = torch.from_numpy(np.asarray(total) / self.comm.size).to(grad)
         self.flat.set_grads(mean)
@@ -197,6 +201,7 @@ class AllReduceSGD(_Wrapped):
 
     def skip_step(self) -> None:
         """No step of its own, but the all-reduce the other nodes wait for (a zero gradient)."""
+        allreduce_next(self.flat.buffer.numel() * self.flat.buffer.element_size())
         self.comm.allreduce(torch.zeros_like(self.flat.buffer).cpu().numpy())
         n = self.comm.size
         self.bytes_sent += round(2 * (n - 1) / n * self.flat.buffer.numel()
