@@ -4,7 +4,6 @@ against ``mpiexec -n 4``."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
@@ -17,8 +16,16 @@ import torch
 from choco.comm import LocalNetwork
 from choco.errors import CommError
 
-from .conftest import ROOT, run_mpi
-from .test_readme import code_after
+from .helpers import ROOT, launch_env, run_mpi
+
+README = (ROOT / "README.md").read_text()
+
+
+def code_after(marker: str) -> str:
+    match = re.search(re.escape(marker) + r"\s*```python\n(.*?)```", README, re.S)
+    if match is None:
+        pytest.fail(f"README has no python block after {marker}")
+    return match.group(1)
 
 #: appended to the README example: the exact final parameters and loss of each rank
 DIGEST = """
@@ -67,7 +74,7 @@ def test_readme_example_in_process_is_bit_identical_to_mpiexec(tmp_path):
     local_script.write_text(local)
     driver = tmp_path / "driver.py"
     driver.write_text(IN_PROCESS)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = launch_env()
     runs = []
     for _ in range(3):
         proc = subprocess.run([sys.executable, str(driver), str(local_script), "4"], env=env,
@@ -92,16 +99,19 @@ def test_each_node_has_its_own_generators_and_the_caller_keeps_its_own():
     def node(comm):
         torch.manual_seed(comm.rank)
         draws = [torch.rand(3)]
+        normals = [np.random.randn(1)]  # legacy randn caches the pair's second normal
         comm.allreduce(np.zeros(1))  # a hand-over: every other node draws in between
         draws.append(torch.rand(3))
+        normals.append(np.random.randn(2))
         comm.barrier()
-        return torch.cat(draws), np.random.rand(3), random.random()
+        return torch.cat(draws), np.concatenate(normals), np.random.rand(3), random.random()
 
     results = LocalNetwork([[] for _ in range(4)]).run(node)
-    for rank, (t, a, r) in enumerate(results):
+    for rank, (t, z, a, r) in enumerate(results):
         g = torch.Generator().manual_seed(rank)  # what a separate process would draw
         assert torch.equal(t, torch.rand(6, generator=g))
-        assert np.array_equal(a, np.random.RandomState(rank).rand(3))
+        alone = np.random.RandomState(rank)
+        assert np.array_equal(z, alone.randn(3)) and np.array_equal(a, alone.rand(3))
         assert r == random.Random(rank).random()
     caller = (torch.rand(2), np.random.rand(2), random.random())
     assert torch.equal(caller[0], expected_caller[0])

@@ -33,11 +33,12 @@ for something no node can provide stops with a :class:`CommError` saying who wai
 
 from __future__ import annotations
 
+import ctypes
 import random
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -58,27 +59,61 @@ from .base import (
 T = TypeVar("T")
 
 
+#: numpy's legacy global generator (``np.random.rand`` & co.) and its raw MT19937 state
+_NP_BITGEN = np.random.mtrand._rand._bit_generator
+_NP_STATE = _NP_BITGEN.ctypes.state_address
+_NP_SIZE = 624 * 4 + np.dtype(np.intc).itemsize  # uint32 key[624]; int pos
+
+
+def _np_raw(state: tuple) -> bytes:
+    """The raw MT19937 bytes of a ``np.random.get_state()`` tuple."""
+    return (np.asarray(state[1], dtype=np.uint32).tobytes()
+            + np.array([state[2]], dtype=np.intc).tobytes())
+
+
 class _Generators:
-    """The process-wide random generators of one node: torch (CPU), numpy legacy, random."""
+    """The process-wide random generators of one node: torch (CPU), numpy legacy, random.
 
-    __slots__ = ("np", "py", "torch")
+    numpy's state is moved as the raw bytes of its MT19937 (a 2.5 kB copy) rather than
+    through ``get_state``/``set_state`` (tens of µs each); the cached second normal of the
+    legacy ``randn`` (``has_gauss``, ``gauss``) goes through ``set_state`` only when it
+    differs from the one loaded.
+    """
 
-    def __init__(self, torch_state: torch.Tensor, np_state: Any, py_state: Any) -> None:
-        self.torch, self.np, self.py = torch_state, np_state, py_state
+    __slots__ = ("gauss", "np", "py", "torch")
+
+    def __init__(self, torch_state: torch.Tensor, np_raw: bytes, gauss: tuple[int, float],
+                 py_state: Any) -> None:
+        self.torch, self.np, self.gauss, self.py = torch_state, np_raw, gauss, py_state
 
     @classmethod
     def fresh(cls, rank: int) -> _Generators:
         """What node ``rank`` starts with: every generator seeded with the rank."""
-        return cls(torch.Generator().manual_seed(rank).get_state(),
-                   np.random.RandomState(rank).get_state(), random.Random(rank).getstate())
+        np_state = cast(tuple, np.random.RandomState(rank).get_state(legacy=True))
+        return cls(torch.Generator().manual_seed(rank).get_state(), _np_raw(np_state),
+                   (int(np_state[3]), float(np_state[4])), random.Random(rank).getstate())
 
     @classmethod
-    def save(cls) -> _Generators:
-        return cls(torch.get_rng_state(), np.random.get_state(), random.getstate())
+    def save(cls, loaded: _Generators | None = None) -> _Generators:
+        """The generators' current states. ``loaded``: what was restored when this node
+        resumed; numpy's ``randn`` cache is read (slowly) only if numpy drew since."""
+        raw = ctypes.string_at(_NP_STATE, _NP_SIZE)
+        if loaded is not None and raw == loaded.np:
+            gauss = loaded.gauss
+        else:
+            state = cast(tuple, np.random.get_state(legacy=True))
+            gauss = (int(state[3]), float(state[4]))
+        return cls(torch.get_rng_state(), raw, gauss, random.getstate())
 
-    def restore(self) -> None:
+    def restore(self, current: _Generators | None = None) -> None:
+        """Load these states. ``current``: what is loaded now (to skip numpy's slow path)."""
         torch.set_rng_state(self.torch)
-        np.random.set_state(self.np)
+        if current is not None and current.gauss == self.gauss:
+            ctypes.memmove(_NP_STATE, self.np, _NP_SIZE)
+        else:
+            key = np.frombuffer(self.np[:624 * 4], dtype=np.uint32)
+            pos = int(np.frombuffer(self.np[624 * 4:], dtype=np.intc)[0])
+            np.random.set_state(("MT19937", key, pos, *self.gauss))
         random.setstate(self.py)
 
 
@@ -132,6 +167,7 @@ class LocalNetwork:
         self._done = [False] * n
         self._failure: str | None = None
         self._generators = [_Generators.fresh(i) for i in range(n)]
+        self._loaded: _Generators | None = None  # whose states the generators hold
         self._slots: list[object] = [None] * n
         self._arrived = 0
         self._result: object = None
@@ -140,7 +176,7 @@ class LocalNetwork:
     def run(self, fn: Callable[[LocalCommunicator], T]) -> list[T]:
         """Run ``fn(comm)`` for every node, one at a time (module docstring); return the
         results in rank order. Each node has its own random generators."""
-        results: list[T | None] = [None] * self.size
+        results: dict[int, T] = {}  # rank -> fn's value
         errors: list[BaseException | None] = [None] * self.size
         self._reset_schedule()
         self._mail.clear()
@@ -151,7 +187,8 @@ class LocalNetwork:
             self._acquire(i)
             try:
                 if self._failure is None:
-                    self._generators[i].restore()
+                    self._generators[i].restore(self._loaded)
+                    self._loaded = self._generators[i]
                     simclock.bind(self.clock, i)
                     if self.clock is not None:
                         self.clock.resume(i)
@@ -160,11 +197,13 @@ class LocalNetwork:
                 errors[i] = exc
                 self._fail(f"node {i} failed")
             finally:
+                self._loaded = None  # this node may have drawn: the next restore is full
                 simclock.bind(None, i)
                 self._done[i] = True
                 self._hand_over(i)
 
         caller = _Generators.save()
+        self._loaded = caller
         self.threaded = True
         threads = [threading.Thread(target=target, args=(i,), daemon=True)
                    for i in range(self.size)]
@@ -183,7 +222,7 @@ class LocalNetwork:
         first = first or next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(self.size)]
 
     def _acquire(self, i: int) -> None:
         if not self._turn[i].acquire(timeout=-1 if self.timeout is None else self.timeout):
@@ -219,10 +258,11 @@ class LocalNetwork:
     def _block(self, i: int, what: str) -> None:
         """Node ``i`` waits (for ``what``) until another node makes it ready."""
         self._blocked[i] = what
-        self._generators[i] = _Generators.save()
+        self._generators[i] = self._loaded = _Generators.save(self._generators[i])
         self._hand_over(i)
         self._acquire(i)
-        self._generators[i].restore()
+        self._generators[i].restore(self._loaded)
+        self._loaded = self._generators[i]
         if self._failure is not None:
             if self._failure.startswith("no node can run") and what:
                 raise CommError(self._failure)

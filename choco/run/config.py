@@ -133,7 +133,7 @@ def _convert(name: str, value: Any) -> Any:
         from ..sim.spec import network_text
 
         return network_text(value if isinstance(value, dict) else str(value))
-    kind = type(default)
+    kind: type = type(default)
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)

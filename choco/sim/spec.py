@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,10 @@ def _slow(value: object) -> dict[int, float]:
 
 
 def _load_file(path: str) -> tuple[dict, dict]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     try:
         data = tomllib.loads(Path(path).read_text())
