@@ -55,7 +55,9 @@ TO_LOCAL = [
 
 
 def digests(stdout: str) -> dict[int, str]:
-    found = {int(r): rest for r, rest in re.findall(r"rank (\d+): (digest .*)", stdout)}
+    # ranks print concurrently under mpiexec: lines may run into each other
+    found = {int(r): rest for r, rest in
+             re.findall(r"rank (\d+): (digest [0-9a-f]{64} loss \S+ bytes \d+)", stdout)}
     assert sorted(found) == [0, 1, 2, 3], stdout[-2000:]
     return found
 
