@@ -411,3 +411,8 @@ class LocalCommunicator(Communicator):
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
         return self._collective(np.asarray(array), np.stack, _copy_array)
+
+    def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
+        """Rank ``root``'s ``array`` on every rank: one copy per node (not the gathered
+        ``n × size`` stack the generic version copies to every node)."""
+        return self._collective(np.asarray(array), lambda parts: parts[root], _copy_array)
