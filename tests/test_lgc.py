@@ -178,6 +178,44 @@ def test_different_weights_after_the_switch_are_an_agreement_error():
 
 
 # ---------------------------------------------------------------------------- in gossip
+def switch_with_corrupted_broadcast(bad: int, n: int = 4, warmup: int = 2) -> list:
+    """Run ``lgc`` gossip on a threaded ring of ``n`` across its switch, where rank ``bad``
+    receives node 0's weights with one value changed (a corrupted broadcast); return what
+    every rank raised, in rank order."""
+    topo = parse_topology(f"ring:{n}")
+    net = LocalNetwork([topo.neighbors(i) for i in range(n)])
+    q = make_compressor(f"lgc:warmup={warmup}")
+    gossips = [ChocoGossip(c, topo.W[c.rank], q, 0.05, seed=3) for c in net.comms]
+    comm = net.comms[bad]
+    honest = comm.broadcast
+
+    def corrupted(array, root=0):
+        got = np.array(honest(array, root), copy=True)
+        got[0] += 1.0
+        return got
+
+    comm.broadcast = corrupted  # type: ignore[method-assign]
+    raised: list = [None] * n
+
+    def node(c):
+        x = heavy(500, c.rank)
+        try:
+            for _ in range(warmup + 1):
+                gossips[c.rank].step(x)
+        except AgreementError as exc:
+            raised[c.rank] = exc
+
+    net.run(node)
+    return raised
+
+
+@pytest.mark.parametrize("bad", [1, 3])
+def test_different_weights_at_the_switch_fail_every_rank_naming_the_node(bad):
+    raised = switch_with_corrupted_broadcast(bad)
+    assert all(isinstance(e, AgreementError) for e in raised), raised
+    assert all(f"ranks [{bad}]" in str(e) for e in raised), raised
+
+
 def gossip_run(threaded: bool, rounds: int, spec: str = "lgc:warmup=20", n: int = 6):
     topo = parse_topology(f"ring:{n}")
     net = LocalNetwork([topo.neighbors(i) for i in range(n)])
