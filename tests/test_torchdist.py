@@ -4,7 +4,7 @@ Each launch costs seconds (every worker imports torch), so checks are grouped: o
 launch compares CHOCO-Gossip over :class:`~choco.comm.torchdist.TorchCommunicator` with
 the in-process network bit for bit and provokes every start-up fault
 (``tests/torchrun/comm_check.py``); four 3-rank launches end a job through
-:func:`~choco.comm.torchdist.run_torch` (``tests/torchrun/fail_check.py``). The launcher is
+:func:`~choco.run.launch.run_torch` (``tests/torchrun/fail_check.py``). The launcher is
 the ``torchrun`` next to this Python, else ``python -m torch.distributed.run``; without
 either the launches are skipped, except under CI (``CI`` or ``CHOCO_REQUIRE_TORCHRUN``
 set), where that is a failure. The rest runs in this process: launcher detection, refused
@@ -28,14 +28,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from choco.comm.torchdist import (
+from choco.comm.torchdist import TorchCommunicator
+from choco.errors import CommError, UsageError
+from choco.run.launch import (
     DEFAULT_TIMEOUT_S,
-    TorchCommunicator,
     init_from_env,
     launched_by_torchrun,
     run_torch,
 )
-from choco.errors import CommError, UsageError
 
 from .conftest import ROOT, TESTS
 
@@ -229,12 +229,16 @@ def test_default_timeout_is_finite():
 
 
 def test_importing_choco_comm_does_not_load_the_torch_backend():
-    code = ("import sys, choco.comm as c; assert 'choco.comm.torchdist' not in sys.modules; "
-            "assert c.TorchCommunicator.__module__ == 'choco.comm.torchdist'; "
-            "assert c.run_torch and c.init_from_env and c.launched_by_torchrun")
+    code = ("import sys, choco.run.launch as l; assert 'torch' not in sys.modules; "
+            "assert l.run_torch and l.init_from_env and l.launched_by_torchrun; "
+            "import choco.comm as c; assert 'choco.comm.torchdist' not in sys.modules; "
+            "assert c.TorchCommunicator.__module__ == 'choco.comm.torchdist'\n"
+            "try:\n    c.run_torch\nexcept AttributeError as e:\n    print(e)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+    # the launch names moved to the run layer; the old ones say where
+    assert "from choco.run.launch import run_torch" in proc.stdout
 
 
 def free_port() -> int:
@@ -300,7 +304,7 @@ GLOO_CLOSED = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Conne
 
 
 def test_peer_failures_are_told_from_the_programs_own_errors():
-    from choco.comm.torchdist import _peer_failed
+    from choco.run.launch import _peer_failed
 
     assert _peer_failed(RuntimeError(GLOO_CLOSED)).startswith("[/pytorch/third_party/gloo")
     try:
@@ -327,7 +331,7 @@ def test_run_torch_on_a_rank_of_a_job(clean_env, capsys, case, status, text):
     """A non-zero rank's own error gets its rank; a peer's death gets one line, no
     traceback (under torchrun the agent usually ends the process before either). Here
     without a process group: ``os._exit`` and the grace periods are stubbed."""
-    import choco.comm.torchdist as td
+    import choco.run.launch as td
 
     def fake_exit(code: int) -> None:
         raise _Exited(code)
