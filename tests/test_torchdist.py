@@ -304,7 +304,7 @@ GLOO_CLOSED = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Conne
 
 
 def test_peer_failures_are_told_from_the_programs_own_errors():
-    from choco.run.launch import _peer_failed
+    from choco.run.launch.policy import _peer_failed
 
     assert _peer_failed(RuntimeError(GLOO_CLOSED)).startswith("[/pytorch/third_party/gloo")
     try:
@@ -331,7 +331,7 @@ def test_run_torch_on_a_rank_of_a_job(clean_env, capsys, case, status, text):
     """A non-zero rank's own error gets its rank; a peer's death gets one line, no
     traceback (under torchrun the agent usually ends the process before either). Here
     without a process group: ``os._exit`` and the grace periods are stubbed."""
-    import choco.run.launch as td
+    import choco.run.launch.policy as td
 
     def fake_exit(code: int) -> None:
         raise _Exited(code)
