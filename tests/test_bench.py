@@ -105,6 +105,15 @@ def test_memory_check_refuses_what_does_not_fit(monkeypatch):
     assert 8 * per_node(most) <= 1e8 < 8 * per_node(most + 1)
 
 
+def test_gossip_backend_torch_without_torchrun_says_how_to_start_it(bench, monkeypatch):
+    for var in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    status, out, err = bench("gossip", "--backend", "torch", "--numel", "100")
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and "torchrun --standalone --nproc-per-node N" in err
+
+
 def test_gossip_cli_refuses_a_numel_too_large_for_this_machine(bench, monkeypatch):
     monkeypatch.setenv("CHOCO_MEMORY_LIMIT", "1e9")
     status, out, err = bench("gossip", "--backend", "local", "--numel", "100000000",

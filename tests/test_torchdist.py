@@ -44,7 +44,7 @@ TORCHRUN_TIMEOUT = float(os.environ.get("CHOCO_TORCHRUN_TIMEOUT", "300"))
 #: (measured: about 2.8 s, the 2 s grace of a non-zero rank included)
 END_WITHIN_S = 20.0
 TORCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-              "MASTER_PORT", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+              "MASTER_PORT", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
 
 def torchrun_launcher() -> list[str] | None:
@@ -215,6 +215,44 @@ def test_init_from_env_refuses_bad_settings(clean_env, kwargs, match):
 def test_init_from_env_refuses_cuda_without_a_gpu(clean_env):
     with pytest.raises(UsageError, match="no CUDA device"):
         init_from_env(device="cuda")
+
+
+def test_choose_device(clean_env):
+    """One device rule for every program: cpu, auto (cuda only when torch sees a GPU),
+    cuda without a GPU refused, cuda:i only where a program allows it."""
+    from choco.run.launch import choose_device
+
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda or auto, got 'tpu'"):
+        choose_device("tpu")
+    with pytest.raises(UsageError, match=r"cpu, cuda, cuda:i or auto, got 'tpu'"):
+        choose_device("tpu", indexed=True)
+    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda or auto"):
+        choose_device("cuda:0")  # an index only where the program takes one
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(UsageError, match="no CUDA device"):
+                choose_device(name, indexed=True)
+
+
+@pytest.mark.parametrize("env,backend", [
+    ({}, "local"),
+    ({"PMI_SIZE": "1"}, "local"),  # mpiexec -n 1 is one process: local
+    ({"PMI_SIZE": "4", "PMI_RANK": "2"}, "mpi"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "mpi"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "torch"),
+    ({"TORCHELASTIC_RUN_ID": "x", "PMI_SIZE": "4"}, "torch"),  # srun starting torchrun
+])
+def test_resolve_backend_auto(clean_env, env, backend):
+    from choco.run.launch import resolve_backend
+
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    assert resolve_backend("auto") == backend
+    assert resolve_backend("mpi") == "mpi"  # an explicit choice is kept
+    with pytest.raises(UsageError, match="--backend must be one of auto, local, mpi, torch"):
+        resolve_backend("gloo")
 
 
 @pytest.mark.skipif(dist.is_initialized(), reason="a process group is initialized")
