@@ -138,7 +138,7 @@ def choose_device(name: str, local_rank: int = 0, *, option: str = "--device",
     if device is None or (device.index is not None and not indexed):
         raise UsageError(f"{option} must be one of {allowed}, got {name!r}; e.g. "
                          f"{option} cpu.")
-    _require_cuda(option, str(name))
+    require_cuda(option, str(name))
     if device.index is not None:
         return device
     count = torch.cuda.device_count()
@@ -149,7 +149,8 @@ def choose_device(name: str, local_rank: int = 0, *, option: str = "--device",
     return torch.device("cuda", local_rank % count)
 
 
-def _require_cuda(option: str, name: str) -> None:
+def require_cuda(option: str, name: str) -> None:
+    """Refuse ``option name`` (a CUDA device) when torch sees no GPU."""
     import torch
 
     if not torch.cuda.is_available():

@@ -23,9 +23,9 @@ from .env import (
     MPI_LOCAL_RANK_VARS,
     TORCHRUN_ADDRESS_VARS,
     TORCHRUN_VARS,
-    _require_cuda,
     choose_device,
     env_int,
+    require_cuda,
 )
 from .policy import run_mpi, run_torch
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ...comm.base import Communicator
     from ...comm.torchdist import TorchCommunicator
+
 
 # ---------------------------------------------------------------------------- the world
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def init_from_env(backend: str | None = None, device: str | None = None,
     if name == "auto":
         name = "nccl" if kind == "cuda" else "gloo"
     if kind == "cuda":  # refused before the environment is read
-        _require_cuda("device", kind)
+        require_cuda("device", kind)
     if name == "nccl" and (kind != "cuda" or not dist.is_nccl_available()):
         raise UsageError("the nccl backend needs CUDA devices and a torch build with NCCL; "
                          "use --device cuda on GPUs, or the gloo backend on CPU.")
