@@ -22,8 +22,7 @@ from choco.run.bench import main, whatif
 from choco.run.bench import scaling as scaling_bench
 from choco.run.bench.whatif import Link
 
-from .conftest import ROOT, run_mpi
-from .test_torchdist import run_torchrun, worker_output
+from .helpers import ROOT, run_mpi, run_torchrun, worker_output
 
 TIMEOUT = 240
 
@@ -144,6 +143,7 @@ def test_gossip_under_mpiexec_prints_ratio_table():
                 "ratio"} <= set(row)
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_gossip_under_torchrun_prints_ratio_table():
     """``--backend torch``: the same benchmark over TorchCommunicator, against
@@ -187,6 +187,7 @@ def test_train_under_mpiexec_prints_overhead_table():
     assert summary["rows"][5]["params"] == 272_474 and summary["rows"][5]["tensors"] == 65
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_train_under_torchrun_prints_overhead_table():
     proc = run_torchrun(2, ["-m", "choco.bench", "train", "--models", "mlp", "--batch-size",

@@ -16,7 +16,7 @@ from experiments.report import main as report
 from experiments.sweep import load_sweep
 from experiments.sweep import main as sweep
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 TRAIN = """
 kind = "train"
@@ -156,6 +156,7 @@ def train_sweep(tmp_path_factory) -> tuple[Path, Path]:
     return path, out
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, capsys):
     path, out = train_sweep
     results = {r.name: json.loads((out / r.name / "result.json").read_text())
@@ -166,6 +167,7 @@ def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, c
     assert "3 finished already, running 0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_checkpoint(train_sweep, tmp_path):
     path, out = train_sweep
     run = load_sweep(path).runs[0]
@@ -186,6 +188,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, bytes | None]]:
             for p in [folder, *sorted(folder.rglob("*"))]}
 
 
+@pytest.mark.slow
 def test_index_on_a_finished_run_touches_nothing(train_sweep, tmp_path, capsys):
     """What each SLURM array task runs: on a finished (or diverged) run it returns 0 at once
     and changes no file or folder (no new log line, no manifest rewrite, no re-run)."""
@@ -199,6 +202,7 @@ def test_index_on_a_finished_run_touches_nothing(train_sweep, tmp_path, capsys):
     assert "FAILED" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_table_csv_and_plots(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out)]) == 0
@@ -215,6 +219,7 @@ def test_report_table_csv_and_plots(train_sweep, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_consensus_sweep_and_report(tmp_path, capsys):
     path = write(tmp_path, CONSENSUS)
     out = tmp_path / "out"
@@ -263,6 +268,7 @@ def test_shipped_configs_parse(tmp_path):
         assert load_sweep(write(tmp_path, text, path.name)).runs, path
 
 
+@pytest.mark.slow
 def test_report_factor_against_a_baseline(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out), "--target-accuracy", "0.5", "--baseline", "algorithm=exact",
