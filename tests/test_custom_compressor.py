@@ -10,7 +10,6 @@ rounds × neighbours × that length, and the consensus error against its startin
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 import choco.compress.registry as registry
 from choco.compress import CompressionError, available, make_compressor
 
-from .conftest import ROOT
+from .helpers import ROOT, launch_env, run_python
 
 DOC = ROOT / "docs" / "compressors.md"
 BEGIN, END = "<!-- custom-compressor-example -->", "<!-- end custom-compressor-example -->"
@@ -37,12 +36,6 @@ def example() -> str:
     assert len(lines) <= 40, f"the example has {len(lines)} lines, at most 40 are promised"
     assert lines[0] == "```python" and lines[-1] == "```"
     return "\n".join(lines[1:-1]) + "\n"
-
-
-def env_with(path: Path) -> dict[str, str]:
-    """The environment with ``path`` first on PYTHONPATH (the rest kept: the tree tested)."""
-    rest = [p for p in (os.environ.get("PYTHONPATH", ""), str(ROOT)) if p]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), *rest]))
 
 
 def plugin_dir(root: Path, entries: dict[str, str], modules: dict[str, str]) -> Path:
@@ -63,8 +56,7 @@ def plugin_dir(root: Path, entries: dict[str, str], modules: dict[str, str]) -> 
 def test_the_example_runs_as_written_and_the_error_falls(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(example())
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env=env_with(tmp_path))
+    proc = run_python([str(script)], timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = re.search(r"squared error (\S+) -> (\S+) ", proc.stdout)
     assert found, proc.stdout
@@ -77,6 +69,7 @@ def choco_train() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "choco.train"]
 
 
+@pytest.mark.slow
 def test_an_outside_package_adds_fp16_to_choco_train(tmp_path):
     """The example's module, installed as a plugin, is found by name; the run's message
     length and bytes follow fp16's formula 16 + 2d."""
@@ -87,7 +80,8 @@ def test_an_outside_package_adds_fp16_to_choco_train(tmp_path):
         [*choco_train(), "--backend", "local", "--nodes", "4", "--topology", "ring:4",
          "--compressor", "fp16", "--gamma", "1", "--epochs", "1", "--per-tensor", "false",
          "--quiet", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env_with(plugins))
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=launch_env({"PYTHONPATH": str(plugins)}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
