@@ -42,17 +42,15 @@ from ..compress.base import Compressor
 from ..errors import UsageError
 from ..gossip import ChocoGossip, check_gamma
 from .cli import (
+    ArgumentParser,
     HelpFormatter,
     add_backend_argument,
     add_gossip_arguments,
     add_version_argument,
     prog_name,
-    refuse_local_under_mpi,
-    run,
     setup_output,
 )
 from .files import (
-    ArgumentParser,
     atomic_savez,
     check_memory,
     check_output_file,
@@ -61,9 +59,9 @@ from .files import (
     memory_limit,
     spec_file,
 )
+from .launch import World, mpi_world, refuse_local_under_mpi, run, torch_world
 from .plan import AUTO_DIM, resolve_gamma
 from .train import check_network_backend, refuse_network
-from .world import World, mpi_world, torch_world
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +274,8 @@ def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: b
     arrays = {"x": x, "error": error, "bytes_sent": bytes_sent}
     sim_time = None
     if results[0].sim_time is not None:  # when the last node finished round t
-        arrays["sim_time_s"] = sim_time = np.max(np.stack([r.sim_time for r in results]), 0)
+        arrays["sim_time_s"] = sim_time = np.max(
+            np.stack([r.sim_time for r in results if r.sim_time is not None]), 0)
     atomic_savez(out, **arrays)
     reduction = error[0] / error[-1] if error[-1] > 0 else float("inf")
     print(summary_line(problem.compressor.spec, problem.topology.spec, problem.gamma,
