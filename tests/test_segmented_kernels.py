@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from choco.compress import PerTensor, _host, make_compressor
-from choco.compress import segmented as blocks_module
+from choco.compress import layout as blocks_module
 from choco.compress.base import HEADER_SIZE, CompressionError
 from choco.models import make_model
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -42,6 +42,9 @@ from ..wire.framing import (
     payload_tensor,
     read_header,
 )
+
+if TYPE_CHECKING:
+    from .layout import Layout
 
 #: ``HEADER`` … ``MAX_NUMEL``, ``Reserved``, ``parse_header`` and ``payload_tensor`` are
 #: re-exported from :mod:`choco.wire.framing`, where the framing is defined
@@ -229,8 +232,17 @@ class Compressor(ABC):
 
     # ------------------------------------------------------------------ payload (to implement)
     @abstractmethod
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
         """Compress ``x`` into ``(flags, payload)``: the header flags and the bytes after it.
+
+        With a ``layout`` (:class:`~choco.compress.layout.Layout`, segments of ``x``), every
+        segment ``l`` is compressed as its own vector with the seed
+        ``segment_seed(seed, l)``, its payload written at ``layout.offsets[l]`` of one
+        :class:`Reserved` buffer of ``layout.nbytes`` bytes (the bytes between payloads are
+        the caller's: :class:`~choco.compress.PerTensor` writes segment headers there);
+        ``flags`` is then every segment's. A codec with no batched kernel hands this to
+        :func:`~choco.compress.layout.encode_each`.
 
         ``x`` is a flat floating-point tensor (any float dtype, any device) with
         ``1 <= x.numel() <= MAX_NUMEL``; ``seed`` is below ``2^64`` and keys all the
@@ -244,9 +256,14 @@ class Compressor(ABC):
 
     @abstractmethod
     def decode_payload_add_(
-        self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float
+        self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float,
+        layout: Layout | None = None,
     ) -> None:
         """Add ``alpha * Q(x)`` into the flat tensor ``out``, in place, from a payload.
+
+        With a ``layout``, ``payload`` is the whole buffer :meth:`encode_payload` wrote for
+        that layout and every segment's ``alpha * Q(x_l)`` is added to its part of ``out``
+        (:func:`~choco.compress.layout.decode_each` for codecs with no batched kernel).
 
         ``payload`` (a 1-D CPU uint8 tensor), ``flags`` and ``seed`` are what
         :meth:`encode_payload` returned and was given for ``x``; ``out`` has ``x.numel()``
