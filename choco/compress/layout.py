@@ -9,7 +9,8 @@ randomness is keyed by ``segment_seed(seed, l)`` (splitmix64, :func:`segment_see
 
 A codec with a batched host kernel codes the segments shorter than :data:`BATCH_MAX` in
 blocks of at most :data:`BATCH_MAX` elements (a handful of whole-block numpy passes instead
-of a Python round trip per tensor) and the longer ones alone with its chunked vector kernel;
+of a Python round trip per tensor) and the longer ones, and a flat vector, alone with its
+chunked vector kernel;
 :meth:`Layout.items` cuts a layout into those blocks and segments, once per codec. A codec
 without one codes each segment alone (:func:`encode_each`, :func:`decode_each`).
 """
@@ -148,13 +149,14 @@ class Layout:
               prepare: Callable[[Block], None]) -> list[Item]:
         """The layout cut into batched :class:`Block` s and :class:`Alone` segments for the
         kernel ``key`` (built once per key): segments with ``alone`` set or at least
-        :data:`BATCH_MAX` long are alone, runs of the others form blocks of at most
-        :data:`BATCH_MAX` elements, each prepared by ``prepare``."""
+        :data:`BATCH_MAX` long, and the segment of a one-segment layout (a flat vector), are
+        alone; runs of the others form blocks of at most :data:`BATCH_MAX` elements, each
+        prepared by ``prepare``."""
         cached = self._items.get(key)
         if cached is not None:
             return cached
         sizes, elems = self.sizes, self.elems
-        big = sizes >= BATCH_MAX
+        big = (sizes >= BATCH_MAX) | (sizes.size == 1)  # nothing to batch in one segment
         if alone is not None:
             big = big | alone
         ends = self.offsets + self.payload_sizes
@@ -180,7 +182,7 @@ class Layout:
         return items
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _flat(numel: int, payload_nbytes: int) -> Layout:
     return Layout(np.array([numel], dtype=np.int64), np.zeros(1, dtype=np.int64),
                   np.array([payload_nbytes], dtype=np.int64), payload_nbytes, derived_seeds=False)

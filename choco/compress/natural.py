@@ -24,10 +24,11 @@ Wire: ``ceil(d/8)`` bytes of signs (LSB-first, 1 ⇔ negative) then ``d`` expone
 
 Host kernel (one for flat vectors and segment layouts, :mod:`choco.compress.layout`): the
 ``u`` of a vector or segment are the first ``d`` uint32 of ``SFC64(seed)``'s raw stream
-(segment ``l``: ``segment_seed(seed, l)``). Segments of at least ``BATCH_MAX`` elements are
-coded chunk by chunk; shorter ones in blocks, where only the draws loop over the segments
-(one seeded generator each) and the rounding, the range check, the sign packing, the
-exponent bytes and the decoded sum are whole-block passes.
+(segment ``l``: ``segment_seed(seed, l)``). A flat vector and segments of at least
+``BATCH_MAX`` elements are coded chunk by chunk; the shorter segments of a layout in
+blocks, where only the draws loop over the segments (one seeded generator each) and the
+rounding, the range check, the sign packing, the exponent bytes and the decoded sum are
+whole-block passes.
 """
 
 from __future__ import annotations

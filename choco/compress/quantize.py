@@ -203,11 +203,11 @@ class BucketQuantizer(Compressor):
                     values *= np.repeat(norms[first : first + nb], size)[:n]
                 _host.add_into(target[start:stop], values, alpha)
             return
-        norms = from_bytes(payload[: 4 * buckets], torch.float32, out.device)
-        codes = unpack_uint(codes_in, numel, self.width, out.device)
-        values = self.signed_table.to(out.device)[codes]
-        values = values * norms.repeat_interleave(size)[:numel]
-        out.add_(values, alpha=alpha)
+        norms_t = from_bytes(payload[: 4 * buckets], torch.float32, out.device)
+        codes_t = unpack_uint(codes_in, numel, self.width, out.device)
+        values_t = self.signed_table.to(out.device)[codes_t]
+        values_t = values_t * norms_t.repeat_interleave(size)[:numel]
+        out.add_(values_t, alpha=alpha)
 
 
 class QSGD(BucketQuantizer):

@@ -58,23 +58,23 @@ class PerTensor(Compressor):
         self.spec = inner.spec
         self.unbiased = inner.unbiased
         self.is_raw = inner.is_raw
-        self._layout: Layout | None = None
-        self._headers: np.ndarray | None = None
+        self._framing: tuple[Layout, np.ndarray, np.ndarray] | None = None
         self._nbytes: dict[torch.dtype, int] = {}
 
     def _segments(self) -> tuple[Layout, np.ndarray, np.ndarray]:
-        """``(layout, index of the header bytes, header template)``, built once."""
-        if self._layout is None:
-            self._layout = Layout.framed(self.sizes, self.inner.payload_nbytes)
-            self._headers = np.frombuffer(b"".join(
+        """``(layout, index of the segment header bytes, header template)``, built once."""
+        if self._framing is None:
+            layout = Layout.framed(self.sizes, self.inner.payload_nbytes)
+            template = np.frombuffer(b"".join(
                 pack_header(self.inner.codec_id, 0, s, 0) for s in self.sizes),
                 dtype=np.uint8).reshape(-1, HEADER_SIZE)
-        starts = self._layout.offsets - HEADER_SIZE
-        index = (starts[:, None] + np.arange(HEADER_SIZE)).reshape(-1)
-        assert self._headers is not None
-        return self._layout, index, self._headers
+            starts = layout.offsets - HEADER_SIZE
+            index = (starts[:, None] + np.arange(HEADER_SIZE)).reshape(-1)
+            self._framing = (layout, index, template)
+        return self._framing
 
     def _headers_for(self, flags: int, seed: int) -> np.ndarray:
+        """Every segment header: the template with ``flags`` and the segment seeds."""
         layout, _, template = self._segments()
         headers = template.copy()
         headers[:, 2:4] = np.frombuffer(int(flags).to_bytes(2, "little"), dtype=np.uint8)

@@ -10,7 +10,8 @@ scale for the sign pattern, so the operator is contractive without further resca
 Wire: fp32 scale, then ``ceil(d/8)`` bytes of signs, LSB-first, bit 1 ⇔ negative.
 
 Host kernel (one for flat vectors and segment layouts, :mod:`choco.compress.layout`):
-segments of at least ``BATCH_MAX`` elements are packed chunk by chunk; shorter ones in
+a flat vector and segments of at least ``BATCH_MAX`` elements are packed chunk by chunk;
+the shorter segments of a layout in
 blocks, whose scales are computed per segment with the same torch call (a batched reduction
 could sum in another order and change the last bit) and whose signs are packed once for
 the block, each segment's bytes cut out of that stream with a shift (its start bit mod 8).

@@ -177,8 +177,9 @@ class RandBlock(Sparsifier):
     seed (:func:`choco.compress._host.block_start`), so no offset is sent. Encoding is one
     contiguous copy. ``randblock:R:raw`` scales by ``d/k`` (unbiased, ``ω = d/k - 1``).
 
-    Host kernel (flat vectors and segment layouts alike, not ``:raw``): segments of at least
-    ``BATCH_MAX`` elements are copied alone; shorter ones in blocks, where each ``s_l`` is
+    Host kernel (flat vectors and segment layouts alike, not ``:raw``): a flat vector and
+    segments of at least ``BATCH_MAX`` elements are copied alone; the shorter segments of a
+    layout in blocks, where each ``s_l`` is
     drawn from its own seeded generator (the only per-segment Python work) and the
     positions ``start_l + (s_l + j) mod d_l``, the gather, the fp32 words and the add are
     one pass over the block.

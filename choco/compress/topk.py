@@ -9,13 +9,13 @@ values are sent unscaled: 1 is already the least-squares optimal scale of ``x_S`
 Wire: ``k`` fp32 values then ``k`` int32 positions (ascending): ``8k`` bytes plus the header.
 Exact ``k`` means a fixed-size buffer, as a neighbourhood all-gather needs.
 
-Host kernel (flat vectors and segment layouts alike, :mod:`choco.compress.layout`): a vector
-or segment of at least ``SAMPLE_MIN_NUMEL`` elements with ``8 k <= d`` (or at least
-``BATCH_MAX``) is selected alone (below); the others in blocks, on the exact path: per
-segment the kept set is ``{i : |x_i| > t_l}`` plus the lowest positions with ``|x_i| = t_l``,
-up to ``k_l``, ``t_l`` the ``k_l``-th largest ``|x_i|`` (one padded row sort for short
-segments, a sampled bound then ``np.partition`` for the others), the selection itself one
-pass over the block, the Rice codes of all segments one bit stream
+Host kernel (flat vectors and segment layouts alike, :mod:`choco.compress.layout`): a flat
+vector, and a segment of at least ``SAMPLE_MIN_NUMEL`` elements with ``8 k <= d`` or of at
+least ``BATCH_MAX``, is selected alone (below); the other segments of a layout in blocks,
+on the exact path: per segment the kept set is ``{i : |x_i| > t_l}`` plus the lowest
+positions with ``|x_i| = t_l``, up to ``k_l``, ``t_l`` the ``k_l``-th largest ``|x_i|`` (one
+padded row sort for short segments, a sampled bound then ``np.partition`` for the others),
+the selection itself one pass over the block, the Rice codes of all segments one bit stream
 (:func:`choco.wire.rice_encode_streams`).
 
 Selection is exact top-k by threshold sampling (the threshold estimated from a sample, as in
@@ -295,9 +295,9 @@ class TopK(Sparsifier):
         for j in np.flatnonzero(sizes > SMALL_SEGMENT):
             d, start = int(sizes[j]), int(starts[j])
             stride = max(1, d // SAMPLE_ROWS)
-            rows = -(-d // stride)
-            rank = min(rows, math.ceil(OVERSAMPLE * int(k[j]) * rows / d) + 8)
-            large.append((int(j), start, start + d, stride, rows - rank))
+            nrows = -(-d // stride)
+            rank = min(nrows, math.ceil(OVERSAMPLE * int(k[j]) * nrows / d) + 8)
+            large.append((int(j), start, start + d, stride, nrows - rank))
         plan["large"] = large
         if not self.rice:
             position_at = value_at + 4 * np.repeat(k, k)

@@ -46,7 +46,7 @@ def rice_encode(positions: np.ndarray, d: int, b: int) -> np.ndarray:
     :func:`rice_nbytes` so that the buffer has a fixed size.
     """
     k = positions.size
-    gaps = np.diff(positions.astype(np.int64), prepend=-1) - 1
+    gaps: np.ndarray = np.diff(positions.astype(np.int64), prepend=-1) - 1
     rem_bits, unary_bits = rice_nbits_bound(k, d, b)
     out = np.zeros(rice_nbytes(k, d, b), dtype=np.uint8)
     if b:
@@ -102,7 +102,8 @@ class RiceStreams:
 
 def rice_streams(k: np.ndarray, d: np.ndarray, b: np.ndarray) -> RiceStreams:
     """Plan the codes of supports of ``k_l`` positions in ``range(d_l)`` with ``b_l``."""
-    rem_bits, unary_bits = rice_nbits_bound(k, d, b)  # type: ignore[arg-type]
+    rem_bits = k * b  # rice_nbits_bound of every support
+    unary_bits = k + (d - k) // (1 << b)
     rem_bytes = (rem_bits + 7) // 8
     code_bytes = rem_bytes + (unary_bits + 7) // 8
     base = np.cumsum(code_bytes) - code_bytes  # byte offset of each code in the stream
