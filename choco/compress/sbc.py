@@ -32,7 +32,7 @@ from ..wire import rice_decode, rice_encode, rice_nbytes, rice_parameter
 from ..wire.framing import Reserved
 from .base import CompressionError, Compressor, check_finite, from_bytes, ratio_count, to_bytes
 from .layout import Layout, decode_each, encode_each
-from .topk import topk_indices
+from .selection import topk_indices
 
 
 class SBC(Compressor):
