@@ -207,6 +207,7 @@ def test_per_tensor_messages_are_the_format_rebuilt_in_numpy(block_limit, spec, 
             assert q.encode(x, 5).numpy().tobytes() == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["sign", "topk:0.01", "topk:0.01:rice", "randblock:0.01",
                                   "natural"])
 def test_a_layout_over_a_million_parameters_is_the_format_rebuilt_in_numpy(spec):
@@ -253,6 +254,7 @@ def test_every_family_per_tensor_equals_each_segment_alone(block_limit, spec, la
     check_against_each_segment(spec, [(layout, sizes)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [*BATCHED, "sbc:0.1", "topk:0.1+natural"])
 def test_over_a_million_parameters_per_tensor_equals_each_segment_alone(spec):
     """The batched families (and two through the shared loop) on two blocks of the real

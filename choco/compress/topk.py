@@ -82,10 +82,10 @@ class TopK(Sparsifier):
     def support(self, positions, numel, seed, device):
         if self.rice:
             try:
-                idx = rice_decode(positions.numpy(), self.k(numel), numel, self.rice_b(numel))
+                found = rice_decode(positions.numpy(), self.k(numel), numel, self.rice_b(numel))
             except ValueError as exc:
                 raise CompressionError(f"{self.spec}: {exc}; corrupt buffer") from None
-            return Support(idx.size, torch.from_numpy(idx).to(device))
+            return Support(found.size, torch.from_numpy(found).to(device))
         idx = from_bytes(positions, torch.int32, device).long()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
             raise CompressionError(f"{self.spec}: positions out of range; corrupt buffer")
