@@ -34,9 +34,19 @@ from ..errors import UsageError
 from ..models import param_groups
 from . import checkpoint
 from .algorithms import AveragerArgs
-from .cli import DIVERGED_EXIT, refuse_local_under_mpi, run, setup_output
+from .cli import setup_output
 from .config import TrainConfig, parse_config
 from .files import atomic_torch_save, atomic_write_json
+from .launch import (
+    DIVERGED_EXIT,
+    USAGE_EXIT,
+    World,
+    choose_device,
+    mpi_world,
+    refuse_local_under_mpi,
+    run,
+    torch_world,
+)
 from .metrics import (
     JsonlWriter,
     average_model,
@@ -45,7 +55,6 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
-from .world import World, mpi_world, torch_world
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -362,16 +371,7 @@ def train_world(cfg: TrainConfig, world: World) -> int:
 
 def node_device(name: str, local_rank: int = 0) -> torch.device:
     """``--device``: cpu, cuda (``cuda:LOCAL_RANK``) or auto (cuda when available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name != "cuda":
-        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}.")
-    if not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA device; use "
-                         "--device cpu (or auto).")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return choose_device(name, local_rank)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT
 
     def start(backend: str) -> int:
         resolved = replace(cfg, backend=backend)

@@ -40,8 +40,9 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
                        steps: int, seed: int = 0) -> float:
     """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1).
 
-    ``compressor`` is the operator ``Q`` (or its spec string); one instance serves every
-    node, since compressors keep no state between messages.
+    ``compressor`` is the operator ``Q`` (or its spec string); one instance is passed for
+    every node, and each node's gossip keeps whatever per-node coding state the compressor
+    needs (only ``lgc`` has any).
     """
     n = W.shape[0]
     q = _compressor(compressor)
