@@ -145,10 +145,10 @@ class Layout:
             return np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)
         return segment_seeds(seed, np.arange(self.count))
 
-    def items(self, key: str, alone: np.ndarray | None,
+    def items(self, key: str, alone: Callable[[np.ndarray], np.ndarray] | None,
               prepare: Callable[[Block], None]) -> list[Item]:
         """The layout cut into batched :class:`Block` s and :class:`Alone` segments for the
-        kernel ``key`` (built once per key): segments with ``alone`` set or at least
+        kernel ``key`` (built once per key): segments where ``alone(sizes)`` is set or at least
         :data:`BATCH_MAX` long, and the segment of a one-segment layout (a flat vector), are
         alone; runs of the others form blocks of at most :data:`BATCH_MAX` elements, each
         prepared by ``prepare``."""
@@ -158,7 +158,7 @@ class Layout:
         sizes, elems = self.sizes, self.elems
         big = (sizes >= BATCH_MAX) | (sizes.size == 1)  # nothing to batch in one segment
         if alone is not None:
-            big = big | alone
+            big = big | alone(sizes)
         ends = self.offsets + self.payload_sizes
         items: list[Item] = []
         lo = 0

@@ -46,6 +46,8 @@ def _l1_scale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(block: Block) -> None:
+    block.plan["size_list"] = block.sizes.tolist()
+    block.plan["sizes"] = torch.from_numpy(block.sizes)
     block.plan["scale"] = (block.offsets[:, None] + np.arange(4)).reshape(-1)
     plan_sign_bits(block, block.offsets + 4)
 
@@ -95,7 +97,10 @@ class Sign(Compressor):
             payload[4 + start // 8 : 4 + start // 8 + packed.size] = packed
 
     def _encode_block(self, x: torch.Tensor, block: Block, payload: np.ndarray) -> None:
-        scales = torch.stack([_l1_scale(seg) for seg in torch.split(x, block.sizes.tolist())])
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        l1 = torch.stack([torch.linalg.vector_norm(seg, ord=1, dtype=acc)
+                          for seg in torch.split(x, block.plan["size_list"])])
+        scales = (l1 / block.plan["sizes"].to(acc)).to(torch.float32)  # as _l1_scale, at once
         check_finite(scales, self.spec)
         payload[block.plan["scale"]] = scales.numpy().view(np.uint8)
         pack_sign_bits(x.detach().numpy() < 0, block.plan, payload)

@@ -100,7 +100,7 @@ class TopK(Sparsifier):
         layout = layout or flat(x.numel(), self.payload_nbytes(x.numel()))
         message = Reserved(layout.nbytes)
         payload = message.payload
-        for item in layout.items(self.spec, self._alone(layout.sizes), self._prepare):
+        for item in layout.items(self.spec, self._alone, self._prepare):
             if isinstance(item, Alone):
                 seg = x[item.elem : item.elem + item.size]
                 support, positions = self.select(seg, 0)
@@ -130,7 +130,7 @@ class TopK(Sparsifier):
             return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
         layout = layout or flat(out.numel(), self.payload_nbytes(out.numel()))
         data = payload.numpy()
-        items = layout.items(self.spec, self._alone(layout.sizes), self._prepare)
+        items = layout.items(self.spec, self._alone, self._prepare)
         where = [self._block_positions(data, item) for item in items]  # all checked first
         for item, index in zip(items, where, strict=True):
             if isinstance(item, Alone):
