@@ -10,6 +10,7 @@ Examples::
     python -m topologies torus:4x4
     python -m topologies social --mixing maxdegree --json
     python -m topologies ring:8 --save W.npy      # then: choco takes file:W.npy
+    python -m topologies onepeer:16               # union graph, period, each round's pairs
 
 With ``--json`` the last line of stdout is one JSON object with the keys ``spec``, ``n``,
 ``edges`` (pairs ``[i, j]``, ``i < j``), ``degrees``, ``mixing``, ``spectral_gap``, ``beta``
@@ -43,6 +44,7 @@ from ._guards import (
     spec_file,
 )
 from .mixing import MIXING_RULES
+from .schedule import Schedule
 from .spec import SPEC_FORMS, Topology, parse_topology
 
 PROG = "python -m topologies"
@@ -68,6 +70,9 @@ def _parser() -> ArgumentParser:
         help="weight rule (default: metropolis; ignored for file:W.npy)",
     )
     parser.add_argument("--json", action="store_true", help="print one line of JSON last")
+    parser.add_argument("--rounds", type=int, default=None, metavar="T",
+                        help="time-varying specs: rounds to list (default: one period, or "
+                        f"{SHOWN_ROUNDS} without a period)")
     parser.add_argument("--save", metavar="PATH",
                         help="write W with numpy.save to PATH (default: not saved)")
     parser.add_argument("--overwrite", action="store_true",
@@ -105,6 +110,53 @@ def as_json(topology: Topology) -> str:
     return json.dumps(record, allow_nan=False)
 
 
+#: rounds listed for a schedule without a period (matching)
+SHOWN_ROUNDS = 8
+
+
+def schedule_rounds(schedule: Schedule, rounds: int | None) -> int:
+    """How many rounds to list: ``rounds``, else one period (or :data:`SHOWN_ROUNDS`)."""
+    if rounds is None:
+        return schedule.period or SHOWN_ROUNDS
+    if rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {rounds}; e.g. --rounds 8")
+    return rounds
+
+
+def schedule_summary(schedule: Schedule, rounds: int) -> str:
+    """The union graph, the period, and each listed round's pairs (with their weights)."""
+    degrees = schedule.degrees
+    period = "none (a fresh draw every round)" if schedule.period is None else \
+        str(schedule.period)
+    lines = [
+        ("spec", schedule.spec), ("nodes", str(schedule.n)),
+        ("union edges", str(len(schedule.edges))),
+        ("union degree", f"min {min(degrees)}, max {max(degrees)}"),
+        ("period", period), ("peers/round", f"at most {schedule.max_peers}"),
+        ("global avg", f"every {schedule.pga_every} rounds" if schedule.pga_every else "none"),
+        ("rate gap", f"{schedule.spectral_gap:.6g}"),
+    ]
+    out = [f"{key:<13} {value}" for key, value in lines]
+    for t in range(rounds):
+        pairs = " ".join(f"{i}-{j}" if w == 0.5 else f"{i}-{j}({w:.4g})"
+                         for i, j, w in schedule.round_edges(t))
+        out.append(f"round {t:<7} {pairs or '(no exchange)'}")
+    return "\n".join(out)
+
+
+def schedule_json(schedule: Schedule, rounds: int) -> str:
+    """One-line JSON of a schedule: ``spec``, ``n``, ``period``, ``pga_every``, ``edges``
+    (union graph), ``degrees``, ``max_peers``, ``spectral_gap`` and ``rounds`` (per round, the
+    triples ``[i, j, w_ij]``)."""
+    return json.dumps({
+        "spec": schedule.spec, "n": schedule.n, "period": schedule.period,
+        "pga_every": schedule.pga_every, "edges": [[i, j] for i, j in schedule.edges],
+        "degrees": schedule.degrees, "max_peers": schedule.max_peers,
+        "spectral_gap": schedule.spectral_gap,
+        "rounds": [[[i, j, w] for i, j, w in schedule.round_edges(t)] for t in range(rounds)],
+    }, allow_nan=False)
+
+
 def save_matrix(path: Path, W: NDArray[np.float64]) -> None:
     """``numpy.save`` to exactly ``path``, atomically: a temporary file renamed into place."""
     atomic_write(path, lambda file: np.save(file, W))
@@ -121,6 +173,14 @@ def run(args) -> int:
         topology = parse_topology(args.spec, mixing=args.mixing)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
+    if isinstance(topology, Schedule):
+        if save is not None:
+            raise UsageError(f"--save writes one mixing matrix, but {args.spec!r} is a "
+                             "schedule (one W per round); drop --save")
+        count = schedule_rounds(topology, args.rounds)
+        print(schedule_json(topology, count) if args.json
+              else schedule_summary(topology, count))
+        return 0
     if args.json:
         n = topology.n
         check_memory(JSON_BYTES_PER_ENTRY * n * n, "--json",
