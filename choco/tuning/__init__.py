@@ -22,6 +22,7 @@ from ..comm.local import LocalNetwork
 from ..compress import make_compressor
 from ..compress.base import Compressor
 from ..gossip import ChocoGossip, lockstep
+from ..timevarying import schedule_residual
 
 __all__ = ["consensus_residual", "theoretical_gamma", "tune_gamma"]
 
@@ -40,8 +41,11 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
     """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1).
 
     ``compressor`` is the operator ``Q`` (or its spec string); one instance serves every
-    node, since compressors keep no state between messages.
+    node, since compressors keep no state between messages. ``W`` may be a time-varying
+    schedule (:func:`choco.timevarying.schedule_residual`).
     """
+    if getattr(W, "time_varying", False):  # a schedule: its rounds from round 0
+        return schedule_residual(W, _compressor(compressor), gamma, dim, steps, seed)
     n = W.shape[0]
     q = _compressor(compressor)
     net = LocalNetwork.from_matrix(W)
@@ -64,7 +68,9 @@ def tune_gamma(W: np.ndarray, compressor: Compressor | str, dim: int = 1000, ste
     """Best γ in ``logspace(-3, 0, grid)`` for consensus with ``compressor`` on ``W``.
 
     ``compressor`` is a :class:`~choco.compress.Compressor` (a spec string is parsed once);
-    ``W`` is the ``n × n`` mixing matrix (``topologies.parse_topology(...).W``).
+    ``W`` is the ``n × n`` mixing matrix (``topologies.parse_topology(...).W``), or a
+    time-varying schedule (``topologies.parse_topology("onepeer:16")``): γ is then chosen on
+    the schedule's rounds from round 0, without its global averages.
 
     Returns ``(gamma, {gamma: residual})``. Residuals below ``1e-9`` of the starting one
     (``2 n dim``: float32 round-off) count as ties, and ties go to the larger γ.
@@ -78,6 +84,6 @@ def tune_gamma(W: np.ndarray, compressor: Compressor | str, dim: int = 1000, ste
     mine = [(k, consensus_residual(W, q, gammas[k], dim, steps, seed))
             for k in range(rank, grid, size)]
     scores = {gammas[k]: value for part in allgather(mine) for k, value in part}
-    floor = 1e-9 * 2 * W.shape[0] * dim
+    floor = 1e-9 * 2 * (W.n if getattr(W, "time_varying", False) else W.shape[0]) * dim
     best = min(gammas, key=lambda g: (max(scores[g], floor), -g))
     return best, scores
