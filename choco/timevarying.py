@@ -261,6 +261,11 @@ class GlobalAverage:
     def progress(self) -> None:
         self.inner.progress()
 
+    def step(self, x: torch.Tensor) -> None:
+        """One whole round: ``begin`` then ``finish``."""
+        self.begin(x)
+        self.finish(x)
+
     def finish(self, x: torch.Tensor) -> None:
         self.inner.finish(x)
         self.rounds += 1
