@@ -20,7 +20,7 @@ from choco.run.bench import main, whatif
 from choco.run.bench import scaling as scaling_bench
 from choco.run.bench.whatif import Link
 
-from .conftest import ROOT, run_mpi
+from .helpers import ROOT, run_mpi
 
 TIMEOUT = 240
 

@@ -15,7 +15,7 @@ import pytest
 
 from topologies import Schedule, TopologyError, parse_topology
 
-from .conftest import run_python
+from .helpers import run_python
 
 
 def hypercube_matrix(n: int, t: int) -> np.ndarray:

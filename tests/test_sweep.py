@@ -13,7 +13,7 @@ from experiments.report import main as report
 from experiments.sweep import load_sweep
 from experiments.sweep import main as sweep
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 TRAIN = """
 kind = "train"
@@ -85,6 +85,7 @@ def train_sweep(tmp_path_factory) -> tuple[Path, Path]:
     return path, out
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, capsys):
     path, out = train_sweep
     results = {r.name: json.loads((out / r.name / "result.json").read_text())
@@ -95,6 +96,7 @@ def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, c
     assert "3 finished already, running 0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_checkpoint(train_sweep, tmp_path):
     path, out = train_sweep
     run = load_sweep(path).runs[0]
@@ -109,6 +111,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(train_sweep, tmp_path):
     assert (copy / run.name / "metrics.jsonl").read_text() == finished
 
 
+@pytest.mark.slow
 def test_report_table_csv_and_plots(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out)]) == 0
@@ -125,6 +128,7 @@ def test_report_table_csv_and_plots(train_sweep, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_consensus_sweep_and_report(tmp_path, capsys):
     path = write(tmp_path, CONSENSUS)
     out = tmp_path / "out"
@@ -173,6 +177,7 @@ def test_shipped_configs_parse(tmp_path):
         assert load_sweep(write(tmp_path, text, path.name)).runs, path
 
 
+@pytest.mark.slow
 def test_report_factor_against_a_baseline(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out), "--target-accuracy", "0.5", "--baseline", "algorithm=exact",

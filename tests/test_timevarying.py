@@ -26,9 +26,16 @@ from choco.timevarying import (
 )
 from topologies import parse_topology
 
-from .conftest import TESTS, run_mpi
-from .test_schedules import hypercube_matrix
-from .test_torchdist import run_torchrun
+from .helpers import TESTS, run_mpi, run_torchrun
+
+
+def hypercube_matrix(n: int, t: int) -> np.ndarray:
+    """½(I + P) with P the permutation i ↦ i XOR 2^(t mod log₂ n), built from the rule."""
+    hop = 1 << (t % (n.bit_length() - 1))
+    W = 0.5 * np.eye(n)
+    for i in range(n):
+        W[i, i ^ hop] += 0.5
+    return W
 
 
 def network(spec: str, compressor: str | None, gamma: float = 1.0, seed: int = 0):
@@ -289,6 +296,7 @@ def test_mpiexec_equals_in_process_bit_for_bit(tmp_path):
     assert all(checks.values()), {k: v for k, v in checks.items() if not v}
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_torchrun_equals_in_process_bit_for_bit(tmp_path):
     out = tmp_path / "torch.json"

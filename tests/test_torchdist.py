@@ -13,11 +13,8 @@ set-ups, and a one-rank process group.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -37,49 +34,13 @@ from choco.comm.torchdist import (
 )
 from choco.errors import CommError, UsageError
 
-from .conftest import ROOT, TESTS
+from .helpers import LAUNCHER_VARS, ROOT, TESTS, free_port, run_torchrun, worker_output
 
-TORCHRUN_TIMEOUT = float(os.environ.get("CHOCO_TORCHRUN_TIMEOUT", "300"))
 #: seconds from a rank's failure to the end of the whole job that the tests accept
 #: (measured: about 2.8 s, the 2 s grace of a non-zero rank included)
 END_WITHIN_S = 20.0
-TORCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-              "MASTER_PORT", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-
-
-def torchrun_launcher() -> list[str] | None:
-    """``torchrun`` next to this Python, else ``python -m torch.distributed.run``."""
-    script = Path(sys.executable).parent / "torchrun"
-    if script.exists():
-        return [str(script)]
-    if dist.is_available() and importlib.util.find_spec("torch.distributed.run") is not None:
-        return [sys.executable, "-m", "torch.distributed.run"]
-    return None
-
-
-def run_torchrun(n: int, args: list[str], timeout: float = TORCHRUN_TIMEOUT,
-                 ) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node n ARGS`` with a timeout."""
-    launcher = torchrun_launcher()
-    if launcher is None:
-        if os.environ.get("CI") or os.environ.get("CHOCO_REQUIRE_TORCHRUN"):
-            pytest.fail("torchrun not found but CI requires the torch.distributed tests")
-        pytest.skip("torchrun (torch.distributed) not available")
-    env = {k: v for k, v in os.environ.items() if k not in TORCH_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    cmd = [*launcher, "--standalone", "--nproc-per-node", str(n), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
-
-
-def worker_output(stderr: str) -> str:
-    """stderr without torchrun's own log lines (``W1201 ...``, ``E1201 ...``)."""
-    return "\n".join(line for line in stderr.splitlines()
-                     if not re.match(r"[IWE]\d{4} \d", line))
-
-
 # ------------------------------------------------------------------------------ launches
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_gossip_and_collectives_over_torchrun_match_local(tmp_path):
     out = tmp_path / "checks.json"
@@ -122,6 +83,7 @@ def launch_failure(mode: str, tmp_path: Path) -> tuple[subprocess.CompletedProce
     return proc, ended - float(stamp.read_text()) if stamp.exists() else float("nan")
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_torchrun_job_with_its_error(tmp_path):
     proc, elapsed = launch_failure("raise", tmp_path)
@@ -135,6 +97,7 @@ def test_a_failing_rank_ends_the_torchrun_job_with_its_error(tmp_path):
     assert elapsed < END_WITHIN_S, elapsed
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_check_agreement_under_torchrun_prints_the_error_once(tmp_path):
     proc, _ = launch_failure("agree", tmp_path)
@@ -146,6 +109,7 @@ def test_check_agreement_under_torchrun_prints_the_error_once(tmp_path):
     assert re.search(r"exitcode\s*:\s*2\b", proc.stderr)  # the worker's status: usage error
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_a_user_error_on_one_rank_ends_the_job(tmp_path):
     proc, elapsed = launch_failure("usage", tmp_path)
@@ -157,6 +121,7 @@ def test_a_user_error_on_one_rank_ends_the_job(tmp_path):
     assert elapsed < END_WITHIN_S, elapsed
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_a_hung_rank_ends_the_job_after_the_timeout(tmp_path):
     """A rank alive but silent: its neighbours raise after the process group's timeout (3 s
@@ -172,7 +137,7 @@ def test_a_hung_rank_ends_the_job_after_the_timeout(tmp_path):
 # ------------------------------------------------------------------------------ in process
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in TORCH_VARS:
+    for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -235,12 +200,6 @@ def test_importing_choco_comm_does_not_load_the_torch_backend():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

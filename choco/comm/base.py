@@ -134,8 +134,9 @@ class ProcessCommunicator(Communicator):
         check_message_lengths(lengths, self.all_neighbors)
 
 
-def rank_order_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """``parts[0] + parts[1] + ...`` added in rank order (a new array).
+def rank_order_sum(parts: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """``parts[0] + parts[1] + ...`` added in rank order (a new array); ``parts`` is a list
+    of arrays or one array whose first axis is the rank.
 
     Every backend reduces through this function, so a sum is bit-identical whichever
     launcher ran the job (MPI's own reduction order depends on the implementation).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from .base import (
 from .peers import check_sends
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class LocalNetwork:
@@ -62,7 +63,7 @@ class LocalNetwork:
 
     def run(self, fn: Callable[[LocalCommunicator], T]) -> list[T]:
         """Run ``fn(comm)`` for every node, one thread each; return results in rank order."""
-        results: list[T | None] = [None] * self.size
+        results: dict[int, T] = {}  # rank -> fn's value
         errors: list[BaseException | None] = [None] * self.size
 
         def target(i: int) -> None:
@@ -91,7 +92,7 @@ class LocalNetwork:
         first = first or next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(self.size)]
 
     # -- mailbox --------------------------------------------------------------------------
     def _post(self, sender: int, rnd: int, buf: torch.Tensor) -> None:
@@ -135,7 +136,7 @@ class LocalNetwork:
                     del self._mail[k]
             return out
 
-    def _collective(self, rank: int, value: object, combine: Callable[[list], object]) -> object:
+    def _collective(self, rank: int, value: object, combine: Callable[[list[Any]], R]) -> R:
         if self.size == 1:
             return combine([value])
         if not self.threaded:
@@ -207,10 +208,10 @@ class LocalCommunicator(Communicator):
                               [(j, self.rank, rnd) for j in peers])
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
-        return self.net._collective(self.rank, np.asarray(array), rank_order_sum)  # type: ignore[return-value]
+        return self.net._collective(self.rank, np.asarray(array), rank_order_sum)
 
     def allgather_object(self, obj: object) -> list:
-        return self.net._collective(self.rank, obj, list)  # type: ignore[return-value]
+        return self.net._collective(self.rank, obj, list)
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
-        return self.net._collective(self.rank, np.asarray(array), np.stack)  # type: ignore[return-value]
+        return self.net._collective(self.rank, np.asarray(array), np.stack)

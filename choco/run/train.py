@@ -207,7 +207,8 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
     device = opt.x.device
     for b, batch in enumerate(task.batches(comm.rank, epoch)):
         if device.type != "cpu":
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            batch = (batch[0].to(device, non_blocking=True),
+                     batch[1].to(device, non_blocking=True))
         lr = plan.schedule.at(comm.rank, epoch, b)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -236,8 +237,8 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
 def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
     """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    flat = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
-    flat = torch.from_numpy(comm.broadcast(flat))
+    mine = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
+    flat = torch.from_numpy(comm.broadcast(mine))
     offset = 0
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -319,14 +320,16 @@ def train_local(cfg: TrainConfig) -> int:
 
 def _on_every_rank(comm: Communicator, fn: Callable[[], T]) -> T:
     """``fn()`` on every rank; if it raises a user error anywhere, raise it everywhere."""
+    error: str | None = None
+    result: list[T] = []  # fn()'s value, if it returned
     try:
-        result, error = fn(), None
+        result.append(fn())
     except UsageError as exc:
-        result, error = None, str(exc)
+        error = str(exc)
     errors = [e for e in comm.allgather_object(error) if e]
     if errors:
         raise UsageError(errors[0])
-    return result  # type: ignore[return-value]
+    return result[0]
 
 
 def train_world(cfg: TrainConfig, world: World) -> int:

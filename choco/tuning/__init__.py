@@ -21,6 +21,7 @@ import torch
 from ..comm.local import LocalNetwork
 from ..compress import make_compressor
 from ..compress.base import Compressor
+from ..errors import GossipError
 from ..gossip import ChocoGossip, lockstep
 from ..timevarying import schedule_residual
 
@@ -57,7 +58,11 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
         X = torch.stack(xs)
         return float(((X - X.mean(0)) ** 2).sum() + (X**2).sum()) / n
     X = torch.stack(xs)
-    X_hat = torch.stack([g.state.x_hat for g in gossips])
+    hats = [g.state.x_hat for g in gossips if g.state is not None]
+    if len(hats) != n:  # lockstep starts every node's state in its first round
+        raise GossipError(f"{n - len(hats)} of {n} nodes have no gossip state after {steps} "
+                          "rounds")
+    X_hat = torch.stack(hats)
     value = float(((X - X.mean(0)) ** 2).sum() + ((X - X_hat) ** 2).sum()) / n
     return value if math.isfinite(value) else float("inf")
 
