@@ -44,9 +44,12 @@ __all__ = ["GlobalAverage", "ScheduleLike", "TimeVaryingChocoGossip", "TimeVaryi
 class ScheduleLike(Protocol):
     """What the gossip needs from a schedule (``topologies.Schedule`` or ``Topology``)."""
 
-    n: int
-    time_varying: bool
-    pga_every: int | None
+    @property
+    def n(self) -> int: ...
+    @property
+    def time_varying(self) -> bool: ...
+    @property
+    def pga_every(self) -> int | None: ...
 
     def neighbors(self, i: int) -> list[int]: ...
     def round_weights(self, i: int, t: int) -> dict[int, float]: ...
@@ -241,7 +244,7 @@ class GlobalAverage:
         self.average_bytes = 0
 
     @property
-    def synchronous(self) -> bool:  # type: ignore[override]
+    def synchronous(self) -> bool:
         return bool(self.inner.synchronous)
 
     @property

@@ -49,7 +49,8 @@ class LocalNetwork:
         self.timeout = timeout
         self._cond = threading.Condition()
         # (sender, round) -> [buffer, receivers that have not collected it yet]
-        self._mail: dict[tuple[int, int], list] = {}
+        # a peer exchange's entries are keyed (sender, receiver, round), with count 1
+        self._mail: dict[tuple[int, ...], list] = {}
         self._barrier = threading.Barrier(self.size)
         self._slots: list[object] = [None] * self.size
         self.threaded = False

@@ -137,6 +137,14 @@ def _compressor_of(name: str, compressor: Compressor | None) -> Compressor:
     return compressor
 
 
+def _row(a: AveragerArgs) -> np.ndarray:
+    """The node's row of a static ``W`` (``None`` only for a time-varying schedule)."""
+    if a.row is None:
+        raise UsageError(f"node {a.comm.rank} has no mixing row: the topology changes every "
+                         "round; pass the schedule (AveragerArgs.schedule) instead.")
+    return a.row
+
+
 def _follows_schedule(a: AveragerArgs) -> bool:
     return a.schedule is not None and bool(a.schedule.time_varying or a.schedule.pga_every)
 
@@ -149,9 +157,8 @@ def _choco(a: AveragerArgs) -> Averager:
     if _follows_schedule(a):
         from ..timevarying import make_choco_gossip
 
-        return make_choco_gossip(a.comm, a.schedule, compressor, gamma,  # type: ignore[no-any-return]
-                                 a.seed)
-    return ChocoGossip(a.comm, a.row, compressor, gamma, a.seed)
+        return make_choco_gossip(a.comm, a.schedule, compressor, gamma, a.seed)
+    return ChocoGossip(a.comm, _row(a), compressor, gamma, a.seed)
 
 
 def _exact(a: AveragerArgs) -> Averager:
@@ -160,8 +167,8 @@ def _exact(a: AveragerArgs) -> Averager:
     if _follows_schedule(a):
         from ..timevarying import make_exact_gossip
 
-        return make_exact_gossip(a.comm, a.schedule)  # type: ignore[no-any-return]
-    return ExactGossip(a.comm, a.row)
+        return make_exact_gossip(a.comm, a.schedule)
+    return ExactGossip(a.comm, _row(a))
 
 
 def _dcd(a: AveragerArgs) -> Averager:
