@@ -33,6 +33,7 @@ from .baselines import ExactGossip
 from .comm.base import Communicator
 from .compress.base import Compressor
 from .compress.identity import Identity
+from .compress.stateful import is_stateful
 from .errors import GossipError
 from .gossip import ChocoGossip, check_gamma
 from .peerround import PeerRound, edge_seed
@@ -112,7 +113,7 @@ class TimeVaryingChocoGossip(_OnSchedule):
         self.gamma = check_gamma(gamma)
         self.round = PeerRound(comm)
         self.schedule = schedule
-        if compressor.wants_sync() or compressor.for_node() is not compressor:
+        if is_stateful(compressor):
             raise GossipError(f"compressor {compressor.spec} keeps per-node state, which the "
                               "time-varying gossip does not support; use a stateless one "
                               "(sign, topk, randk, qsgd, ...) or a static topology.")

@@ -4,7 +4,7 @@ Each launch costs seconds (every worker imports torch), so checks are grouped: o
 launch compares CHOCO-Gossip over :class:`~choco.comm.torchdist.TorchCommunicator` with
 the in-process network bit for bit and provokes every start-up fault
 (``tests/torchrun/comm_check.py``); four 3-rank launches end a job through
-:func:`~choco.comm.torchdist.run_torch` (``tests/torchrun/fail_check.py``). The launcher is
+:func:`~choco.run.launch.run_torch` (``tests/torchrun/fail_check.py``). The launcher is
 the ``torchrun`` next to this Python, else ``python -m torch.distributed.run``; without
 either the launches are skipped, except under CI (``CI`` or ``CHOCO_REQUIRE_TORCHRUN``
 set), where that is a failure. The rest runs in this process: launcher detection, refused
@@ -25,20 +25,22 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from choco.comm.torchdist import (
+from choco.comm.torchdist import TorchCommunicator
+from choco.errors import CommError, UsageError
+from choco.run.launch import (
     DEFAULT_TIMEOUT_S,
-    TorchCommunicator,
     init_from_env,
     launched_by_torchrun,
     run_torch,
 )
-from choco.errors import CommError, UsageError
 
 from .helpers import LAUNCHER_VARS, ROOT, TESTS, free_port, run_torchrun, worker_output
 
 #: seconds from a rank's failure to the end of the whole job that the tests accept
 #: (measured: about 2.8 s, the 2 s grace of a non-zero rank included)
 END_WITHIN_S = 20.0
+
+
 # ------------------------------------------------------------------------------ launches
 @pytest.mark.torchrun
 @pytest.mark.slow
@@ -182,6 +184,44 @@ def test_init_from_env_refuses_cuda_without_a_gpu(clean_env):
         init_from_env(device="cuda")
 
 
+def test_choose_device(clean_env):
+    """One device rule for every program: cpu, auto (cuda only when torch sees a GPU),
+    cuda without a GPU refused, cuda:i only where a program allows it."""
+    from choco.run.launch import choose_device
+
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda or auto, got 'tpu'"):
+        choose_device("tpu")
+    with pytest.raises(UsageError, match=r"cpu, cuda, cuda:i or auto, got 'tpu'"):
+        choose_device("tpu", indexed=True)
+    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda or auto"):
+        choose_device("cuda:0")  # an index only where the program takes one
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(UsageError, match="no CUDA device"):
+                choose_device(name, indexed=True)
+
+
+@pytest.mark.parametrize("env,backend", [
+    ({}, "local"),
+    ({"PMI_SIZE": "1"}, "local"),  # mpiexec -n 1 is one process: local
+    ({"PMI_SIZE": "4", "PMI_RANK": "2"}, "mpi"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "mpi"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "torch"),
+    ({"TORCHELASTIC_RUN_ID": "x", "PMI_SIZE": "4"}, "torch"),  # srun starting torchrun
+])
+def test_resolve_backend_auto(clean_env, env, backend):
+    from choco.run.launch import resolve_backend
+
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    assert resolve_backend("auto") == backend
+    assert resolve_backend("mpi") == "mpi"  # an explicit choice is kept
+    with pytest.raises(UsageError, match="--backend must be one of auto, local, mpi, torch"):
+        resolve_backend("gloo")
+
+
 @pytest.mark.skipif(dist.is_initialized(), reason="a process group is initialized")
 def test_communicator_needs_a_process_group():
     with pytest.raises(CommError, match=r"needs an initialized torch\.distributed process "
@@ -194,12 +234,16 @@ def test_default_timeout_is_finite():
 
 
 def test_importing_choco_comm_does_not_load_the_torch_backend():
-    code = ("import sys, choco.comm as c; assert 'choco.comm.torchdist' not in sys.modules; "
-            "assert c.TorchCommunicator.__module__ == 'choco.comm.torchdist'; "
-            "assert c.run_torch and c.init_from_env and c.launched_by_torchrun")
+    code = ("import sys, choco.run.launch as l; assert 'torch' not in sys.modules; "
+            "assert l.run_torch and l.init_from_env and l.launched_by_torchrun; "
+            "import choco.comm as c; assert 'choco.comm.torchdist' not in sys.modules; "
+            "assert c.TorchCommunicator.__module__ == 'choco.comm.torchdist'\n"
+            "try:\n    c.run_torch\nexcept AttributeError as e:\n    print(e)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+    # the launch names moved to the run layer; the old ones say where
+    assert "from choco.run.launch import run_torch" in proc.stdout
 
 
 @pytest.fixture
@@ -259,7 +303,7 @@ GLOO_CLOSED = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Conne
 
 
 def test_peer_failures_are_told_from_the_programs_own_errors():
-    from choco.comm.torchdist import _peer_failed
+    from choco.run.launch.policy import _peer_failed
 
     assert _peer_failed(RuntimeError(GLOO_CLOSED)).startswith("[/pytorch/third_party/gloo")
     try:
@@ -286,7 +330,7 @@ def test_run_torch_on_a_rank_of_a_job(clean_env, capsys, case, status, text):
     """A non-zero rank's own error gets its rank; a peer's death gets one line, no
     traceback (under torchrun the agent usually ends the process before either). Here
     without a process group: ``os._exit`` and the grace periods are stubbed."""
-    import choco.comm.torchdist as td
+    import choco.run.launch.policy as td
 
     def fake_exit(code: int) -> None:
         raise _Exited(code)

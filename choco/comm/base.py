@@ -78,6 +78,11 @@ class Communicator(ABC):
         """Rank ``root``'s ``array`` on every rank (same shape and dtype everywhere)."""
         return self.allgather(array)[root].copy()
 
+    def close(self) -> None:
+        """Release what the communicator holds beyond memory (collective where that is:
+        MPI's graph communicator); nothing by default. Not used after."""
+        return None
+
 
 class ProcessCommunicator(Communicator):
     """What the communicators spanning processes (MPI, torch.distributed) share.

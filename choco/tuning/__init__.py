@@ -41,9 +41,10 @@ def consensus_residual(W: np.ndarray | ScheduleLike, compressor: Compressor | st
                        gamma: float, dim: int, steps: int, seed: int = 0) -> float:
     """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1).
 
-    ``compressor`` is the operator ``Q`` (or its spec string); one instance serves every
-    node, since compressors keep no state between messages. ``W`` may be a time-varying
-    schedule (:func:`choco.timevarying.schedule_residual`).
+    ``compressor`` is the operator ``Q`` (or its spec string); one instance is passed for
+    every node, and each node's gossip keeps whatever per-node coding state the compressor
+    needs (only ``lgc`` has any). ``W`` may be a time-varying schedule
+    (:func:`choco.timevarying.schedule_residual`).
     """
     if not isinstance(W, np.ndarray):  # a time-varying schedule: its rounds from round 0
         return schedule_residual(W, _compressor(compressor), gamma, dim, steps, seed)

@@ -50,7 +50,7 @@ def world(backend: str, neighbors: list[int]):
         from choco.comm.mpi import MPICommunicator
 
         return MPICommunicator(neighbors)
-    from choco.comm.torchdist import init_from_env
+    from choco.run.launch import init_from_env
 
     return init_from_env().communicator(neighbors)
 
