@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .comm.base import Communicator, Exchange
-from .compress.base import Compressor
+from .compress.base import Compressor, header_of
 from .errors import CompressionError, GossipError
 from .neighbourhood import undecodable
 
@@ -68,7 +68,7 @@ class PeerRound:
         """Check every received header against ``compressor`` and ``numel`` elements."""
         for sender, buf in received.items():
             with self.from_rank(sender):
-                _, n, _ = compressor.read_header(buf)
+                _, n, _ = header_of(compressor, buf)
                 if n != numel:
                     raise CompressionError(f"{compressor.spec}: the message holds {n} elements "
                                            f"but rank {self.comm.rank} gossips {numel}")
