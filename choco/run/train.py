@@ -70,7 +70,9 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
     cfg = plan.cfg
     sgd = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=plan.lr_peaks[comm.rank],
                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    args = AveragerArgs(comm, plan.topology.W[comm.rank], plan.compressor, plan.gamma, cfg.seed)
+    topo = plan.topology
+    row = None if topo.time_varying else topo.W[comm.rank]
+    args = AveragerArgs(comm, row, plan.compressor, plan.gamma, cfg.seed, schedule=topo)
     return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every)
 
 
