@@ -11,6 +11,8 @@ plain local steps + averaging. Resume mid-H and right after an outer step is bit
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +252,98 @@ def test_outer_specs_build_the_named_torch_optimizer(spec, kind, options):
 def test_bad_outer_specs_say_what_is_wrong(spec, words):
     with pytest.raises(UsageError, match=words):
         parse_outer(spec)
+
+
+# ---------------------------------------------------------------------------- choco-train
+ALGO_OPTIONS = ["--topology", "ring:4", "--epochs", "2", "--seed", "3",
+                "--checkpoint-every", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory) -> dict[str, Path]:
+    """The cases of tests/mpi/algos_equiv_check.py, in process."""
+    from choco.train import main
+
+    from .mpi.algos_equiv_check import CASES
+
+    root = tmp_path_factory.mktemp("algos_local")
+    for name, options in CASES:
+        assert main([*ALGO_OPTIONS, *options, "--backend", "local", "--nodes", "4",
+                     "--out", str(root / name)]) == 0
+    return {name: root / name for name, _ in CASES}
+
+
+def _same_run(a: Path, b: Path) -> None:
+    from .test_resume import differences, rank_state, rows
+
+    assert differences(torch.load(a / "model.pt"), torch.load(b / "model.pt")) == []
+    for rank in range(4):
+        sa, sb = rank_state(a, rank), rank_state(b, rank)
+        assert differences(sa["model"], sb["model"]) == [], rank
+        assert differences(sa["opt"], sb["opt"]) == [], rank
+    assert rows(a) == rows(b)
+
+
+@pytest.mark.mpi
+def test_new_algorithms_under_mpiexec_equal_in_process(local_runs, tmp_path):
+    from .conftest import TESTS, run_mpi
+
+    proc = run_mpi(4, [str(TESTS / "mpi" / "algos_equiv_check.py"), str(tmp_path),
+                       *ALGO_OPTIONS], timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, local in local_runs.items():
+        _same_run(local, tmp_path / name)
+    state = torch.load(next((local_runs["outer"] / "checkpoint").glob("epoch-*"))
+                       / "rank1.pt", weights_only=True)
+    assert {"outer", "gossip"} <= state["opt"].keys()  # the anchor is checkpointed
+
+
+def test_new_algorithms_under_torchrun_equal_in_process(local_runs, tmp_path):
+    from .conftest import TESTS
+    from .test_torch_train import torchrun
+
+    proc = torchrun([str(TESTS / "torchrun" / "algos_check.py"), str(tmp_path),
+                     *ALGO_OPTIONS], timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, local in local_runs.items():
+        _same_run(local, tmp_path / name)
+
+
+@pytest.mark.parametrize("options", [
+    ["--algorithm", "choco", "--compressor", "sign", "--gamma", "0.5", "--gossip-every", "8",
+     "--outer", "nesterov:lr=0.7,momentum=0.9"],
+    ["--algorithm", "beer", "--compressor", "sign", "--gamma", "0.4",
+     "--momentum-mode", "quasi-global"],
+])
+def test_choco_train_resume_is_exact_with_outer_step_and_beer(tmp_path, options):
+    """22 steps per epoch with H = 8: the checkpoint after epoch 2 falls mid-H."""
+    from choco.run.checkpoint import find_latest
+    from choco.train import main
+
+    from .test_resume import COMMON
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run = [*COMMON, *options]
+    assert main([*run, "--epochs", "3", "--out", str(a)]) == 0
+    assert main([*run, "--epochs", "2", "--out", str(b)]) == 0
+    assert find_latest(b).epoch == 2
+    assert main([*run, "--epochs", "3", "--out", str(b), "--resume"]) == 0
+    _same_run(a, b)
+    steps = json.loads((a / "config.json").read_text())["steps_per_epoch"]
+    assert (2 * steps) % 8 != 0
+
+
+@pytest.mark.parametrize("options,words", [
+    (["--algorithm", "allreduce", "--outer", "sgd:lr=1"], "complete graph"),
+    (["--algorithm", "gt", "--gossip-every", "4"], "--gossip-every 1"),
+    (["--algorithm", "choco", "--momentum-mode", "global"], "local or quasi-global"),
+    (["--algorithm", "choco", "--momentum-mode", "quasi-global", "--momentum", "0"],
+     "--momentum > 0"),
+    (["--algorithm", "choco", "--outer", "lion:lr=1"], "--outer must start"),
+])
+def test_choco_train_refuses_bad_combinations(tmp_path, capsys, options, words):
+    from choco.train import main
+
+    assert main([*options, "--out", str(tmp_path / "x"), "--epochs", "1"]) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
