@@ -5,8 +5,9 @@
 ``DIR`` is a sweep's output folder (``python -m experiments.sweep``), e.g. of
 ``experiments/configs/small_heterogeneous.toml``. For every ``partition`` the budget B is what
 the reference run (``--budget-of``, default CHOCO-sign with one round per step) sent per node
-over its whole run. Each run's row gives its final accuracy of x̄, the MiB it sent, and its
-accuracy at the budget: the test accuracy of x̄ after the last epoch whose cumulative bytes
+over its whole run. Each run's row gives its final accuracy of x̄, the MiB it sent, the reference's
+accuracy after sending as much (its last epoch within those bytes), and its accuracy at the
+budget: the test accuracy of x̄ after the last epoch whose cumulative bytes
 are ≤ B (empty if even its first epoch sends more). "gap closed" is
 (acc at B − acc of the reference) / (final acc of all-reduce − acc of the reference): the
 share of the reference's gap to all-reduce that a method closes at the same bytes. Writes the
@@ -26,8 +27,9 @@ from choco.run.cli import run_local
 from .report import MIB, load_runs, train_series
 
 
-def method(options: dict[str, Any]) -> str:
-    """A short name: ``choco sign``, ``beer sign``, ``choco sign H=8 + nesterov outer``."""
+def method(options: dict[str, Any], epochs: int | None = None) -> str:
+    """A short name: ``choco sign``, ``beer sign``, ``choco sign H=8 + outer nesterov``;
+    ``(60 epochs)`` is added when a run's epochs differ from ``epochs``."""
     name = options.get("algorithm", "choco")
     if "compressor" in options and name in ("choco", "beer", "dcd", "ecd"):
         name += f" {options['compressor']}"
@@ -37,6 +39,8 @@ def method(options: dict[str, Any]) -> str:
         name += f" H={options['gossip_every']}"
     if options.get("outer"):
         name += f" + outer {options['outer'].split(':')[0]}"
+    if epochs is not None and options.get("epochs") not in (None, epochs):
+        name += f" ({options['epochs']} epochs)"
     return name
 
 
@@ -56,7 +60,11 @@ def table(runs: list[dict[str, Any]], reference: str) -> tuple[str, dict[str, li
         parts.setdefault(run["options"].get("partition", "iid"), []).append(run)
     out, series_by_part = [], {}
     for part, members in sorted(parts.items()):
-        rows = {method(r["options"]): train_series(r) for r in members}
+        counts: dict[Any, int] = {}
+        for r in members:
+            counts[r["options"].get("epochs")] = counts.get(r["options"].get("epochs"), 0) + 1
+        usual = max(counts, key=lambda e: counts[e])
+        rows = {method(r["options"], usual): train_series(r) for r in members}
         series_by_part[part] = rows
         ref, allreduce = rows.get(reference), rows.get("allreduce")
         if ref is None:
@@ -68,9 +76,9 @@ def table(runs: list[dict[str, Any]], reference: str) -> tuple[str, dict[str, li
         gap = None if allreduce is None else allreduce["accuracy"][-1] - ref_acc
         out.append(f"**partition {part}**: budget B = {budget / MIB:.3f} MiB per node "
                    f"(what {reference} sends in {ref['epoch'][-1]} epochs)\n")
-        out.append("| method | final acc (x̄) | MiB/node | acc at B | epochs within B | "
-                   "gap closed at B |")
-        out.append("|---|---:|---:|---:|---:|---:|")
+        out.append(f"| method | final acc (x̄) | MiB/node | {reference} at these MiB | "
+                   "acc at B | epochs within B | gap closed at B |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
         for name, s in rows.items():
             acc_b, epoch_b = _acc_within(s, budget)
             closed = ("" if acc_b is None or not gap else
@@ -79,8 +87,10 @@ def table(runs: list[dict[str, Any]], reference: str) -> tuple[str, dict[str, li
                 closed = "(reference: 1)"
             elif name == reference:
                 closed = "(reference: 0)"
+            ref_here, _ = _acc_within(ref, s["bytes"][-1])
             out.append(f"| {name} | {100 * s['accuracy'][-1]:.1f} % | "
                        f"{s['bytes'][-1] / MIB:.3f} | "
+                       f"{'' if ref_here is None else f'{100 * ref_here:.1f} %'} | "
                        f"{'' if acc_b is None else f'{100 * acc_b:.1f} %'} | {epoch_b} | "
                        f"{closed} |")
         out.append("")
@@ -123,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[2])
     p.add_argument("folder", type=Path, help="a sweep's output folder")
     p.add_argument("--budget-of", default="choco sign",
-                   help="the run whose bytes are the budget (default: 'choco sign')")
+                   help="the run (method name as in the table) whose bytes are the budget "
+                   "(default: 'choco sign')")
     p.add_argument("--no-plots", action="store_true", help="only the table")
     args = p.parse_args(argv)
 
