@@ -28,7 +28,7 @@ from .report import MIB, load_runs, train_series
 
 
 def method(options: dict[str, Any], epochs: int | None = None) -> str:
-    """A short name: ``choco sign``, ``beer sign``, ``choco sign H=8 + outer nesterov``;
+    """A short name: ``choco sign``, ``beer sign``, ``choco sign H=8 + outer nesterov:lr=1``;
     ``(60 epochs)`` is added when a run's epochs differ from ``epochs``."""
     name = options.get("algorithm", "choco")
     if "compressor" in options and name in ("choco", "beer", "dcd", "ecd"):
@@ -38,7 +38,7 @@ def method(options: dict[str, Any], epochs: int | None = None) -> str:
     if int(options.get("gossip_every", 1)) > 1:
         name += f" H={options['gossip_every']}"
     if options.get("outer"):
-        name += f" + outer {options['outer'].split(':')[0]}"
+        name += f" + outer {options['outer']}"
     if epochs is not None and options.get("epochs") not in (None, epochs):
         name += f" ({options['epochs']} epochs)"
     return name
