@@ -42,6 +42,7 @@ import torch
 from .comm.base import Communicator
 from .compress.base import Compressor
 from .compress.identity import Identity
+from .compress.stateful import is_stateful
 from .errors import CompressionError, GossipError
 from .gossip import _HoldsRound, check_gamma
 from .neighbourhood import NeighbourRound, RoundState, round_seed
@@ -129,7 +130,7 @@ class BEERTracking(_TwoChannels):
     def __init__(self, comm: Communicator, W_row, compressor: Compressor, gamma: float,
                  seed: int = 0) -> None:
         self.round = NeighbourRound(comm, W_row)
-        if compressor.for_node() is not compressor:
+        if is_stateful(compressor):
             raise GossipError(f"BEER needs a stateless compressor, got {compressor.spec} "
                               "(it learns per node); use sign, topk, qsgd, ...")
         self.codec = compressor

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import TESTS, run_mpi, run_python
+from .helpers import TESTS, run_mpi, run_python
 
 pytestmark = pytest.mark.mpi
 
@@ -27,6 +27,7 @@ def test_gossip_over_mpi_matches_in_process_network(n, tmp_path):
     assert not failed, failed
     # every topology × compressor ran the bitwise comparison and the copy identity
     assert sum(k.endswith("mpi_equals_local") for k in result["checks"]) >= 3
+    assert "lgc_switch_agreement" in result["checks"]  # every rank named the corrupted one
 
 
 def test_consensus_cli_mpi_equals_local(tmp_path):

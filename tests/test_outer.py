@@ -274,7 +274,7 @@ def local_runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _same_run(a: Path, b: Path) -> None:
-    from .test_resume import differences, rank_state, rows
+    from .helpers import differences, rank_state, rows
 
     assert differences(torch.load(a / "model.pt"), torch.load(b / "model.pt")) == []
     for rank in range(4):
@@ -286,7 +286,7 @@ def _same_run(a: Path, b: Path) -> None:
 
 @pytest.mark.mpi
 def test_new_algorithms_under_mpiexec_equal_in_process(local_runs, tmp_path):
-    from .conftest import TESTS, run_mpi
+    from .helpers import TESTS, run_mpi
 
     proc = run_mpi(4, [str(TESTS / "mpi" / "algos_equiv_check.py"), str(tmp_path),
                        *ALGO_OPTIONS], timeout=400)
@@ -298,12 +298,12 @@ def test_new_algorithms_under_mpiexec_equal_in_process(local_runs, tmp_path):
     assert {"outer", "gossip"} <= state["opt"].keys()  # the anchor is checkpointed
 
 
+@pytest.mark.torchrun
 def test_new_algorithms_under_torchrun_equal_in_process(local_runs, tmp_path):
-    from .conftest import TESTS
-    from .test_torch_train import torchrun
+    from .helpers import TESTS, run_torchrun
 
-    proc = torchrun([str(TESTS / "torchrun" / "algos_check.py"), str(tmp_path),
-                     *ALGO_OPTIONS], timeout=400)
+    proc = run_torchrun(4, [str(TESTS / "torchrun" / "algos_check.py"), str(tmp_path),
+                            *ALGO_OPTIONS], timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, local in local_runs.items():
         _same_run(local, tmp_path / name)
@@ -320,10 +320,9 @@ def test_choco_train_resume_is_exact_with_outer_step_and_beer(tmp_path, options)
     from choco.run.checkpoint import find_latest
     from choco.train import main
 
-    from .test_resume import COMMON
-
     a, b = tmp_path / "a", tmp_path / "b"
-    run = [*COMMON, *options]
+    run = ["--backend", "local", "--nodes", "4", "--topology", "ring:4", "--seed", "7",
+           "--checkpoint-every", "1", "--eval-local", "false", "--quiet", *options]
     assert main([*run, "--epochs", "3", "--out", str(a)]) == 0
     assert main([*run, "--epochs", "2", "--out", str(b)]) == 0
     assert find_latest(b).epoch == 2

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
 
 import torch
 
@@ -56,6 +55,7 @@ __all__ = [
     "as_float32",
     "check_finite",
     "from_bytes",
+    "header_of",
     "parse_header",
     "payload_tensor",
     "ratio_count",
@@ -78,8 +78,15 @@ class Compressor(ABC):
     :class:`~choco.compress.Scaled`, :class:`~choco.compress.PerTensor`) build their own
     messages from them, and use nothing else of the compressors they wrap.
 
+    A compressor is a pure function of its input and the seed it is given. A codec whose
+    messages also depend on per-node state that it learns or keeps (``lgc``) declares it
+    through the optional protocol of :mod:`choco.compress.stateful`; the state is then the
+    gossip's, not the compressor's.
+
     Attributes
     ----------
+    codec_id : int
+        The header's codec byte, one per family (built-in codecs use 1–127).
     spec : str
         Canonical spec string, parsed back by :func:`choco.compress.make_compressor`.
     unbiased : bool
@@ -91,7 +98,7 @@ class Compressor(ABC):
         :meth:`delta` is ``1 - ω`` and may be ``<= 0``: not contractive, not for CHOCO.
     """
 
-    codec_id: ClassVar[int]
+    codec_id: int
     spec: str
     unbiased: bool = False
     is_raw: bool = False
@@ -137,42 +144,6 @@ class Compressor(ABC):
             "randk:R, randblock:R, natural, dither:S, qsgd:S (identity is exact)."
         )
 
-    # ------------------------------------------------------------------ per-node state
-    #: bytes this node sent outside its messages (lgc: the shared autoencoder, on node 0)
-    sync_bytes: int = 0
-
-    def for_node(self) -> Compressor:
-        """The instance one node uses: ``self`` for the stateless compressors (every node
-        may share it); a fresh copy for a stateful one (``lgc``)."""
-        return self
-
-    def wants_sync(self) -> bool:
-        """Whether the nodes must run :meth:`sync` before the next round (never, except
-        ``lgc`` at the end of its warm-up)."""
-        return False
-
-    def sync(self, comm: object) -> None:
-        """A collective over every node's instance (``comm``: a communicator); no-op."""
-        return None
-
-    def sync_in_process(self, nodes: list[Compressor]) -> None:
-        """What :meth:`sync` does, for the instances of all nodes driven from one thread
-        (no collective can run there); no-op."""
-        return None
-
-    def prepare_alone(self, x: torch.Tensor) -> None:
-        """Get ready to code ``x`` with no network (the compress CLI, the benchmarks); a
-        learned compressor trains on ``x`` for its warm-up and freezes. No-op."""
-        return None
-
-    def state_dict(self) -> dict:
-        """The per-node state a checkpoint must keep (empty when stateless)."""
-        return {}
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        return None
-
     # ------------------------------------------------------------------ encode / decode
     def encode(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Encode ``x`` (any shape, flattened) into a CPU ``uint8`` buffer of :meth:`nbytes`.
@@ -199,7 +170,7 @@ class Compressor(ABC):
 
         Sparse messages add only their support: they are never densified.
         """
-        flags, numel, seed = self.read_header(buf)
+        flags, numel, seed = header_of(self, buf)
         if out.numel() != numel:
             raise CompressionError(
                 f"{self.spec}: message holds {numel} elements but the target has "
@@ -215,17 +186,13 @@ class Compressor(ABC):
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Decode ``buf`` into a new flat tensor of ``dtype`` on ``device``."""
-        _, numel, _ = self.read_header(buf)
+        _, numel, _ = header_of(self, buf)
         out = torch.zeros(numel, dtype=dtype, device=device)
         return self.decode_add_(buf, out)
 
     def __call__(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """``Q(x)``: encode then decode, same shape, dtype and device as ``x``."""
         return self.decode(self.encode(x, seed), x.dtype, x.device).view_as(x)
-
-    def read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
-        """Check the header and length of ``buf`` and return ``(flags, numel, seed)``."""
-        return read_header(buf, self.codec_id, self.spec, self.message_nbytes)
 
     # ------------------------------------------------------------------ payload (to implement)
     @abstractmethod
@@ -258,6 +225,12 @@ class Compressor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
+
+
+def header_of(q: Compressor, buf: torch.Tensor) -> tuple[int, int, int]:
+    """Check that ``buf`` is a message of ``q`` (magic, codec id, exact length) and return
+    its header's ``(flags, numel, seed)``."""
+    return read_header(buf, q.codec_id, q.spec, q.message_nbytes)
 
 
 def check_finite(x: torch.Tensor, spec: str) -> None:

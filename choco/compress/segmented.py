@@ -36,10 +36,10 @@ from ..wire import rice_nbits_bound
 from ..wire.framing import HEADER_SIZE, check_codec, pack_header, parse_header
 from . import _host
 from .base import CompressionError, Compressor, Reserved, check_finite
-from .lgc import LGC
 from .natural import Natural, _too_large
 from .sign import Sign
 from .sparse import RandBlock, Support
+from .stateful import is_stateful
 from .topk import OVERSAMPLE, SAMPLE_MIN_NUMEL, TopK, TopKRice
 
 #: segments with at least this many elements are coded alone (the inner compressor's own
@@ -559,7 +559,7 @@ class PerTensor(Compressor):
             raise CompressionError(
                 f"per-tensor compression needs positive segment sizes, got {list(sizes)[:8]}"
             )
-        if isinstance(inner, LGC):  # one learned code per vector
+        if is_stateful(inner):  # lgc: one learned code per vector
             raise CompressionError(
                 f"lgc learns one code for a whole vector and cannot run per tensor, got "
                 f"per-tensor {inner.spec}; compress the flat vector (no --sizes)"

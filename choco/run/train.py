@@ -29,14 +29,23 @@ import torch
 
 from .. import __version__
 from ..comm.base import Communicator
-from ..compress import LGC
 from ..errors import UsageError
 from ..models import param_groups
 from . import checkpoint
 from .algorithms import AveragerArgs
-from .cli import DIVERGED_EXIT, refuse_local_under_mpi, run, setup_output
+from .cli import setup_output
 from .config import TrainConfig, parse_config
 from .files import atomic_torch_save, atomic_write_json
+from .launch import (
+    DIVERGED_EXIT,
+    USAGE_EXIT,
+    World,
+    choose_device,
+    mpi_world,
+    refuse_local_under_mpi,
+    run,
+    torch_world,
+)
 from .metrics import (
     JsonlWriter,
     average_model,
@@ -45,7 +54,6 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
-from .world import World, mpi_world, torch_world
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -165,10 +173,7 @@ def train_node(comm: Communicator, plan: Plan,
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
-        learned = getattr(getattr(opt, "gossip", None), "compressor", None)
-        if isinstance(learned, LGC):  # messages by kind, totals over the nodes
-            sums = comm.allreduce(np.array([learned.learned, learned.fallbacks], np.float64))
-            row["lgc_learned"], row["lgc_fallbacks"] = int(sums[0]), int(sums[1])
+        row.update(_coding_counters(comm, getattr(opt, "gossip", None)))
         row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                for k, v in row.items()}
         if diverged:
@@ -191,6 +196,18 @@ def train_node(comm: Communicator, plan: Plan,
     return row
 
 
+def _coding_counters(comm: Communicator, gossip: object) -> dict[str, int]:
+    """A stateful codec's per-node counters (lgc: messages by kind), totals over the nodes,
+    as ``{family}_{name}`` (``lgc_learned``, ``lgc_fallbacks``); empty when stateless."""
+    coding, compressor = getattr(gossip, "coding", None), getattr(gossip, "compressor", None)
+    if coding is None or compressor is None:
+        return {}
+    counts = coding.counters()
+    sums = comm.allreduce(np.array(list(counts.values()), np.float64))
+    family = compressor.spec.split(":")[0]
+    return {f"{family}_{name}": int(v) for name, v in zip(counts, sums, strict=True)}
+
+
 def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> float:
     """One epoch of local steps + gossip; the mean train loss over nodes (NaN: diverged).
 
@@ -209,7 +226,8 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
     device = opt.x.device
     for b, batch in enumerate(task.batches(comm.rank, epoch)):
         if device.type != "cpu":
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            batch = (batch[0].to(device, non_blocking=True),
+                     batch[1].to(device, non_blocking=True))
         lr = plan.schedule.at(comm.rank, epoch, b)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -238,8 +256,8 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
 def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
     """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    flat = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
-    flat = torch.from_numpy(comm.broadcast(flat))
+    mine = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
+    flat = torch.from_numpy(comm.broadcast(mine))
     offset = 0
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -321,14 +339,16 @@ def train_local(cfg: TrainConfig) -> int:
 
 def _on_every_rank(comm: Communicator, fn: Callable[[], T]) -> T:
     """``fn()`` on every rank; if it raises a user error anywhere, raise it everywhere."""
+    error: str | None = None
+    result: list[T] = []  # fn()'s value, if it returned
     try:
-        result, error = fn(), None
+        result.append(fn())
     except UsageError as exc:
-        result, error = None, str(exc)
+        error = str(exc)
     errors = [e for e in comm.allgather_object(error) if e]
     if errors:
         raise UsageError(errors[0])
-    return result  # type: ignore[return-value]
+    return result[0]
 
 
 def train_world(cfg: TrainConfig, world: World) -> int:
@@ -363,16 +383,7 @@ def train_world(cfg: TrainConfig, world: World) -> int:
 
 def node_device(name: str, local_rank: int = 0) -> torch.device:
     """``--device``: cpu, cuda (``cuda:LOCAL_RANK``) or auto (cuda when available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name != "cuda":
-        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}.")
-    if not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA device; use "
-                         "--device cpu (or auto).")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return choose_device(name, local_rank)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT
 
     def start(backend: str) -> int:
         resolved = replace(cfg, backend=backend)

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the tests packag
 
 from choco.comm.torchdist import run_torch
 from choco.run.config import parse_config
+from choco.run.launch.world import torch_world
 from choco.run.train import train_world
-from choco.run.world import torch_world
 from tests.mpi.algos_equiv_check import CASES
 
 
