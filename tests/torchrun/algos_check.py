@@ -4,7 +4,7 @@ ARGS...``.
 The cases of ``tests/mpi/algos_equiv_check.py`` (outer step, gradient tracking, BEER with
 quasi-global momentum) over torch.distributed (gloo), one ``choco-train`` run each into
 ``OUTDIR/NAME``, in one launch; ``tests/test_outer.py`` compares them with the in-process
-runs bit for bit. The whole script runs under :func:`choco.comm.torchdist.run_torch`.
+runs bit for bit. The whole script runs under :func:`choco.run.launch.run_torch`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the tests package
 
-from choco.comm.torchdist import run_torch
 from choco.run.config import parse_config
+from choco.run.launch import run_torch
 from choco.run.launch.world import torch_world
 from choco.run.train import train_world
 from tests.mpi.algos_equiv_check import CASES
