@@ -53,12 +53,16 @@ def _acc_within(series: dict[str, list], budget: float) -> tuple[float | None, i
     return acc, epoch
 
 
-def table(runs: list[dict[str, Any]], reference: str) -> tuple[str, dict[str, list]]:
+Series = dict[str, dict[str, list]]  # method name -> train_series of its run
+
+
+def table(runs: list[dict[str, Any]], reference: str) -> tuple[str, dict[str, Series]]:
     """The Markdown tables (one per partition) and the series per partition for plots."""
     parts: dict[str, list] = {}
     for run in runs:
         parts.setdefault(run["options"].get("partition", "iid"), []).append(run)
-    out, series_by_part = [], {}
+    out: list[str] = []
+    series_by_part: dict[str, Series] = {}
     for part, members in sorted(parts.items()):
         counts: dict[Any, int] = {}
         for r in members:
@@ -97,7 +101,7 @@ def table(runs: list[dict[str, Any]], reference: str) -> tuple[str, dict[str, li
     return "\n".join(out), series_by_part
 
 
-def plot(series_by_part: dict[str, dict[str, dict]], folder: Path) -> list[Path]:
+def plot(series_by_part: dict[str, Series], folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
