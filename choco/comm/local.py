@@ -37,7 +37,7 @@ import ctypes
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -55,6 +55,7 @@ from .base import (
     check_symmetric,
     rank_order_sum,
 )
+from .peers import check_sends
 
 T = TypeVar("T")
 
@@ -141,8 +142,9 @@ class LocalNetwork:
         #: the simulated clock (``None`` without ``network``)
         self.clock: NetworkClock | None = (None if network is None
                                            else NetworkClock(network, self.neighbors))
-        # (sender, round) -> [buffer, receivers that have not collected it, arrival times]
-        self._mail: dict[tuple[int, int], list] = {}
+        # (sender, round) -> [buffer, receivers that have not collected it, arrival times];
+        # a peer exchange's entries are keyed (sender, receiver, round), with count 1
+        self._mail: dict[tuple[int, ...], list] = {}
         self.threaded = False
         self.comms = [LocalCommunicator(self, i) for i in range(self.size)]
         self._reset_schedule()
@@ -162,7 +164,7 @@ class LocalNetwork:
         for lock in self._turn:
             lock.acquire()
         self._ready: deque[int] = deque()
-        self._waiting: dict[int, tuple[int, set[int]]] = {}  # node -> (round, senders)
+        self._waiting: dict[int, set[tuple[int, ...]]] = {}  # node -> missing mail keys
         self._blocked: dict[int, str] = {}  # node -> what it waits for
         self._done = [False] * n
         self._failure: str | None = None
@@ -279,35 +281,50 @@ class LocalNetwork:
         if not nb:
             return
         stamps = dict(zip(nb, arrivals, strict=True)) if arrivals is not None else None
-        self._mail[(sender, rnd)] = [buf, len(nb), stamps]
+        key = (sender, rnd)
+        self._mail[key] = [buf, len(nb), stamps]
         for j in nb:
-            wait = self._waiting.get(j)
-            if wait is not None and wait[0] == rnd:
-                wait[1].discard(sender)
-                if not wait[1]:
-                    del self._waiting[j]
-                    self._wake(j)
+            self._delivered(j, key)
 
-    def _collect(self, receiver: int, rnd: int) -> tuple[list[torch.Tensor], list[float]]:
-        senders = self.neighbors[receiver]
-        missing = {j for j in senders if (j, rnd) not in self._mail}
+    def _post_to(self, sender: int, rnd: int, sends: dict[int, torch.Tensor],
+                 arrivals: list[float] | None) -> None:
+        """One round of a peer exchange: a mailbox entry per (sender, receiver, round)."""
+        for k, (j, buf) in enumerate(sends.items()):
+            key = (sender, j, rnd)
+            self._mail[key] = [buf, 1, None if arrivals is None else {j: arrivals[k]}]
+            self._delivered(j, key)
+
+    def _delivered(self, receiver: int, key: tuple[int, ...]) -> None:
+        wait = self._waiting.get(receiver)
+        if wait is not None and key in wait:
+            wait.discard(key)
+            if not wait:
+                del self._waiting[receiver]
+                self._wake(receiver)
+
+    def _collect(self, receiver: int, rnd: int, keys: list[tuple[int, ...]] | None = None,
+                 ) -> tuple[list[torch.Tensor], list[float]]:
+        if keys is None:
+            keys = [(j, rnd) for j in self.neighbors[receiver]]
+        missing = {k for k in keys if k not in self._mail}
         if missing:
+            first = min(missing)
             if not self.threaded:
                 raise CommError(
-                    f"node {receiver}: neighbour {min(missing)} has not posted exchange "
+                    f"node {receiver}: neighbour {first[0]} has not posted exchange "
                     f"{rnd}; in lock-step use call begin on every node before finish."
                 )
-            self._waiting[receiver] = (rnd, missing)
-            self._block(receiver, f"exchange {rnd} from node {min(missing)}")
+            self._waiting[receiver] = missing
+            self._block(receiver, f"exchange {rnd} from node {first[0]}")
         out, stamps = [], []
-        for j in senders:
-            entry = self._mail[(j, rnd)]
+        for k in keys:
+            entry = self._mail[k]
             out.append(entry[0])
             if entry[2] is not None:
                 stamps.append(entry[2][receiver])
             entry[1] -= 1
             if entry[1] == 0:
-                del self._mail[(j, rnd)]
+                del self._mail[k]
         return out, stamps
 
     def _collective(self, rank: int, value: object, combine: Callable[[list], Any],
@@ -347,15 +364,18 @@ def _secondary(exc: BaseException) -> bool:
 
 
 class _LocalExchange(Exchange):
-    def __init__(self, net: LocalNetwork, rank: int, rnd: int, length: int) -> None:
+    def __init__(self, net: LocalNetwork, rank: int, rnd: int, length: int,
+                 keys: list[tuple[int, ...]] | None = None) -> None:
         self.net, self.rank, self.rnd, self.length = net, rank, rnd, length
+        self.keys = keys  # a peer exchange's (sender, receiver, round) entries
 
     def wait(self) -> list[torch.Tensor]:
         net, clock = self.net, self.net.clock
         if clock is not None:
             clock.charge(self.rank)
-        received, stamps = net._collect(self.rank, self.rnd)
-        for j, buf in zip(net.neighbors[self.rank], received, strict=True):
+        received, stamps = net._collect(self.rank, self.rnd, self.keys)
+        senders = net.neighbors[self.rank] if self.keys is None else [k[0] for k in self.keys]
+        for j, buf in zip(senders, received, strict=True):
             if buf.numel() != self.length:  # MPI would truncate or leave stale bytes
                 raise CommError(
                     f"rank {j} sent a {buf.numel()}-byte gossip message to rank {self.rank}, "
@@ -392,6 +412,21 @@ class LocalCommunicator(Communicator):
         # Receivers must see the bytes as sent, even if the sender reuses its buffer.
         self.net._post(self.rank, rnd, send.clone(), arrivals)
         return _LocalExchange(self.net, self.rank, rnd, send.numel())
+
+    def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
+        """This round's peers only (:mod:`choco.comm.peers`); copies what it posts. Under a
+        simulated clock the messages leave one after another, in ascending peer order."""
+        peers = check_sends(self.rank, self.neighbors, sends, nbytes)
+        rnd = self._round
+        self._round += 1
+        clock = self.net.clock
+        arrivals = None
+        if clock is not None and self.net.threaded:
+            arrivals = clock.post(self.rank, nbytes, peers)
+            clock.resume(self.rank)
+        self.net._post_to(self.rank, rnd, {j: sends[j].clone() for j in peers}, arrivals)
+        return _LocalExchange(self.net, self.rank, rnd, nbytes,
+                              [(j, self.rank, rnd) for j in peers])
 
     def _collective(self, value: object, combine: Callable[[list], Any],
                     copy: Callable[[Any], Any]) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +42,9 @@ from ..wire.framing import (
     payload_tensor,
     read_header,
 )
+
+if TYPE_CHECKING:
+    from .layout import Layout
 
 #: ``HEADER`` … ``MAX_NUMEL``, ``Reserved``, ``parse_header`` and ``payload_tensor`` are
 #: re-exported from :mod:`choco.wire.framing`, where the framing is defined
@@ -165,6 +169,10 @@ class Compressor(ABC):
         check_encoded_length(out, self.message_nbytes(numel, flags), numel, self.spec)
         return out
 
+    def _read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
+        """Check the header and exact length of ``buf``; return ``(flags, numel, seed)``."""
+        return read_header(buf, self.codec_id, self.spec, self.message_nbytes)
+
     def decode_add_(self, buf: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """Add ``alpha * Q(x)`` decoded from ``buf`` into the flat tensor ``out``, in place.
 
@@ -196,8 +204,17 @@ class Compressor(ABC):
 
     # ------------------------------------------------------------------ payload (to implement)
     @abstractmethod
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
         """Compress ``x`` into ``(flags, payload)``: the header flags and the bytes after it.
+
+        With a ``layout`` (:class:`~choco.compress.layout.Layout`, segments of ``x``), every
+        segment ``l`` is compressed as its own vector with the seed
+        ``segment_seed(seed, l)``, its payload written at ``layout.offsets[l]`` of one
+        :class:`Reserved` buffer of ``layout.nbytes`` bytes (the bytes between payloads are
+        the caller's: :class:`~choco.compress.PerTensor` writes segment headers there);
+        ``flags`` is then every segment's. A codec with no batched kernel hands this to
+        :func:`~choco.compress.layout.encode_each`.
 
         ``x`` is a flat floating-point tensor (any float dtype, any device) with
         ``1 <= x.numel() <= MAX_NUMEL``; ``seed`` is below ``2^64`` and keys all the
@@ -211,9 +228,14 @@ class Compressor(ABC):
 
     @abstractmethod
     def decode_payload_add_(
-        self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float
+        self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float,
+        layout: Layout | None = None,
     ) -> None:
         """Add ``alpha * Q(x)`` into the flat tensor ``out``, in place, from a payload.
+
+        With a ``layout``, ``payload`` is the whole buffer :meth:`encode_payload` wrote for
+        that layout and every segment's ``alpha * Q(x_l)`` is added to its part of ``out``
+        (:func:`~choco.compress.layout.decode_each` for codecs with no batched kernel).
 
         ``payload`` (a 1-D CPU uint8 tensor), ``flags`` and ``seed`` are what
         :meth:`encode_payload` returned and was given for ``x``; ``out`` has ``x.numel()``
@@ -229,8 +251,12 @@ class Compressor(ABC):
 
 def header_of(q: Compressor, buf: torch.Tensor) -> tuple[int, int, int]:
     """Check that ``buf`` is a message of ``q`` (magic, codec id, exact length) and return
-    its header's ``(flags, numel, seed)``."""
-    return read_header(buf, q.codec_id, q.spec, q.message_nbytes)
+    its header's ``(flags, numel, seed)``.
+
+    A codec whose messages are framed differently (:class:`~choco.compress.PerTensor`)
+    overrides the protected hook ``_read_header``.
+    """
+    return q._read_header(buf)
 
 
 def check_finite(x: torch.Tensor, spec: str) -> None:

@@ -44,13 +44,25 @@ it per tensor).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from .base import CompressionError, Compressor, check_finite, from_bytes, ratio_count, to_bytes
+from .base import (
+    CompressionError,
+    Compressor,
+    Reserved,
+    check_finite,
+    from_bytes,
+    ratio_count,
+    to_bytes,
+)
 from .lgc_state import CHANNELS, LEARNING_RATE, LGCState
 from .stateful import CodingState, Stateful, check_agreement
 from .topk import topk_indices
+
+if TYPE_CHECKING:
+    from .layout import Layout
 
 __all__ = ["CHANNELS", "DEFAULTS", "LEARNING_RATE", "LGC", "LGCState", "check_same_weights"]
 
@@ -141,14 +153,24 @@ class LGC(Compressor, Stateful):
             return state.model.decoder(code.float().view(1, 1, -1)).view(-1)[:k]
 
     # ------------------------------------------------------------------ encode / decode
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def _whole_vector(self, layout: Layout | None) -> None:
+        if layout is not None:
+            raise CompressionError(
+                f"lgc learns one code for a whole vector and cannot code segments, got a "
+                f"layout of {len(layout.sizes)} segments; compress the flat vector"
+            )
+
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
         """Without a node's state: the warm-up's top-``k'`` message."""
+        self._whole_vector(layout)
         check_finite(x, self.spec)
         return 0, self._fallback(x.detach().to("cpu"))
 
     def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
-                            out: torch.Tensor, alpha: float) -> None:
+                            out: torch.Tensor, alpha: float, layout: Layout | None = None) -> None:
         """Without a node's state: top-``k'`` messages only."""
+        self._whole_vector(layout)
         self._decode(None, payload, flags, out, alpha)
 
     def encode_payload_with(self, state: CodingState, x: torch.Tensor,

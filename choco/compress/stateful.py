@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from typing_extensions import TypeIs
 
 from ..errors import AgreementError
 from .base import Compressor, Reserved
+
+if TYPE_CHECKING:
+    from .layout import Layout
 
 __all__ = [
     "Bound",
@@ -163,11 +166,12 @@ class Bound(Compressor):
     def delta(self, numel: int) -> float:
         return self.codec.delta(numel)
 
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
         return self._stateful.encode_payload_with(self.state, x, seed)
 
     def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
-                            out: torch.Tensor, alpha: float) -> None:
+                            out: torch.Tensor, alpha: float, layout: Layout | None = None) -> None:
         self._stateful.decode_payload_add_with(self.state, payload, flags, seed, out, alpha)
 
 

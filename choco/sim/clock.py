@@ -96,10 +96,13 @@ class NetworkClock:
             dt *= math.exp(self.spec.jitter * float(self._jitter[i].standard_normal()))
         self.times[i].cpu += dt
 
-    def post(self, i: int, nbytes: int) -> list[float]:
-        """Node ``i`` sends ``nbytes`` to each neighbour; their arrival times, in order."""
+    def post(self, i: int, nbytes: int, to: Sequence[int] | None = None) -> list[float]:
+        """Node ``i`` sends ``nbytes`` to each neighbour (or to the neighbours ``to``, in
+        that order); their arrival times, in order."""
         self.charge(i)
-        wire = [alpha + nbytes / beta for alpha, beta in self._links[i]]
+        links = (self._links[i] if to is None
+                 else [self._links[i][self.neighbors[i].index(j)] for j in to])
+        wire = [alpha + nbytes / beta for alpha, beta in links]
         return post(self.times[i], self.spec.encode * self.factors[i], wire)
 
     def receive(self, i: int, arrivals: Sequence[float]) -> None:
