@@ -19,6 +19,8 @@ the block, each segment's bytes cut out of that stream with a shift (its start b
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -27,7 +29,6 @@ from ..wire.framing import Reserved
 from . import _host
 from .base import Compressor, check_finite, from_bytes, to_bytes
 from .layout import (
-    Alone,
     Block,
     Layout,
     decode_each,
@@ -43,6 +44,22 @@ def _l1_scale(x: torch.Tensor) -> torch.Tensor:
     """``||x||_1 / d`` as one fp32 (accumulated in fp64 for fp64 input)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return (torch.linalg.vector_norm(x, ord=1, dtype=acc) / x.numel()).to(torch.float32)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _host_l1_scale(x: torch.Tensor) -> np.float32:
+    """:func:`_l1_scale` with one torch call: the norm, then the division and the rounding
+    to fp32 done on the host in the same precision as torch does them (IEEE, so the bits
+    are the same)."""
+    if x.dtype == torch.float64:
+        value = float(torch.linalg.vector_norm(x, ord=1, dtype=torch.float64)) / x.numel()
+        if not abs(value) <= _F32_MAX:  # NaN, Inf or beyond fp32: torch's rounding, no warning
+            return np.float32(_l1_scale(x).numpy())
+        return np.float32(value)
+    l1 = torch.linalg.vector_norm(x, ord=1, dtype=torch.float32)
+    return np.float32(l1.numpy()) / np.float32(x.numel())
 
 
 def _prepare(block: Block) -> None:
@@ -75,6 +92,10 @@ class Sign(Compressor):
             scale = _l1_scale(x).reshape(1)
             check_finite(scale, self.spec)
             return 0, torch.cat([to_bytes(scale), pack_bits(x < 0)])
+        if layout is None and x.numel() <= _host.CHUNK:  # a small flat vector: no plan
+            message = Reserved(self.payload_nbytes(x.numel()))
+            self._encode_alone(x, message.payload)
+            return 0, message
         layout = layout or flat(x.numel(), self.payload_nbytes(x.numel()))
         message = Reserved(layout.nbytes)
         payload = message.payload
@@ -88,10 +109,14 @@ class Sign(Compressor):
         return 0, message
 
     def _encode_alone(self, x: torch.Tensor, payload: np.ndarray) -> None:
-        scale = _l1_scale(x).reshape(1)
-        check_finite(scale, self.spec)
-        payload[:4] = to_bytes(scale).numpy()
+        scale = _host_l1_scale(x)
+        if not math.isfinite(scale):
+            check_finite(torch.tensor([scale]), self.spec)  # raises with the usual message
+        payload[:4] = np.array([scale], dtype=np.float32).view(np.uint8)
         xn = x.detach().numpy()
+        if xn.size <= _host.CHUNK:
+            payload[4:] = np.packbits(xn < 0, bitorder="little")
+            return
         for start, stop in _host.chunks(xn.size):
             packed = np.packbits(xn[start:stop] < 0, bitorder="little")
             payload[4 + start // 8 : 4 + start // 8 + packed.size] = packed
@@ -119,6 +144,9 @@ class Sign(Compressor):
             values.masked_fill_(negative, -alpha * scale)
             out.add_(values)
             return None
+        if layout is None and out.numel() <= _host.CHUNK:  # a small flat vector: no plan
+            _decode_alone(payload.numpy(), out.numel(), out.detach().numpy(), alpha)
+            return None
         layout = layout or flat(out.numel(), self.payload_nbytes(out.numel()))
         data = payload.numpy()
         target = out.detach().numpy()
@@ -127,7 +155,7 @@ class Sign(Compressor):
                 _decode_block(data[item.byte : item.stop], item,
                               target[item.elem : item.elem + item.numel], alpha)
             else:
-                _decode_alone(data[item.byte : item.stop], item,
+                _decode_alone(data[item.byte : item.stop], item.size,
                               target[item.elem : item.elem + item.size], alpha)
         return None
 
@@ -139,12 +167,18 @@ def _word(scales: np.ndarray, dtype: np.dtype, alpha: float) -> tuple[np.ndarray
     return np.multiply(scales, dtype.type(alpha), dtype=dtype).view(uint), uint
 
 
-def _decode_alone(payload: np.ndarray, item: Alone, target: np.ndarray, alpha: float) -> None:
+def _decode_alone(payload: np.ndarray, size: int, target: np.ndarray, alpha: float) -> None:
     """``out += ±fl(scale · alpha)``: the sign bit set for the negatives, chunk by chunk."""
     value, uint = _word(payload[:4].view(np.float32), target.dtype, alpha)
     signs = payload[4:]
-    word = np.empty(min(_host.CHUNK, item.size), dtype=uint)
-    for start, stop in _host.chunks(item.size):
+    if size <= _host.CHUNK:  # one pass, no chunk loop
+        w = np.left_shift(np.unpackbits(signs, count=size, bitorder="little"),
+                          8 * target.dtype.itemsize - 1, dtype=uint)
+        w |= value
+        np.add(target, w.view(target.dtype), out=target)
+        return
+    word = np.empty(min(_host.CHUNK, size), dtype=uint)
+    for start, stop in _host.chunks(size):
         w = word[: stop - start]
         neg = np.unpackbits(signs[start // 8 :], count=stop - start, bitorder="little")
         np.left_shift(neg, 8 * target.dtype.itemsize - 1, out=w, dtype=uint)

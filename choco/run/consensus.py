@@ -39,8 +39,9 @@ from .. import sim
 from ..comm.base import Communicator
 from ..compress import available, make_compressor
 from ..compress.base import Compressor
+from ..compress.stateful import is_stateful
 from ..errors import UsageError
-from ..gossip import check_gamma
+from ..gossip import check_gamma, lockstep
 from ..timevarying import make_choco_gossip
 from .cli import (
     ArgumentParser,
@@ -158,6 +159,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the .npz and the JSON line")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--threads", action="store_true",
+                   help="--backend local: one thread per node even where one thread can "
+                   "drive every node round by round (fixed graph, codec without coding "
+                   "state, no --network); same results, slower")
     return p.parse_args(argv)
 
 
@@ -267,6 +272,43 @@ def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
     return NodeResult(x.numpy(), error, gossip.bytes_sent, times)
 
 
+def lockstep_applies(problem: Problem, network: object) -> bool:
+    """Whether :func:`run_lockstep` may drive the in-process run: a fixed graph, a codec
+    without coding state (no collective inside ``begin``, no per-node weights drawn from
+    the node's generators) and no simulated clock (its hooks are bound to a node's thread)."""
+    return (network is None and isinstance(problem.topology, Topology)
+            and not is_stateful(problem.compressor))
+
+
+def run_lockstep(comms: list, problem: Problem, report: bool) -> list[NodeResult]:
+    """Every node of the in-process network in this one thread, round by round (``begin``
+    on every node, then ``finish`` on every node, :func:`choco.gossip.lockstep`).
+
+    Each node does what :func:`run_node` does, with the same arithmetic in the same order
+    on its own tensors (the codecs' randomness is keyed by the message seed, never by a
+    process-wide generator), so every node's ``x``, errors and bytes are bit-identical to
+    the threaded run, without a thread hand-over per node and round.
+    """
+    n = len(comms)
+    xs = [torch.from_numpy(problem.x0[i].copy()) for i in range(n)]
+    xbar0 = torch.from_numpy(problem.x0.mean(axis=0))
+    gossips = [make_choco_gossip(c, problem.topology, problem.compressor, problem.gamma,
+                                 problem.seed) for c in comms]
+    error = np.empty((n, problem.steps + 1))
+    for i, x in enumerate(xs):
+        error[i, 0] = float(((x - xbar0) ** 2).sum())
+    points = progress_points(problem.steps)
+    for t in range(1, problem.steps + 1):
+        lockstep(gossips, xs, 1)
+        for i, x in enumerate(xs):
+            error[i, t] = float(((x - xbar0) ** 2).sum())
+        if report and t in points:
+            print(progress_line(t, problem.steps, error[:, t].sum() / n, error[:, 0].sum() / n,
+                                None), flush=True)
+    return [NodeResult(x.numpy(), error[i], g.bytes_sent)
+            for i, (x, g) in enumerate(zip(xs, gossips, strict=True))]
+
+
 def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: bool,
               network: str | None = None) -> None:
     x = np.stack([r.x for r in results])
@@ -309,7 +351,10 @@ def main_local(args: argparse.Namespace) -> int:
         print("network compute=measured: simulated times include this host's round times, "
               "so they differ from run to run", flush=True)
     torch.set_num_threads(1)  # one thread per node already
-    results = net.run(lambda comm: run_node(comm, problem, report=not args.quiet))
+    if lockstep_applies(problem, network) and not args.threads:
+        results = run_lockstep(net.comms, problem, report=not args.quiet)
+    else:
+        results = net.run(lambda comm: run_node(comm, problem, report=not args.quiet))
     summarize(problem, results, Path(args.out), args.json,
               None if network is None else network.text)
     return 0

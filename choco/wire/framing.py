@@ -96,14 +96,14 @@ def frame(
     A :class:`Reserved` payload is framed in place (its buffer becomes the message); a
     tensor payload is copied behind the header.
     """
+    if isinstance(payload, Reserved):  # the header is written into the buffer in place
+        HEADER.pack_into(payload.buffer, 0, MAGIC, codec, flags, numel, seed)
+        return torch.from_numpy(payload.buffer)
     header = torch.frombuffer(bytearray(pack_header(codec, flags, numel, seed)),
                               dtype=torch.uint8)
-    if isinstance(payload, Reserved):
-        out = torch.from_numpy(payload.buffer)
-    else:
-        out = torch.empty(HEADER_SIZE + len(payload), dtype=torch.uint8)
-        if len(payload):
-            out[HEADER_SIZE:] = payload
+    out = torch.empty(HEADER_SIZE + len(payload), dtype=torch.uint8)
+    if len(payload):
+        out[HEADER_SIZE:] = payload
     out[:HEADER_SIZE] = header
     return out
 
@@ -132,7 +132,8 @@ def parse_header(buf: torch.Tensor, spec: str = "message") -> Header:
             f"{spec}: a 1-D uint8 buffer of at least {HEADER_SIZE} bytes is required, "
             f"got dtype {buf.dtype} shape {tuple(buf.shape)}."
         )
-    magic, codec, flags, numel, seed = HEADER.unpack(buf[:HEADER_SIZE].numpy().tobytes())
+    head = buf.numpy() if buf.is_contiguous() else buf[:HEADER_SIZE].contiguous().numpy()
+    magic, codec, flags, numel, seed = HEADER.unpack_from(head)  # no copy of the message
     if magic != MAGIC:
         raise CompressionError(f"{spec}: bad magic byte {magic:#x}; not a choco message")
     return Header(codec, flags, numel, seed)
