@@ -5,8 +5,10 @@ Three measurements, each in a fresh subprocess of this Python (so peak memory is
 own), printed side by side:
 
 * a consensus of ``--consensus-nodes`` nodes (ring, sign, ``d = --dim``, ``--rounds``
-  rounds, γ = 0.5): host seconds without and with ``--network`` (the clock's overhead is the
-  ratio of the two, measured in the same invocation);
+  rounds, γ = 0.5): host seconds of the one-thread lock-step driver, of the per-node threads
+  (``--threads``, same results) and with ``--network`` (threads and the clock; its overhead
+  is the ratio to the threaded run, measured in the same invocation), and with
+  ``--before TREE`` of the same command on another checkout; the runs must agree;
 * ``choco-train --backend local`` of ``--train-nodes`` nodes (the digits MLP, one epoch, ring,
   sign, γ = 0.5): peak resident memory (``ru_maxrss`` of the child) and host seconds.
 
@@ -39,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default=NETWORK, help="the simulated network of the clocked "
                    "runs")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per child run")
+    p.add_argument("--before", default="", metavar="TREE",
+                   help="also run the plain consensus with PYTHONPATH=TREE (a checkout of "
+                   "the code before a change), side by side in the same run")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
 
 
@@ -54,11 +59,15 @@ finally:
 """
 
 
-def _child(argv: list[str], timeout: float) -> dict:
-    """Run ``python -m ARGV`` alone; its host seconds, peak resident MiB and JSON line."""
+def _child(argv: list[str], timeout: float, tree: str = "") -> dict:
+    """Run ``python -m ARGV`` alone (with ``PYTHONPATH=tree`` if given); its host seconds,
+    peak resident MiB and JSON line."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if tree:
+        env["PYTHONPATH"] = tree
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _WRAP, *argv], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          text=True, timeout=timeout, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
@@ -82,11 +91,20 @@ def run(args: argparse.Namespace) -> int:
                     "sign", "--gamma", "0.5", "--dim", str(args.dim), "--steps",
                     str(args.rounds), "--quiet", "--json", "--overwrite",
                     "--out", f"{tmp}/c{n}.npz"]
+            before = _child(base, args.timeout, args.before) if args.before else None
+            threads = _child([*base, "--threads"], args.timeout)
             plain = _child(base, args.timeout)
             clocked = _child([*base, "--network", args.network], args.timeout)
+            for other in (before, threads, clocked):
+                if other is not None and other["summary"]["error_final"] != \
+                        plain["summary"]["error_final"]:
+                    raise RuntimeError(f"consensus of {n} nodes: the runs disagree "
+                                       f"({other['summary']} vs {plain['summary']})")
             rows.append({"what": "consensus", "n": n, "plain_s": plain["seconds"],
+                         "threads_s": threads["seconds"],
+                         "before_s": None if before is None else before["seconds"],
                          "clocked_s": clocked["seconds"],
-                         "overhead": clocked["seconds"] / plain["seconds"] - 1,
+                         "overhead": clocked["seconds"] / threads["seconds"] - 1,
                          "sim_time_s": clocked["summary"].get("sim_time_s"),
                          "peak_mib": plain["peak_mib"]})
         for n in _ints(args.train_nodes):
@@ -98,16 +116,19 @@ def run(args: argparse.Namespace) -> int:
     load1 = os.getloadavg()[0]
     lines = [machine_line(None), f"load (1-min average) {load0:.1f} before, {load1:.1f} after; "
              f"clock: --network {args.network}", "",
-             "| run | n | host s | host s with clock | clock overhead | peak MiB |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| run | n | before s | threads s | host s | speed-up vs threads | "
+             "host s with clock | clock overhead vs threads | peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["what"] == "consensus":
+            before = "" if r["before_s"] is None else f"{r['before_s']:.1f}"
             lines.append(f"| consensus ring sign d={args.dim}, {args.rounds} rounds | {r['n']} "
-                         f"| {r['plain_s']:.1f} | {r['clocked_s']:.1f} | "
+                         f"| {before} | {r['threads_s']:.1f} | {r['plain_s']:.1f} | "
+                         f"×{r['threads_s'] / r['plain_s']:.1f} | {r['clocked_s']:.1f} | "
                          f"{100 * r['overhead']:+.0f}% | {r['peak_mib']:.0f} |")
         else:
-            lines.append(f"| choco-train digits MLP, 1 epoch | {r['n']} | {r['plain_s']:.1f} | "
-                         f" | | {r['peak_mib']:.0f} |")
+            lines.append(f"| choco-train digits MLP, 1 epoch | {r['n']} | | | "
+                         f"{r['plain_s']:.1f} | | | | {r['peak_mib']:.0f} |")
     print("\n".join(lines), flush=True)
     if args.json:
         print(json.dumps({"rows": rows, "load": [load0, load1]}), flush=True)
