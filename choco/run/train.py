@@ -54,6 +54,7 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
+from .schedule_view import rate_keys
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -287,7 +288,8 @@ def _write_config(plan: Plan, backend: str, vendor: str) -> None:
     info = {
         "config": cfg.to_dict(), "version": __version__, "backend": backend,
         "n": plan.topology.n, "topology": plan.topology.spec,
-        "spectral_gap": plan.topology.spectral_gap, "gamma": plan.gamma,
+        "spectral_gap": plan.topology.spectral_gap, **rate_keys(plan.topology),
+        "gamma": plan.gamma,
         "gamma_source": plan.gamma_source, "lr_peak_per_node": plan.lr_peaks,
         "steps_per_epoch": plan.steps_per_epoch, "parameters": plan.num_params,
         "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,
