@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from choco.errors import UsageError
-from choco.run.cli import run_local
+from choco.run.cli import ArgumentParser, prog_name, run_local
 
 #: options that pick a plot panel rather than a line
 PANEL_KEYS = ("topology", "mixing")
@@ -251,9 +250,8 @@ def plot(runs: list[dict[str, Any]], varying: list[str], folder: Path) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report",
-                                description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog=prog_name("choco-report", "experiments.report"),
+                       description=__doc__.splitlines()[0])
     p.add_argument("folder", help="a sweep's output folder")
     p.add_argument("--target-accuracy", type=float, default=0.9,
                    help="accuracy of x̄ for the 'MiB to target' column (training)")

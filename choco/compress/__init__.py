@@ -42,6 +42,7 @@ norm per layer) is :class:`PerTensor`; a bare compressor treats its input as one
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 
 from .base import CompressionError, Compressor
@@ -251,9 +252,11 @@ def _parse(text: str, spec: str) -> Compressor:
     if factory is None:
         part = name.strip()
         where = "" if part == spec.strip().lower() else f" in {spec!r}"
+        close = difflib.get_close_matches(part, list(REGISTRY), n=1)
+        hint = f"did you mean {close[0]}{sep}{arg.strip()}? " if close else ""
         raise CompressionError(
             f"a compressor spec must name known compressors, got the unknown compressor "
-            f"{part!r}{where}; valid specs are: {', '.join(available())}"
+            f"{part!r}{where}; {hint}valid specs are: {', '.join(available())}"
         )
     return factory(arg.strip() if sep else None)
 

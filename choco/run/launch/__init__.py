@@ -8,7 +8,8 @@ need to know about the process they run in is here, each written once:
   :data:`INTERRUPTED_EXIT` (130, Ctrl-C: one line, :func:`interrupted`);
 * **launcher detection** from the launchers' environment variables (one table of them,
   at the top of :mod:`.env`): :func:`launched_by_mpi` (mpiexec, srun with an MPI plugin),
-  :func:`launched_by_torchrun`, :func:`launcher_rank`, and :func:`resolve_backend`, which
+  :func:`launched_by_torchrun`, :func:`launcher_rank`, :func:`launch_command` (how to
+  start N ranks with the same launcher, for error hints), and :func:`resolve_backend`, which
   turns ``--backend auto`` into ``mpi``, ``torch`` or ``local``;
   :func:`refuse_local_under_mpi` stops a ``--backend local`` run started once per rank;
 * **the world** (:class:`World`): rank, size, a communicator without neighbours for the
@@ -47,6 +48,7 @@ from .env import (
     BACKENDS,
     DEVICES,
     choose_device,
+    launch_command,
     launched_by_mpi,
     launched_by_torchrun,
     launcher_rank,
@@ -85,6 +87,7 @@ __all__ = [
     "choose_device",
     "init_from_env",
     "interrupted",
+    "launch_command",
     "launched_by_mpi",
     "launched_by_torchrun",
     "launcher_rank",
