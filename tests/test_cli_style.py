@@ -21,6 +21,8 @@ from choco.run.bench import main as bench_main
 from choco.run.launch import launch_command
 from experiments import report, sweep
 
+from .helpers import run_torchrun, worker_output
+
 #: program -> (its main, the prefix of argv that selects it, its name in usage)
 PROGRAMS: dict[str, tuple[Callable[[list[str]], int], list[str], str]] = {
     "choco-train": (train.main, [], "python -m choco.train"),
@@ -188,3 +190,12 @@ def test_rank_count_hints_name_the_launcher_in_use(monkeypatch, env, expected):
     assert f"launch {expected}," in str(info.value)
     other = {"mpiexec -n 8", "torchrun --nproc-per-node 8", "srun --ntasks 8"} - {expected}
     assert not any(o in str(info.value) for o in other)
+
+
+@pytest.mark.torchrun
+def test_torchrun_rank_mismatch_hint_says_nproc_per_node():
+    proc = run_torchrun(2, ["-m", "choco.consensus", "--topology", "ring:4", "--gamma",
+                            "0.5", "--steps", "1", "--quiet"], timeout=240)
+    err = worker_output(proc.stderr)
+    assert proc.returncode != 0
+    assert "torchrun --nproc-per-node 4" in err and "mpiexec" not in err, err
