@@ -19,9 +19,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("choco.errors",),
     ("choco.wire",),
     ("choco.compress", "choco.comm", "choco.flat", "choco.data", "choco.models"),
-    ("choco.neighbourhood",),
-    ("choco.gossip", "choco.baselines"),
-    ("choco.optim", "choco.tuning"),
+    ("choco.neighbourhood", "choco.peerround"),
+    ("choco.gossip", "choco.baselines", "choco.timevarying", "choco.outer", "choco.qgm"),
+    ("choco.optim", "choco.tuning", "choco.tracking"),
     ("choco",),  # the package's own __init__ (lazy re-exports)
     ("topologies",),
     ("choco.run",),

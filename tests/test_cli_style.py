@@ -19,7 +19,7 @@ from choco import __version__
 from choco.run import cli, compress_cli, consensus, topologies_cli, train, tuning_cli
 from choco.run.bench import main as bench_main
 from choco.run.launch import launch_command
-from experiments import report, sweep
+from experiments import equal_bytes, readme_tables, report, sweep, timevarying_table
 
 from .helpers import run_torchrun, worker_output
 
@@ -39,6 +39,10 @@ PROGRAMS: dict[str, tuple[Callable[[list[str]], int], list[str], str]] = {
     "bench scaling": (bench_main, ["scaling"], "python -m choco.bench scaling"),
     "choco-sweep": (sweep.main, [], "python -m experiments.sweep"),
     "choco-report": (report.main, [], "python -m experiments.report"),
+    "equal_bytes": (equal_bytes.main, [], "python -m experiments.equal_bytes"),
+    "timevarying_table": (timevarying_table.main, [],
+                          "python -m experiments.timevarying_table"),
+    "readme_tables": (readme_tables.main, [], "python -m experiments.readme_tables"),
 }
 
 
@@ -136,8 +140,8 @@ def test_a_subcommand_or_choice_typo_gets_did_you_mean(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--topology", "rnig:8"], "did you mean ring:8?"),
-    (["--compressor", "top-k:0.01"], "did you mean topk:0.01?"),
-    (["--compressor", "topk:0.01+natral"], "did you mean natural?"),
+    (["--compressor", "top-k:0.01"], "did you mean 'topk'?"),
+    (["--compressor", "topk:0.01+natral"], "did you mean 'natural'?"),
     (["--mixing", "metropolys"], "did you mean metropolis?"),
 ])
 @pytest.mark.parametrize("name", ["choco-train", "choco-consensus"])

@@ -29,7 +29,6 @@ import torch
 
 from .. import __version__
 from ..comm.base import Communicator
-from ..compress import LGC
 from ..errors import UsageError
 from ..models import param_groups
 from . import checkpoint
@@ -72,8 +71,11 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
     cfg = plan.cfg
     sgd = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=plan.lr_peaks[comm.rank],
                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    args = AveragerArgs(comm, plan.topology.W[comm.rank], plan.compressor, plan.gamma, cfg.seed)
-    return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every)
+    topo = plan.topology
+    row = None if topo.time_varying else topo.W[comm.rank]
+    args = AveragerArgs(comm, row, plan.compressor, plan.gamma, cfg.seed, schedule=topo)
+    return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every,
+                               outer=cfg.outer, momentum_mode=cfg.momentum_mode)
 
 
 #: what a run folder holds
@@ -158,7 +160,10 @@ def run_identity(plan: Plan) -> dict[str, object]:
             "compressor": cfg.compressor if plan.algorithm.needs_compressor else None,
             "per_tensor": cfg.per_tensor, "model": cfg.model, "model_args": cfg.model_args,
             "dataset": cfg.dataset, "partition": cfg.partition, "batch_size": cfg.batch_size,
-            "seed": cfg.seed, "version": __version__}
+            "seed": cfg.seed, "version": __version__,
+            # the newer options, only when set: older checkpoints keep resuming
+            **({"outer": cfg.outer} if cfg.outer else {}),
+            **({"momentum_mode": cfg.momentum_mode} if cfg.momentum_mode != "local" else {})}
 
 
 def check_out(plan: Plan) -> checkpoint.Generation | None:
@@ -267,10 +272,7 @@ def train_node(comm: Communicator, plan: Plan,
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
-        learned = getattr(getattr(opt, "gossip", None), "compressor", None)
-        if isinstance(learned, LGC):  # messages by kind, totals over the nodes
-            sums = comm.allreduce(np.array([learned.learned, learned.fallbacks], np.float64))
-            row["lgc_learned"], row["lgc_fallbacks"] = int(sums[0]), int(sums[1])
+        row.update(_coding_counters(comm, getattr(opt, "gossip", None)))
         row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                for k, v in row.items()}
         if diverged:
@@ -291,6 +293,18 @@ def train_node(comm: Communicator, plan: Plan,
     if rank == 0:
         atomic_torch_save(averaged.state_dict(), out / "model.pt")
     return row
+
+
+def _coding_counters(comm: Communicator, gossip: object) -> dict[str, int]:
+    """A stateful codec's per-node counters (lgc: messages by kind), totals over the nodes,
+    as ``{family}_{name}`` (``lgc_learned``, ``lgc_fallbacks``); empty when stateless."""
+    coding, compressor = getattr(gossip, "coding", None), getattr(gossip, "compressor", None)
+    if coding is None or compressor is None:
+        return {}
+    counts = coding.counters()
+    sums = comm.allreduce(np.array(list(counts.values()), np.float64))
+    family = compressor.spec.split(":")[0]
+    return {f"{family}_{name}": int(v) for name, v in zip(counts, sums, strict=True)}
 
 
 def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> float:
