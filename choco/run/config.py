@@ -37,6 +37,11 @@ class TrainConfig:
         "help": "cpu | cuda (one GPU per local rank) | auto (cuda when available)"})
     nodes: int = field(default=0, metadata={
         "help": "nodes for --backend local (0: the topology's size)"})
+    network: str = field(default="", metadata={
+        "help": "simulate this network in process (--backend local): key=value,... with "
+        "bandwidth (bit/s, k/m/g), latency (us/ms), compute (per step, or measured), encode, "
+        "decode, slow=NODE:FACTOR;..., jitter, seed, file=NET.toml; adds sim_time_s to every "
+        "metrics row (docs/simulation.md); empty: none"})
     # --- algorithm
     algorithm: str = field(default="choco", metadata={"help": " | ".join(ALGORITHMS)})
     compressor: str = field(default="sign", metadata={
@@ -133,6 +138,10 @@ def _convert(name: str, value: Any) -> Any:
         raise UsageError(f"{option} must be true or false, got {value!r}.")
     if name == "gamma":
         return str(value)
+    if name == "network":  # a string, or a TOML table in a config or sweep file
+        from ..sim.spec import network_text
+
+        return network_text(value if isinstance(value, dict) else str(value))
     kind: type = type(default)
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():

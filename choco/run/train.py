@@ -27,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, sim
 from ..comm.base import Communicator
 from ..errors import UsageError
 from ..models import param_groups
@@ -44,6 +44,7 @@ from .launch import (
     interrupted,
     mpi_world,
     refuse_local_under_mpi,
+    resolve_backend,
     run,
     torch_world,
 )
@@ -244,9 +245,8 @@ def train_node(comm: Communicator, plan: Plan,
     model = plan.new_model().to(device)
     _broadcast_model(comm, model)
     opt = build_optimizer(plan, comm, model)
-    # Dropout draws from torch's global generator: one stream per rank, checkpointed. (In the
-    # local backend all nodes share one process-wide generator, so dropout runs there are
-    # not bit-reproducible; models without dropout are.)
+    # Dropout draws from torch's global generator: one stream per rank, checkpointed (the
+    # local backend switches each node's own generator in and out, as separate processes).
     torch.manual_seed(cfg.seed * 1_000_003 + rank)
     start_epoch, elapsed0 = 0, 0.0
     every = cfg.checkpoint_every
@@ -256,6 +256,9 @@ def train_node(comm: Communicator, plan: Plan,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
+        node_clock = sim.clock.current()
+        if node_clock is not None and "sim" in state:
+            node_clock[0].load_state(node_clock[1], state["sim"])
         start_epoch, elapsed0 = state["epoch"], state["elapsed"]
     out = Path(cfg.out)
     writer = JsonlWriter(out / "metrics.jsonl", start_epoch if resume else None) \
@@ -266,12 +269,15 @@ def train_node(comm: Communicator, plan: Plan,
         train_loss = _train_epoch(plan, comm, model, opt, epoch)
         diverged = not math.isfinite(train_loss)
         x_bar = network_mean(comm, opt.x.detach())
+        sim_time = _sim_time(comm)  # before the metrics (they cost no simulated time)
         row = {"epoch": epoch + 1, "train_loss": train_loss,
                **({} if diverged else _evaluate(plan, comm, model)),
                "consensus_distance": consensus_distance(comm, opt.x.detach(), x_bar),
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
+        if sim_time is not None:
+            row["sim_time_s"] = sim_time
         row.update(_coding_counters(comm, getattr(opt, "gossip", None)))
         row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                for k, v in row.items()}
@@ -287,6 +293,9 @@ def train_node(comm: Communicator, plan: Plan,
             state = {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                      "elapsed": time.perf_counter() - t0, "n": comm.size,
                      "rng": torch.get_rng_state()}
+            node_clock = sim.clock.current()
+            if node_clock is not None:
+                state["sim"] = node_clock[0].state(node_clock[1])
             checkpoint.save_generation(comm, out, epoch + 1, state, run_identity(plan), every)
     opt.flush()  # no exchange may stay in flight at exit
     averaged = average_model(comm, model)
@@ -351,6 +360,15 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
     return float(total[0]) / comm.size / max(steps, 1)
 
 
+def _sim_time(comm: Communicator) -> float | None:
+    """Simulated seconds until the last node finished its part so far (``None``: no
+    simulated network); a collective."""
+    mine = sim.now()
+    if mine is None:
+        return None
+    return round(float(comm.allgather(np.array([mine])).max()), 6)
+
+
 @torch.no_grad()
 def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
     """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
@@ -369,16 +387,19 @@ def progress_line(row: dict, epochs: int, quality: Callable[[dict], str]) -> str
     ``quality`` formats the test metrics (:meth:`choco.run.tasks.Task.quality`).
     """
     head = f"epoch {row['epoch']:>4}/{epochs}"
+    simulated = (f"  simulated {row['sim_time_s']:.3f}s" if row.get("sim_time_s") is not None
+                 else "")
     if row.get("diverged"):
         return (f"{head}  DIVERGED (non-finite loss)  sent {row['bytes_sent'] / 2**20:.3f} "
-                f"MiB/node  {row['wall_time_s']:.1f}s")
+                f"MiB/node  {row['wall_time_s']:.1f}s{simulated}")
     return (f"{head}  loss {row['train_loss']:.4f}  {quality(row)}  "
             f"consensus {row['consensus_distance']:.3e}  "
             f"sent {row['bytes_sent'] / 2**20:.3f} MiB/node  lr {row['lr']:.4g}  "
-            f"{row['wall_time_s']:.1f}s")
+            f"{row['wall_time_s']:.1f}s{simulated}")
 
 
-def _write_config(plan: Plan, backend: str, vendor: str) -> None:
+def _write_config(plan: Plan, backend: str, vendor: str,
+                  network: dict | None = None) -> None:
     cfg = plan.cfg
     out = Path(cfg.out)
     info = {
@@ -390,6 +411,8 @@ def _write_config(plan: Plan, backend: str, vendor: str) -> None:
         "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,
         "torch": torch.__version__, "python": platform.python_version(), "mpi": vendor,
     }
+    if network is not None:
+        info["network"] = network
     atomic_write_json(out / "config.json", info)
 
 
@@ -424,13 +447,19 @@ def train_local(cfg: TrainConfig) -> int:
     check_start(cfg)
     plan = make_plan(cfg, cfg.nodes or None)
     resume = check_out(plan)
+    # a bad --network (a node outside the graph, a link that is no edge) fails before writing
+    net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)],
+                       network=cfg.network or None)
+    if net.clock is not None and net.clock.measured and not cfg.quiet:
+        print("network compute=measured: simulated times include this host's step times, "
+              "so they differ from run to run", flush=True)
     _announce(plan)
     guard = StartGuard(Path(cfg.out))
     threads = torch.get_num_threads()
     try:
         prepare_out(plan)
-        _write_config(plan, "local", "none")
-        net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)])
+        _write_config(plan, "local", "none", None if net.clock is None
+                      else net.clock.spec.to_dict())
         torch.set_num_threads(1)  # one Python thread per node already
         rows = net.run(lambda comm: train_node(comm, plan, resume))
     except BaseException:
@@ -460,6 +489,8 @@ def train_world(cfg: TrainConfig, world: World) -> int:
     from ..comm import check_agreement
 
     size, rank = world.size, world.rank
+    if cfg.network:
+        raise UsageError(refuse_network("--backend " + world.backend))
     if cfg.nodes and cfg.nodes != size:
         raise UsageError(f"--nodes {cfg.nodes} but the launcher started {size} ranks; drop "
                          f"--nodes or start {cfg.nodes} ranks.")
@@ -493,6 +524,27 @@ def train_world(cfg: TrainConfig, world: World) -> int:
     return DIVERGED_EXIT if row.get("diverged") else 0
 
 
+def check_network_backend(network: str | None, backend: str) -> None:
+    """Refuse ``--network`` with a backend of one process per node (before any launch)."""
+    if not network:
+        return
+    try:
+        resolved = resolve_backend(backend)
+    except UsageError:
+        return  # the bad --backend is reported by the launch itself
+    if resolved != "local":
+        where = f"--backend {backend}" + (f" (resolved to {resolved})" if backend != resolved
+                                          else "")
+        raise UsageError(refuse_network(where))
+
+
+def refuse_network(where: str) -> str:
+    """The error for ``--network`` outside the in-process backend."""
+    return (f"--network simulates a network for an in-process run, but this run uses {where} "
+            "with one process per node, where real time is measured (wall_time_s); drop "
+            "--network, or run all nodes in one process with --backend local.")
+
+
 def node_device(name: str, local_rank: int = 0) -> torch.device:
     """``--device``: cpu, cuda (``cuda:LOCAL_RANK``) or auto (cuda when available)."""
     return choose_device(name, local_rank)
@@ -503,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_output()
     try:
         cfg = parse_config(argv)
+        check_network_backend(cfg.network, cfg.backend)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
