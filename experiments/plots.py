@@ -91,6 +91,8 @@ class Figure:
     logx: bool
     logy: bool
     panels: dict[str, list[Series]] = field(default_factory=dict)
+    #: a dot on every point (training: one per epoch); consensus lines have hundreds
+    markers: bool = True
 
 
 def _finite(value: Any) -> bool:
@@ -147,6 +149,8 @@ def figure_specs(runs: list[dict[str, Any]], varying: list[str],
                    Figure("error_vs_bytes.png", _title(sweep_name, "consensus error vs bytes "
                                                        "sent per node", runs),
                           "bytes sent per node", ylabel, True, True)]
+        for fig in figures:
+            fig.markers = False
     for fig in figures:
         for title in panels:
             fig.panels[title] = []
@@ -186,7 +190,7 @@ def draw(figures: list[Figure], folder: Path) -> list[Path]:
                     ax.axhline(s.level, color=color, linestyle="--", label=s.label)
                     continue
                 ax.plot(s.xs, s.ys, color=color, label=s.label,
-                        marker="." if len(s.xs) <= 100 else None)
+                        marker="." if spec.markers else None)
                 if s.last is not None:
                     ax.plot(*s.last, color=color, marker="x", markersize=11,
                             markeredgewidth=2.5, linestyle="none")
