@@ -100,10 +100,11 @@ def _finite(value: Any) -> bool:
 
 
 def _title(sweep_name: str, what: str, runs: list[dict[str, Any]]) -> str:
-    """``NAME: what`` plus the data partition when every run uses the same one."""
+    """``NAME (P partition)`` (the partition when every run uses the same one), then on a
+    second line what is plotted."""
     parts = {r["options"].get("partition") for r in runs}
     extra = f" ({parts.pop()} partition)" if len(parts) == 1 and None not in parts else ""
-    return f"{sweep_name}: {what}{extra}"
+    return f"{sweep_name}{extra}\n{what}"
 
 
 def _train_quality(runs: list[dict[str, Any]]) -> tuple[str, str, float]:
@@ -182,7 +183,7 @@ def draw(figures: list[Figure], folder: Path) -> list[Path]:
     written = []
     for spec in figures:
         n = len(spec.panels)
-        fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.4), squeeze=False)
+        fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.6), squeeze=False)
         for ax, (title, series) in zip(axes[0], spec.panels.items(), strict=True):
             for i, s in enumerate(series):
                 color = colors[i % len(colors)]  # one colour per run, its × included
@@ -191,9 +192,10 @@ def draw(figures: list[Figure], folder: Path) -> list[Path]:
                     continue
                 ax.plot(s.xs, s.ys, color=color, label=s.label,
                         marker="." if spec.markers else None)
-                if s.last is not None:
-                    ax.plot(*s.last, color=color, marker="x", markersize=11,
-                            markeredgewidth=2.5, linestyle="none")
+                if s.last is not None:  # a filled ×, edged in black to stand out of the lines
+                    ax.plot(*s.last, color=color, marker="X", markersize=12,
+                            markeredgecolor="black", markeredgewidth=1, linestyle="none",
+                            zorder=5)
             ax.set_title(title)
             ax.set_xlabel(spec.xlabel)
             ax.set_ylabel(spec.ylabel)
@@ -204,10 +206,12 @@ def draw(figures: list[Figure], folder: Path) -> list[Path]:
             if spec.xlabel == "epoch":
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            # under the panel, so that no line is hidden behind it
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                      frameon=False)
         fig.suptitle(spec.title)
         fig.tight_layout()
-        fig.savefig(folder / spec.file, dpi=110)
+        fig.savefig(folder / spec.file, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(folder / spec.file)
     return written

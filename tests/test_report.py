@@ -110,7 +110,7 @@ def test_plots_name_the_sweep_mark_diverged_and_zero_byte_runs(tmp_path, capsys)
     figures = {f.file: f for f in figure_specs(runs, varying, "mysweep")}
     assert set(figures) == {"accuracy_vs_epoch.png", "accuracy_vs_bytes.png"}
     for fig in figures.values():
-        assert fig.title.startswith("mysweep: ") and "by-class partition" in fig.title
+        assert fig.title.splitlines()[0] == "mysweep (by-class partition)"
         assert fig.ylabel == "test accuracy of x̄ (%)"
         assert list(fig.panels) == ["ring:4"]
     epoch = {s.label.split(" (")[0]: s for s in figures["accuracy_vs_epoch.png"].panels["ring:4"]}
