@@ -136,7 +136,7 @@ class DCDGossip(_Replicated):
 
     def finish(self, x: torch.Tensor) -> None:
         self._apply(lambda c, buf: self.compressor.decode_add_(buf, c.view(-1)))
-        x.copy_(self.copies[0])  # type: ignore[index]
+        x.copy_(self._copies()[0])
 
 
 class ECDGossip(_Replicated):
@@ -163,8 +163,10 @@ class ECDGossip(_Replicated):
             c.mul_(1 - 2 / t)
             self.compressor.decode_add_(buf, c.view(-1), alpha=2 / t)
 
+        if self._x_next is None:
+            raise GossipError(f"{type(self).__name__}: finish(x) without begin(x)")
         self._apply(update)
-        x.copy_(self._x_next)  # type: ignore[arg-type]
+        x.copy_(self._x_next)
         self.x_prev = x.detach().clone()
 
     def state_dict(self) -> dict:

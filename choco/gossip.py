@@ -44,7 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def check_gamma(gamma: float, what: str = "gamma") -> float:
+def check_gamma(gamma: float | str, what: str = "gamma") -> float:
     """Return ``gamma`` as a float if ``0 < gamma <= 1``, else raise :class:`GossipError`.
 
     CHOCO's consensus step ``x += γ (s − x̂)`` is a damped move toward the neighbours'

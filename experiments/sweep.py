@@ -172,12 +172,16 @@ def write_manifest(sweep: Sweep, out: Path) -> None:
     """``out/sweep.json``: the expanded runs (written atomically: array tasks race here)."""
     from choco.run.files import atomic_write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps({
+    text = json.dumps({
         "sweep": str(sweep.path), "kind": sweep.kind, "name": sweep.name,
         "set": sweep.overrides,
         "runs": [{"index": r.index, "name": r.name, "options": r.options} for r in sweep.runs],
-    }, indent=1, default=list) + "\n")
+    }, indent=1, default=list) + "\n"
+    path = out / "sweep.json"
+    if path.is_file() and path.read_text() == text:
+        return  # the same manifest already: leave the file (and its time) alone
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
 
 
 def launch_local(sweep: Sweep, out: Path, jobs: int) -> int:
@@ -259,10 +263,15 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= args.index < len(sweep.runs):
                 raise UsageError(f"--index must be in [0, {len(sweep.runs)}) for {sweep.path}, "
                                  f"got {args.index}.")
+            run = sweep.runs[args.index]
+            if run_state(out / run.name) == "finished":  # at once, touching nothing
+                result = json.loads((out / run.name / "result.json").read_text())
+                print(f"{result['name']}: {describe(result)}", flush=True)
+                return 0
             write_manifest(sweep, out)
             prefix = shlex.split(os.environ.get("CHOCO_MPI_LAUNCH", "srun --mpi=pmi2")) \
                 if mpi else None
-            result = execute(sweep, sweep.runs[args.index], out, prefix)
+            result = execute(sweep, run, out, prefix)
             print(f"{result['name']}: {describe(result)}", flush=True)
             return 1 if result["status"] == "failed" else 0
         if args.dry_run:

@@ -8,10 +8,6 @@ in well under 30 s with a non-zero exit and the error on stderr.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -31,7 +27,7 @@ from choco.errors import ChocoError, GossipError
 from choco.gossip import ChocoGossip, lockstep
 from topologies import parse_topology
 
-from .conftest import ROOT, TESTS, mpiexec_path, run_mpi
+from .helpers import TESTS, run_mpi, run_mpmd
 
 CONFIG = {"topology": "ring:4", "compressor": "sign", "gamma": 0.5, "seed": 0,
           "model_args": {"width": 32}, "lr_milestones": [50, 75]}
@@ -291,24 +287,6 @@ FAULT = TESTS / "mpi" / "agree_fault.py"
 FAULT_DEADLINE = 30.0
 
 
-def run_mpmd(groups: list[tuple[int, list[str]]],
-             timeout: float = 120.0) -> tuple[subprocess.CompletedProcess, float]:
-    """``mpiexec -n N1 python agree_fault.py ARGS1 : -n N2 ...``; returns (process, seconds)."""
-    exe = mpiexec_path()
-    if exe is None:
-        if os.environ.get("CI") or os.environ.get("CHOCO_REQUIRE_MPI"):
-            pytest.fail("mpiexec not found but CI requires the MPI tests to run")
-        pytest.skip("mpiexec not found")
-    cmd = [exe]
-    for i, (n, args) in enumerate(groups):
-        cmd += ([":"] if i else []) + ["-n", str(n), sys.executable, str(FAULT), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
-    return proc, time.monotonic() - start
-
-
 @pytest.mark.mpi
 def test_every_start_up_fault_raises_on_every_rank_under_mpi(tmp_path):
     """One launch, each fault in turn; every rank catches its error and goes on."""
@@ -364,7 +342,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_ends_the_mpi_job_quickly(fault):
     groups, expected = FAULTS[fault]
-    proc, seconds = run_mpmd(groups)
+    proc, seconds = run_mpmd([(n, [str(FAULT), *args]) for n, args in groups])
     assert proc.returncode != 0, proc.stdout
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert "ok:" not in proc.stdout

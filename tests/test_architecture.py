@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 #: entry points kept for ``python -m choco.X`` and the console scripts: they import the run layer
 ENTRY_SHIMS = {"choco.train", "choco.consensus", "choco.bench", "choco.bench.__main__",
-               "choco.compress.__main__", "choco.tuning.__main__"}
+               "choco.compress.__main__", "choco.tuning.__main__", "topologies.__main__"}
 RUN_LAYER = len(LAYERS) - 1
 
 
@@ -166,11 +166,28 @@ def test_library_never_imports_the_run_layer_or_topologies():
     assert not bad, "\n".join(bad)
 
 
+def topologies_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``topologies`` modules (its ``python -m`` entry point aside) importing anything of
+    choco but the error base."""
+    return [f"{m} imports {t}" for m, targets in sorted(graph.items())
+            if m.startswith("topologies") and m not in ENTRY_SHIMS
+            for t in sorted(targets) if t.startswith("choco") and t != "choco.errors"]
+
+
 def test_topologies_needs_only_the_error_base():
-    """``topologies`` stays free of torch: only the error base and the version string."""
-    bad = [f"{m} imports {t}" for m, targets in GRAPH.items() if m.startswith("topologies")
-           for t in targets if t.startswith("choco") and t not in ("choco", "choco.errors")]
+    """``topologies`` is graphs, mixing and specs: of choco it imports the error base only
+    (not the version string, not the run layer's guards), so it stays free of torch."""
+    bad = topologies_violations(GRAPH)
     assert not bad, "\n".join(bad)
+
+
+def test_entry_shims_are_thin():
+    """``python -m`` entry points only hand over to the run layer: no logic of their own."""
+    for name in sorted(ENTRY_SHIMS):
+        tree = ast.parse(MODULES[name].read_text())
+        defs = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+        assert len(defs) <= 1 and len(MODULES[name].read_text().splitlines()) <= 30, name
+        assert all(t.startswith("choco.run") for t in GRAPH[name]), (name, GRAPH[name])
 
 
 def test_no_import_cycles():
@@ -201,3 +218,7 @@ def test_planted_violations_are_caught():
     graph = {m: set(t) for m, t in GRAPH.items()}
     graph["choco.errors"].add("choco.neighbourhood")
     assert any({"choco.errors", "choco.neighbourhood"} <= set(c) for c in import_cycles(graph))
+    graph = {m: set(t) for m, t in GRAPH.items()}
+    graph["topologies.spec"] |= {"choco", "choco.run.files"}
+    assert topologies_violations(graph) == ["topologies.spec imports choco",
+                                            "topologies.spec imports choco.run.files"]

@@ -1,7 +1,8 @@
 """Smoke tests of the benchmarks ``gossip``, ``train``, ``scaling`` and ``whatif``.
 
 Tiny sizes only: each benchmark runs and prints its table with the expected columns and
-rows (the MPI ones under a real ``mpiexec -n 2``, with timeouts). The whatif model is checked
+rows (the distributed ones under a real ``mpiexec -n 2`` and a real ``torchrun
+--nproc-per-node 2``, with timeouts). The whatif model is checked
 against hand-computed formula values. Nothing here asserts on a measured time.
 """
 
@@ -15,12 +16,13 @@ import pytest
 import torch
 
 from choco.compress import make_compressor
+from choco.models import make_model
 from choco.run.bench import gossip as gossip_bench
 from choco.run.bench import main, whatif
 from choco.run.bench import scaling as scaling_bench
 from choco.run.bench.whatif import Link
 
-from .conftest import ROOT, run_mpi
+from .helpers import ROOT, run_mpi, run_torchrun, worker_output
 
 TIMEOUT = 240
 
@@ -102,6 +104,15 @@ def test_memory_check_refuses_what_does_not_fit(monkeypatch):
     assert 8 * per_node(most) <= 1e8 < 8 * per_node(most + 1)
 
 
+def test_gossip_backend_torch_without_torchrun_says_how_to_start_it(bench, monkeypatch):
+    for var in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    status, out, err = bench("gossip", "--backend", "torch", "--numel", "100")
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and "torchrun --standalone --nproc-per-node N" in err
+
+
 def test_gossip_cli_refuses_a_numel_too_large_for_this_machine(bench, monkeypatch):
     monkeypatch.setenv("CHOCO_MEMORY_LIMIT", "1e9")
     status, out, err = bench("gossip", "--backend", "local", "--numel", "100000000",
@@ -132,6 +143,28 @@ def test_gossip_under_mpiexec_prints_ratio_table():
                 "ratio"} <= set(row)
 
 
+@pytest.mark.torchrun
+@pytest.mark.slow
+def test_gossip_under_torchrun_prints_ratio_table():
+    """``--backend torch``: the same benchmark over TorchCommunicator, against
+    torch.distributed's own all-reduce."""
+    proc = run_torchrun(2, ["-m", "choco.bench", "gossip", "--backend", "torch",
+                            "--numel", "5000", "--rounds", "2", "--warmup", "1",
+                            "--specs", "sign,topk:0.01", "--json"], timeout=TIMEOUT)
+    assert proc.returncode == 0, worker_output(proc.stderr)[-3000:]
+    out = proc.stdout
+    assert out.count("| spec |") == 1  # rank 0 prints, the other rank stays quiet
+    assert "all-reduce = torch.distributed.all_reduce(SUM) of the same fp32 vector" in out
+    assert "comm: torch.distributed gloo on cpu" in out
+    summary = _json(out)
+    assert summary["mode"] == "torch" and summary["n"] == 2 and summary["degree"] == 1
+    assert summary["topology"] == "ring:2"
+    assert summary["allreduce_bytes"] == 5000 * 4  # 2 (n-1)/n * 4 d at n = 2
+    for row, spec in zip(summary["rows"], ("sign", "topk:0.01"), strict=True):
+        assert row["bytes_per_node"] == make_compressor(spec).nbytes(5000)  # one neighbour
+        assert row["round_ms"] > 0 and row["allreduce_ms"] > 0
+
+
 # ------------------------------------------------------------------------------ train
 @pytest.mark.mpi
 @pytest.mark.slow
@@ -154,10 +187,30 @@ def test_train_under_mpiexec_prints_overhead_table():
     assert summary["rows"][5]["params"] == 272_474 and summary["rows"][5]["tensors"] == 65
 
 
+@pytest.mark.torchrun
+@pytest.mark.slow
+def test_train_under_torchrun_prints_overhead_table():
+    proc = run_torchrun(2, ["-m", "choco.bench", "train", "--models", "mlp", "--batch-size",
+                            "2", "--specs", "sign", "--orders", "overlap,sync", "--blocks", "1",
+                            "--block", "2", "--json"], timeout=TIMEOUT)
+    assert proc.returncode == 0, worker_output(proc.stderr)[-3000:]
+    out = proc.stdout
+    assert out.count("| model | config |") == 1
+    rows = [r for r in out.splitlines() if r.startswith("| mlp (")]
+    assert [r.split(" | ")[1] for r in rows] == ["local", "plain SGD", "sign overlap",
+                                                 "sign sync"]
+    assert "comm: torch.distributed gloo on cpu" in out
+    summary = _json(out)
+    assert summary["n"] == 2 and summary["topology"] == "ring:2" and len(summary["rows"]) == 4
+    mlp = make_model("mlp", input_shape=(1, 8, 8), num_classes=10)
+    assert summary["rows"][0]["params"] == sum(p.numel() for p in mlp.parameters())
+
+
 def test_train_without_mpiexec_says_how_to_run_it(bench):
     status, out, err = bench("train")
     assert status == 2 and out == ""
     assert "mpiexec -n 4 python -m choco.bench train" in err
+    assert "torchrun --standalone --nproc-per-node 4 -m choco.bench train" in err
 
 
 # ------------------------------------------------------------------------------ scaling

@@ -24,18 +24,8 @@ from choco.compress import (
 from choco.compress.base import HEADER_SIZE
 from choco.compress.segmented import segment_seed
 
-#: CHOCO forms of every family and combinator
-SPECS = [
-    "identity", "sign", "topk:0.1", "randk:0.1", "randblock:0.1", "natural", "dither:4",
-    "qsgd:8", "dither:8:b=64", "qsgd:16:b=0", "topk:0.1+natural", "randk:0.2+qsgd:4",
-    "randblock:0.3+dither:3", "topk:0.2+sign", "scaled(randk:0.1:raw)", "scaled(qsgd:2)",
-    "topk:0.1:rice", "topk:0.05:rice+natural",
-]
-#: unbiased forms for DCD/ECD-PSGD
-RAW_SPECS = [
-    "randk:0.1:raw", "randblock:0.1:raw", "natural:raw", "dither:4:raw", "qsgd:8:raw",
-    "randk:0.2:raw+natural:raw",
-]
+from .helpers import RAW_SPECS, SPECS, k_of, randn
+
 SIZES = [1, 7, 8, 9, 100, 1001]
 
 
@@ -44,14 +34,6 @@ def kernels(request, monkeypatch):
     """Run a test with the numpy CPU kernels and with the torch kernels CUDA uses."""
     monkeypatch.setattr(_host, "HOST_KERNELS", request.param == "host")
     return request.param
-
-
-def randn(d: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).standard_normal(d)).to(dtype)
-
-
-def k_of(ratio: float, d: int) -> int:
-    return min(d, max(1, math.ceil(ratio * d)))
 
 
 # ---------------------------------------------------------------------------------- registry

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,11 @@ import torch
 from choco.compress import make_compressor
 from choco.run.compress_cli import main
 
-from .test_compress import RAW_SPECS, SPECS
-
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import RAW_SPECS, SPECS, run_python
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    return run_python(["-m", *args])
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 
 from choco.compress import _host, make_compressor
 
-from .test_compress import k_of, randn
+from .helpers import k_of, randn
 
 
 @pytest.fixture(params=["host", "device"])

@@ -11,7 +11,7 @@ import pytest
 from choco.consensus import main
 from topologies import parse_topology
 
-from .conftest import run_python
+from .helpers import run_python
 
 
 @pytest.fixture

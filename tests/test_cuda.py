@@ -23,8 +23,7 @@ import torch
 
 from choco.compress import PerTensor, make_compressor
 
-from .conftest import TESTS
-from .test_compress import RAW_SPECS, SPECS
+from .helpers import RAW_SPECS, SPECS, TESTS, run_torchrun
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device (torch.cuda.is_available() is False)")
@@ -82,11 +81,10 @@ def test_per_tensor_on_the_device(spec):
     assert close(out_dev, out_cpu)
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs at least 2 GPUs")
 def test_choco_gossip_over_nccl_under_torchrun(tmp_path):
-    from .test_torchdist import run_torchrun
-
     out = tmp_path / "nccl.json"
     proc = run_torchrun(2, [str(TESTS / "torchrun" / "nccl_check.py"), str(out), "cuda"])
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,7 +9,6 @@ in-process).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import torch
 from choco.run.checkpoint import MANIFEST, find_latest
 from choco.run.train import main
 
-from .conftest import TESTS, run_mpi
-from .test_resume import differences, rows
+from .helpers import TESTS, differences, rows, run_mpi, run_mpmd
 
 pytestmark = pytest.mark.mpi
 
@@ -40,8 +38,7 @@ def reference(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("rank,file", [(2, "rank2.pt"), (0, MANIFEST)])
 def test_crash_in_a_checkpoint_write_then_resume_is_exact(reference, tmp_path, rank, file):
     out, stamp = tmp_path / "run", tmp_path / "killed_at"
-    env = {"PYTHONPATH": os.pathsep.join([str(TESTS / "faults"),
-                                          os.environ.get("PYTHONPATH", "")]),
+    env = {"PYTHONPATH": str(TESTS / "faults"),  # put in front of this tree
            "CHOCO_FAULT_FILE": file, "CHOCO_FAULT_DIR": "epoch-000003",
            "CHOCO_FAULT_RANK": str(rank), "CHOCO_FAULT_STAMP": str(stamp)}
     proc = run_mpi(4, ["choco.train", *COMMON, "--out", str(out)], module=True, env=env,
@@ -70,26 +67,6 @@ def test_crash_in_a_checkpoint_write_then_resume_is_exact(reference, tmp_path, r
                                       sorted([MANIFEST, *(f"rank{r}.pt" for r in range(4))]))]
 
 
-def run_mpmd(groups: list[list[str]], out: Path, timeout: float = 120):
-    """``mpiexec -n 2 python -m choco.train ARGS1 : -n 2 python -m choco.train ARGS2``."""
-    import subprocess
-    import sys
-
-    from .conftest import mpiexec_path
-
-    exe = mpiexec_path()
-    if exe is None:
-        pytest.fail("mpiexec not found") if os.environ.get("CI") else pytest.skip("no mpiexec")
-    cmd = [exe]
-    for i, args in enumerate(groups):
-        cmd += ([":"] if i else []) + ["-n", "2", sys.executable, "-m", "choco.train", *args,
-                                       "--out", str(out), "--epochs", "1", "--quiet"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    return proc, time.time() - start
-
-
 @pytest.mark.parametrize("first,second,field", [
     (["--topology", "ring:4"], ["--topology", "complete:4"], "'topology' is 'ring:4' on "
                                                              "ranks 0-1 but 'complete:4'"),
@@ -98,7 +75,8 @@ def run_mpmd(groups: list[list[str]], out: Path, timeout: float = 120):
 def test_ranks_started_with_different_options_stop_with_the_difference(tmp_path, first,
                                                                         second, field):
     out = tmp_path / "run"
-    proc, seconds = run_mpmd([first, second], out)
+    proc, seconds = run_mpmd([(2, ["-m", "choco.train", *args, "--out", str(out), "--epochs",
+                                    "1", "--quiet"]) for args in (first, second)])
     print(f"\nMPMD {first} vs {second}: exit {proc.returncode} after {seconds:.1f} s")
     assert proc.returncode == 2 and seconds < 30
     assert "ranks disagree on the run's configuration" in proc.stderr and field in proc.stderr

@@ -234,6 +234,7 @@ def test_threaded_and_one_thread_drivers_agree_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(threaded, lock, strict=True))
 
 
+@pytest.mark.slow
 def test_consensus_converges_like_top_k():
     """Ring of 8, d = 5,000: after 600 rounds lgc has cut the spread as top-1% does, to the
     same order, with fewer bytes per message."""

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import TESTS, run_mpi, run_python
+from .helpers import TESTS, run_mpi, run_python
 
 pytestmark = pytest.mark.mpi
 

@@ -17,9 +17,8 @@ import torch
 
 from choco.train import main
 
-from .conftest import TESTS, run_mpi
+from .helpers import TESTS, differences, rank_state, rows, run_mpi
 from .mpi.train_equiv_check import COMPRESSORS
-from .test_resume import differences, rank_state, rows
 
 pytestmark = pytest.mark.mpi
 

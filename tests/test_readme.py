@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import ROOT, run_mpi
+from .helpers import ROOT, run_mpi
 
 README = (ROOT / "README.md").read_text()
 
@@ -51,6 +51,7 @@ EPOCH = re.compile(r"epoch +(?P<epoch>\d+)/(?P<epochs>\d+)  loss (?P<train_loss>
                    r"lr (?P<lr>[\d.e+-]+)  (?P<time>[\d.]+)s")
 
 
+@pytest.mark.slow
 def test_readme_training_output_is_what_choco_train_prints(tmp_path, capsys):
     """The README's default-run lines: the tuner lines and epoch 1 are what the program prints
     now (same numbers), the last epoch line has the format the progress formatter makes."""

@@ -10,47 +10,16 @@ that is lost on resume.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from choco.run.checkpoint import find_latest
 from choco.train import main
 
+from .helpers import differences, rank_state, rows
+
 COMMON = ["--backend", "local", "--nodes", "4", "--topology", "ring:4", "--gamma", "0.3",
           "--seed", "7", "--checkpoint-every", "1", "--eval-local", "false", "--quiet"]
-
-
-def rows(folder: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
-            for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def rank_state(folder: Path, rank: int) -> dict:
-    """Rank ``rank``'s state in the newest complete checkpoint generation of ``folder``."""
-    gen = find_latest(folder)
-    assert gen is not None, folder
-    return torch.load(gen.path / f"rank{rank}.pt", weights_only=True)
-
-
-def differences(a, b, path: str = "") -> list[str]:
-    """Paths at which two nested checkpoint structures differ (tensors: dtype or any bit)."""
-    if torch.is_tensor(a) or torch.is_tensor(b):
-        same = (torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
-        return [] if same else [path]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{path}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        if len(a) != len(b):
-            return [f"{path}: length {len(a)} vs {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
-                for d in differences(x, y, f"{path}/{i}")]
-    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
 
 
 def flat_model(state: dict) -> torch.Tensor:

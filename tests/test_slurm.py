@@ -4,10 +4,12 @@ The module starts a private test cluster with ``slurm/testing/start-cluster.sh``
 slurmctld and two slurmd daemons on this machine, 8 CPUs declared per node, in a folder of
 its own and on free ports, so a cluster the user runs is not touched), submits both scripts
 with ``sbatch`` and stops the daemons afterwards, also when a test fails. It needs root and
-the Debian packages slurm-wlm and munge (the start script installs them when missing):
-without them the module is skipped, except under CI (``CI`` or ``CHOCO_REQUIRE_SLURM`` set),
-where that is a failure. Jobs are followed with ``squeue`` every 0.5 s rather than
-``sbatch --wait``, whose polling interval grows to tens of seconds.
+the Debian packages slurm-wlm and munge (the start script installs them with apt-get when
+missing); it says so on the terminal before it installs or starts anything. Without root
+or packages the module is skipped, except under CI (``CI``, ``CHOCO_REQUIRE_MPI`` or
+``CHOCO_REQUIRE_SLURM`` set), where that is a failure. ``-m "not slurm"`` or
+``CHOCO_SKIP_SLURM=1`` leaves it out. Jobs are followed with ``squeue`` every 0.5 s rather
+than ``sbatch --wait``, whose polling interval grows to tens of seconds.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .helpers import ROOT, check_marked, free_ports, unavailable
 
-pytestmark = pytest.mark.slow
+# a first start may install packages (the start script allows apt-get 900 s)
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 SLURM = ROOT / "slurm"
 START = SLURM / "testing" / "start-cluster.sh"
@@ -36,7 +39,10 @@ STOP = SLURM / "testing" / "stop-cluster.sh"
 NODES = 2
 #: seconds a job may take, from submission to its end
 JOB_TIMEOUT = float(os.environ.get("CHOCO_SLURM_JOB_TIMEOUT", "240"))
-REQUIRED = bool(os.environ.get("CI") or os.environ.get("CHOCO_REQUIRE_SLURM"))
+#: what the module does to this machine, said in its skip reasons and before it starts
+WHAT = (f"install the Debian packages slurm-wlm and munge with apt-get when missing and "
+        f"start munged, slurmctld and {NODES} slurmd daemons on this machine")
+LEAVE_OUT = "leave them out with -m 'not slurm' or CHOCO_SKIP_SLURM=1"
 
 SWEEP = """
 kind = "train"
@@ -51,29 +57,15 @@ compressor = ["sign", "topk:0.1", "identity", "qsgd:16"]
 """
 
 
-def unavailable(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{reason}, but CI requires the SLURM tests to run")
-    pytest.skip(reason)
-
-
-def free_ports(count: int) -> int:
-    """A port P with P ... P + count - 1 free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65000:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports")
+def say(config: pytest.Config, line: str) -> None:
+    """Write ``line`` on the terminal now, also under ``-q`` and output capture."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    terminal = config.pluginmanager.getplugin("terminalreporter")
+    if capture is None or terminal is None:
+        print(line, file=sys.stderr)
+        return
+    with capture.global_and_fixture_disabled():
+        terminal.write_line(line)
 
 
 class Cluster:
@@ -90,6 +82,7 @@ class Cluster:
                               env=self.env, cwd=cwd)
 
     def submit(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+        check_marked("slurm", "sbatch")
         proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True,
                               timeout=60, cwd=cwd, env={**self.env, **(env or {})})
         assert proc.returncode == 0, f"sbatch {args}: {proc.stderr}"
@@ -143,13 +136,15 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     if os.geteuid() != 0:
-        unavailable("the SLURM test cluster needs root")
+        unavailable("slurm", f"the SLURM tests need root: they {WHAT}; run as root, or "
+                             f"{LEAVE_OUT}")
     installed = all(shutil.which(b, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
                     for b in ("slurmctld", "slurmd", "munged", "sbatch"))
     if not installed and not shutil.which("apt-get"):
-        unavailable("SLURM is not installed and there is no apt-get to install it")
+        unavailable("slurm", "SLURM (slurmctld, slurmd, munged, sbatch) is not installed and "
+                             f"there is no apt-get to install it; {LEAVE_OUT}")
     # a short path: munge and slurmd put unix sockets in it
     folder = Path(tempfile.mkdtemp(prefix="choco-slurm-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
@@ -160,15 +155,24 @@ def cluster() -> Iterator[Cluster]:
         # choco-train and this Python for the jobs (sbatch exports the environment)
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin",
         "PYTHONUNBUFFERED": "1",
+        # this tree's choco in the jobs, as in every launch of the suite
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         # a hung job is sent SIGABRT before it is cancelled: every rank prints its stack
         "PYTHONFAULTHANDLER": "1",
     })
+    port = int(env["CHOCO_SLURM_PORT"])
+    plan = ("installing the Debian packages slurm-wlm and munge (apt-get), then starting"
+            if not installed else "starting")
+    say(pytestconfig, f"tests/test_slurm.py: {plan} a private SLURM cluster: munged, "
+                      f"slurmctld and {NODES} slurmd daemons on this machine, in {folder}, "
+                      f"ports {port}-{port + NODES}; stopped and removed after the "
+                      f"module ({LEAVE_OUT})")
     try:
         proc = subprocess.run(["bash", str(START)], capture_output=True, text=True,
                               timeout=900, env=env)
         if proc.returncode != 0:
             if not installed and "apt-get" in proc.stderr:
-                unavailable(f"SLURM could not be installed: {proc.stderr[-2000:]}")
+                unavailable("slurm", f"SLURM could not be installed: {proc.stderr[-2000:]}")
             pytest.fail(f"start-cluster.sh failed:\n{proc.stderr[-4000:]}")
         assert proc.stdout.strip() == f"export SLURM_CONF={folder}/etc/slurm.conf"
         yield Cluster(folder, env)

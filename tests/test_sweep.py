@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from choco.run.config import TrainConfig
+from choco.run.consensus import parse_args as consensus_args
 from experiments.report import main as report
 from experiments.sweep import load_sweep
 from experiments.sweep import main as sweep
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 TRAIN = """
 kind = "train"
@@ -76,6 +79,74 @@ def test_names_are_stable_and_follow_the_options(tmp_path):
     assert not set(a) & set(changed)  # every run's options changed, so every name did
 
 
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def _two_values(name: str, default, tmp_path: Path) -> tuple:
+    """Two different valid values of an option, from its default's type alone."""
+    if name == "data_dir":
+        return str(tmp_path), str(tmp_path / "other")
+    if name == "algorithm":  # both use the compressor and γ, so nothing else drops out
+        return "choco", "dcd"
+    if isinstance(default, bool):
+        return True, False
+    if isinstance(default, tuple):
+        return (1,), (2,)
+    if isinstance(default, int | float):
+        return default + 1, default + 2
+    if name == "topology":
+        return "ring:4", "ring:5"
+    return "0.5", "0.25"  # any string: gamma, compressor spec, model name, ... are checked later
+
+
+def _single_run_name(tmp_path: Path, kind: str, name: str, value) -> str:
+    text = f'kind = "{kind}"\n[base]\n{name} = {_toml(value)}\n'
+    runs = load_sweep(write(tmp_path, text, f"{kind}-{name}.toml")).runs
+    assert len(runs) == 1
+    return runs[0].name
+
+
+#: what the sweep sets for every run itself (a sweep file may not set them)
+SWEEP_SETS = {"out", "resume", "overwrite", "backend", "json", "quiet", "config"}
+
+
+def test_every_train_option_enters_the_run_name(tmp_path):
+    """A finished run is found by name: if changing an option kept the name, a re-run with
+    (say) more epochs would skip the old run as finished. The options come from the
+    configuration dataclass, so a new field is covered without editing this test."""
+    (tmp_path / "other").mkdir()
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name not in SWEEP_SETS]
+    assert {"epochs", "seed", "lr", "topology", "compressor"} <= {f.name for f in fields}
+    same = []
+    for f in fields:
+        a, b = _two_values(f.name, f.default, tmp_path)
+        if _single_run_name(tmp_path, "train", f.name, a) == \
+                _single_run_name(tmp_path, "train", f.name, b):
+            same.append(f.name)
+    assert not same, f"changing these options keeps the run's name: {same}"
+
+
+def test_every_consensus_option_enters_the_run_name(tmp_path):
+    """The same for consensus sweeps, over the options of the consensus program's parser."""
+    options = {k: v for k, v in vars(consensus_args([])).items() if k not in SWEEP_SETS}
+    assert {"steps", "dim", "seed", "gamma", "topology"} <= set(options)
+    same = []
+    for name, default in options.items():
+        if name == "init":  # a file of X0 (default none): two different paths
+            a, b = "a.npy", "b.npy"
+        else:
+            a, b = _two_values(name, default, tmp_path)
+        if _single_run_name(tmp_path, "consensus", name, a) == \
+                _single_run_name(tmp_path, "consensus", name, b):
+            same.append(name)
+    assert not same, f"changing these options keeps the run's name: {same}"
+
+
 @pytest.fixture(scope="module")
 def train_sweep(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("sweep")
@@ -85,6 +156,7 @@ def train_sweep(tmp_path_factory) -> tuple[Path, Path]:
     return path, out
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, capsys):
     path, out = train_sweep
     results = {r.name: json.loads((out / r.name / "result.json").read_text())
@@ -95,6 +167,7 @@ def test_sweep_runs_skips_finished_and_keeps_diverged_as_a_result(train_sweep, c
     assert "3 finished already, running 0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_checkpoint(train_sweep, tmp_path):
     path, out = train_sweep
     run = load_sweep(path).runs[0]
@@ -109,6 +182,27 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(train_sweep, tmp_path):
     assert (copy / run.name / "metrics.jsonl").read_text() == finished
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes | None]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns,
+                                          p.read_bytes() if p.is_file() else None)
+            for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+@pytest.mark.slow
+def test_index_on_a_finished_run_touches_nothing(train_sweep, tmp_path, capsys):
+    """What each SLURM array task runs: on a finished (or diverged) run it returns 0 at once
+    and changes no file or folder (no new log line, no manifest rewrite, no re-run)."""
+    path, out = train_sweep
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)  # copy2 keeps the modification times
+    before = _snapshot(copy)
+    for index in range(len(load_sweep(path).runs)):
+        assert sweep([str(path), "--out", str(copy), "--index", str(index)]) == 0
+        assert _snapshot(copy) == before, f"--index {index} changed the output folder"
+    assert "FAILED" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_report_table_csv_and_plots(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out)]) == 0
@@ -126,6 +220,7 @@ def test_report_table_csv_and_plots(train_sweep, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_consensus_sweep_and_report(tmp_path, capsys):
     path = write(tmp_path, CONSENSUS)
     out = tmp_path / "out"
@@ -174,6 +269,7 @@ def test_shipped_configs_parse(tmp_path):
         assert load_sweep(write(tmp_path, text, path.name)).runs, path
 
 
+@pytest.mark.slow
 def test_report_factor_against_a_baseline(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out), "--target-accuracy", "0.5", "--baseline", "algorithm=exact",

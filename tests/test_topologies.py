@@ -454,7 +454,7 @@ def test_builders_refuse_graphs_beyond_the_memory_limit() -> None:
 
 def test_the_memory_limit_comes_from_the_environment_or_the_machine(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from topologies._guards import MEMORY_ENV, memory_limit
+    from topologies.memory import MEMORY_ENV, memory_limit
 
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     limit, source = memory_limit()
@@ -533,7 +533,7 @@ def test_cli_errors_are_one_paragraph(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_argparse_messages_are_rewritten() -> None:
-    from topologies._guards import ArgumentParser
+    from choco.run.cli import ArgumentParser
 
     parser = ArgumentParser(prog="prog")
     parser.add_argument("--dim", type=int, default=1000)

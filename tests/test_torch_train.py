@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from choco.run.train import main
 
-from .conftest import ROOT
-from .test_resume import differences, rows
+from .helpers import differences, rows, run_torchrun
+
+pytestmark = pytest.mark.torchrun
 
 OPTIONS = ["--topology", "ring:4", "--epochs", "2", "--seed", "4", "--gamma", "0.5",
            "--compressor", "topk:0.05", "--checkpoint-every", "2", "--quiet"]
 
 
-def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    exe = shutil.which("torchrun")
-    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
-        env.pop(var, None)
-    return subprocess.run([*cmd, "--standalone", "--nproc-per-node", "4", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-
-
 def test_choco_train_under_torchrun_equals_local_backend(tmp_path):
     dist, local = tmp_path / "torch", tmp_path / "local"
-    proc = torchrun(["-m", "choco.train", *OPTIONS, "--out", str(dist)])
+    proc = run_torchrun(4, ["-m", "choco.train", *OPTIONS, "--out", str(dist)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert main([*OPTIONS, "--backend", "local", "--nodes", "4", "--out", str(local)]) == 0
     config = json.loads((dist / "config.json").read_text())
@@ -42,16 +29,16 @@ def test_choco_train_under_torchrun_equals_local_backend(tmp_path):
 
 
 def test_local_backend_under_torchrun_is_refused(tmp_path):
-    proc = torchrun(["-m", "choco.train", "--backend", "local", "--out", str(tmp_path / "x")],
-                    timeout=120)
+    proc = run_torchrun(4, ["-m", "choco.train", "--backend", "local", "--out",
+                            str(tmp_path / "x")], timeout=120)
     assert proc.returncode != 0 and "--backend torch" in proc.stderr
     assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_choco_train_on_cuda_under_torchrun(tmp_path):  # pragma: no cover - needs GPUs
-    proc = torchrun(["-m", "choco.train", *OPTIONS, "--device", "cuda", "--out",
-                     str(tmp_path / "cuda")])
+    proc = run_torchrun(4, ["-m", "choco.train", *OPTIONS, "--device", "cuda", "--out",
+                            str(tmp_path / "cuda")])
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -62,8 +49,8 @@ def test_consensus_under_torchrun_equals_local(tmp_path):
 
     common = ["--topology", "ring:4", "--steps", "30", "--dim", "50", "--gamma", "0.5",
               "--compressor", "sign", "--quiet"]
-    proc = torchrun(["-m", "choco.consensus", *common, "--out", str(tmp_path / "t.npz")],
-                    timeout=200)
+    proc = run_torchrun(4, ["-m", "choco.consensus", *common, "--out", str(tmp_path / "t.npz")],
+                        timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert consensus([*common, "--backend", "local", "--out", str(tmp_path / "l.npz")]) == 0
     a, b = np.load(tmp_path / "t.npz"), np.load(tmp_path / "l.npz")

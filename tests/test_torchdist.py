@@ -4,7 +4,7 @@ Each launch costs seconds (every worker imports torch), so checks are grouped: o
 launch compares CHOCO-Gossip over :class:`~choco.comm.torchdist.TorchCommunicator` with
 the in-process network bit for bit and provokes every start-up fault
 (``tests/torchrun/comm_check.py``); four 3-rank launches end a job through
-:func:`~choco.comm.torchdist.run_torch` (``tests/torchrun/fail_check.py``). The launcher is
+:func:`~choco.run.launch.run_torch` (``tests/torchrun/fail_check.py``). The launcher is
 the ``torchrun`` next to this Python, else ``python -m torch.distributed.run``; without
 either the launches are skipped, except under CI (``CI`` or ``CHOCO_REQUIRE_TORCHRUN``
 set), where that is a failure. The rest runs in this process: launcher detection, refused
@@ -13,11 +13,8 @@ set-ups, and a one-rank process group.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -28,58 +25,24 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from choco.comm.torchdist import (
+from choco.comm.torchdist import TorchCommunicator
+from choco.errors import CommError, UsageError
+from choco.run.launch import (
     DEFAULT_TIMEOUT_S,
-    TorchCommunicator,
     init_from_env,
     launched_by_torchrun,
     run_torch,
 )
-from choco.errors import CommError, UsageError
 
-from .conftest import ROOT, TESTS
+from .helpers import LAUNCHER_VARS, ROOT, TESTS, free_port, run_torchrun, worker_output
 
-TORCHRUN_TIMEOUT = float(os.environ.get("CHOCO_TORCHRUN_TIMEOUT", "300"))
 #: seconds from a rank's failure to the end of the whole job that the tests accept
 #: (measured: about 2.8 s, the 2 s grace of a non-zero rank included)
 END_WITHIN_S = 20.0
-TORCH_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-              "MASTER_PORT", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-
-
-def torchrun_launcher() -> list[str] | None:
-    """``torchrun`` next to this Python, else ``python -m torch.distributed.run``."""
-    script = Path(sys.executable).parent / "torchrun"
-    if script.exists():
-        return [str(script)]
-    if dist.is_available() and importlib.util.find_spec("torch.distributed.run") is not None:
-        return [sys.executable, "-m", "torch.distributed.run"]
-    return None
-
-
-def run_torchrun(n: int, args: list[str], timeout: float = TORCHRUN_TIMEOUT,
-                 ) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node n ARGS`` with a timeout."""
-    launcher = torchrun_launcher()
-    if launcher is None:
-        if os.environ.get("CI") or os.environ.get("CHOCO_REQUIRE_TORCHRUN"):
-            pytest.fail("torchrun not found but CI requires the torch.distributed tests")
-        pytest.skip("torchrun (torch.distributed) not available")
-    env = {k: v for k, v in os.environ.items() if k not in TORCH_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    cmd = [*launcher, "--standalone", "--nproc-per-node", str(n), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
-
-
-def worker_output(stderr: str) -> str:
-    """stderr without torchrun's own log lines (``W1201 ...``, ``E1201 ...``)."""
-    return "\n".join(line for line in stderr.splitlines()
-                     if not re.match(r"[IWE]\d{4} \d", line))
 
 
 # ------------------------------------------------------------------------------ launches
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_gossip_and_collectives_over_torchrun_match_local(tmp_path):
     out = tmp_path / "checks.json"
@@ -122,6 +85,7 @@ def launch_failure(mode: str, tmp_path: Path) -> tuple[subprocess.CompletedProce
     return proc, ended - float(stamp.read_text()) if stamp.exists() else float("nan")
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_torchrun_job_with_its_error(tmp_path):
     proc, elapsed = launch_failure("raise", tmp_path)
@@ -135,6 +99,7 @@ def test_a_failing_rank_ends_the_torchrun_job_with_its_error(tmp_path):
     assert elapsed < END_WITHIN_S, elapsed
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_check_agreement_under_torchrun_prints_the_error_once(tmp_path):
     proc, _ = launch_failure("agree", tmp_path)
@@ -146,6 +111,7 @@ def test_check_agreement_under_torchrun_prints_the_error_once(tmp_path):
     assert re.search(r"exitcode\s*:\s*2\b", proc.stderr)  # the worker's status: usage error
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_a_user_error_on_one_rank_ends_the_job(tmp_path):
     proc, elapsed = launch_failure("usage", tmp_path)
@@ -157,6 +123,7 @@ def test_a_user_error_on_one_rank_ends_the_job(tmp_path):
     assert elapsed < END_WITHIN_S, elapsed
 
 
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_a_hung_rank_ends_the_job_after_the_timeout(tmp_path):
     """A rank alive but silent: its neighbours raise after the process group's timeout (3 s
@@ -172,7 +139,7 @@ def test_a_hung_rank_ends_the_job_after_the_timeout(tmp_path):
 # ------------------------------------------------------------------------------ in process
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in TORCH_VARS:
+    for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -217,6 +184,44 @@ def test_init_from_env_refuses_cuda_without_a_gpu(clean_env):
         init_from_env(device="cuda")
 
 
+def test_choose_device(clean_env):
+    """One device rule for every program: cpu, auto (cuda only when torch sees a GPU),
+    cuda without a GPU refused, cuda:i only where a program allows it."""
+    from choco.run.launch import choose_device
+
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda or auto, got 'tpu'"):
+        choose_device("tpu")
+    with pytest.raises(UsageError, match=r"cpu, cuda, cuda:i or auto, got 'tpu'"):
+        choose_device("tpu", indexed=True)
+    with pytest.raises(UsageError, match=r"--device must be one of cpu, cuda or auto"):
+        choose_device("cuda:0")  # an index only where the program takes one
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(UsageError, match="no CUDA device"):
+                choose_device(name, indexed=True)
+
+
+@pytest.mark.parametrize("env,backend", [
+    ({}, "local"),
+    ({"PMI_SIZE": "1"}, "local"),  # mpiexec -n 1 is one process: local
+    ({"PMI_SIZE": "4", "PMI_RANK": "2"}, "mpi"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "mpi"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "torch"),
+    ({"TORCHELASTIC_RUN_ID": "x", "PMI_SIZE": "4"}, "torch"),  # srun starting torchrun
+])
+def test_resolve_backend_auto(clean_env, env, backend):
+    from choco.run.launch import resolve_backend
+
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    assert resolve_backend("auto") == backend
+    assert resolve_backend("mpi") == "mpi"  # an explicit choice is kept
+    with pytest.raises(UsageError, match="--backend must be one of auto, local, mpi, torch"):
+        resolve_backend("gloo")
+
+
 @pytest.mark.skipif(dist.is_initialized(), reason="a process group is initialized")
 def test_communicator_needs_a_process_group():
     with pytest.raises(CommError, match=r"needs an initialized torch\.distributed process "
@@ -229,18 +234,16 @@ def test_default_timeout_is_finite():
 
 
 def test_importing_choco_comm_does_not_load_the_torch_backend():
-    code = ("import sys, choco.comm as c; assert 'choco.comm.torchdist' not in sys.modules; "
-            "assert c.TorchCommunicator.__module__ == 'choco.comm.torchdist'; "
-            "assert c.run_torch and c.init_from_env and c.launched_by_torchrun")
+    code = ("import sys, choco.run.launch as l; assert 'torch' not in sys.modules; "
+            "assert l.run_torch and l.init_from_env and l.launched_by_torchrun; "
+            "import choco.comm as c; assert 'choco.comm.torchdist' not in sys.modules; "
+            "assert c.TorchCommunicator.__module__ == 'choco.comm.torchdist'\n"
+            "try:\n    c.run_torch\nexcept AttributeError as e:\n    print(e)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # the launch names moved to the run layer; the old ones say where
+    assert "from choco.run.launch import run_torch" in proc.stdout
 
 
 @pytest.fixture
@@ -300,7 +303,7 @@ GLOO_CLOSED = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Conne
 
 
 def test_peer_failures_are_told_from_the_programs_own_errors():
-    from choco.comm.torchdist import _peer_failed
+    from choco.run.launch.policy import _peer_failed
 
     assert _peer_failed(RuntimeError(GLOO_CLOSED)).startswith("[/pytorch/third_party/gloo")
     try:
@@ -327,7 +330,7 @@ def test_run_torch_on_a_rank_of_a_job(clean_env, capsys, case, status, text):
     """A non-zero rank's own error gets its rank; a peer's death gets one line, no
     traceback (under torchrun the agent usually ends the process before either). Here
     without a process group: ``os._exit`` and the grace periods are stubbed."""
-    import choco.comm.torchdist as td
+    import choco.run.launch.policy as td
 
     def fake_exit(code: int) -> None:
         raise _Exited(code)

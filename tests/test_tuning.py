@@ -19,6 +19,7 @@ def test_theoretical_gamma_on_ring8_matches_paper_values(delta, expected):
     assert W.shape == (8, 8)
 
 
+@pytest.mark.slow
 def test_tuner_picks_one_for_exact_gossip_and_a_small_step_for_top1():
     W = parse_topology("ring:8").W
     assert tune_gamma(W, "identity", dim=200, steps=150)[0] == 1.0

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 
 import networkx as nx
 
-from ._guards import check_memory, format_bytes, format_count, largest, memory_limit
 from .errors import TopologyError
+from .memory import check_memory, format_bytes, format_count, largest, memory_limit
 
 #: bytes per node and per edge of the networkx graphs a topology holds (the one built, its
 #: frozen copy and the support graph of W; measured: about 680 bytes per edge in total)

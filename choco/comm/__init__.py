@@ -2,8 +2,9 @@
 ``choco.comm.torchdist`` (``torch.distributed`` under torchrun: gloo on CPU, NCCL on GPU).
 
 ``choco.comm.mpi`` is imported only on request, so importing choco never initialises MPI;
-``choco.comm.torchdist`` is loaded on first use of one of its names here
-(``choco.comm.TorchCommunicator``, ``init_from_env``, ``launched_by_torchrun``,
+``choco.comm.torchdist`` is loaded on first use of ``choco.comm.TorchCommunicator``. Starting
+a process group from torchrun's variables and ending the job when a rank fails are the run
+layer's (:mod:`choco.run.launch`: ``init_from_env``, ``launched_by_torchrun``,
 ``run_torch``).
 
 :func:`check_agreement` (``choco.comm.agree``) checks with one collective that every rank
@@ -27,21 +28,21 @@ __all__ = [
     "LocalNetwork",
     "TorchCommunicator",
     "check_agreement",
-    "init_from_env",
-    "launched_by_torchrun",
-    "run_torch",
 ]
 
-#: names loaded from ``choco.comm.torchdist`` on first use
-_TORCH_NAMES = ("TorchCommunicator", "init_from_env", "launched_by_torchrun", "run_torch")
+#: launch names that moved to the run layer (:mod:`choco.run.launch`)
+_MOVED = ("init_from_env", "launched_by_torchrun", "run_torch", "TorchLaunch")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .torchdist import TorchCommunicator, init_from_env, launched_by_torchrun, run_torch
+    from .torchdist import TorchCommunicator
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        from . import torchdist
+    if name == "TorchCommunicator":
+        from .torchdist import TorchCommunicator
 
-        return getattr(torchdist, name)
+        return TorchCommunicator
+    if name in _MOVED:
+        raise AttributeError(f"choco.comm.{name} moved to the run layer: import it from "
+                             f"choco.run.launch (from choco.run.launch import {name}).")
     raise AttributeError(f"module 'choco.comm' has no attribute {name!r}")

@@ -168,7 +168,11 @@ def _plain(value: Any, where: str) -> Any:
     return text
 
 
-def _tensor_info(t: torch.Tensor, name: str | None) -> tuple[str | None, str, tuple, str]:
+#: ``(name, dtype, shape, digest)`` of one tensor
+TensorInfo = tuple[str | None, str, tuple[int, ...], str]
+
+
+def _tensor_info(t: torch.Tensor, name: str | None) -> TensorInfo:
     """``(name, dtype, shape, digest)`` of one tensor; the digest covers all three of
     dtype, shape and bytes."""
     if not isinstance(t, torch.Tensor):
@@ -176,7 +180,7 @@ def _tensor_info(t: torch.Tensor, name: str | None) -> tuple[str | None, str, tu
     flat = t.detach().reshape(-1).contiguous().cpu()
     dtype, shape = str(t.dtype).removeprefix("torch."), tuple(int(s) for s in t.shape)
     h = hashlib.blake2b(f"{dtype}{shape}".encode(), digest_size=16)
-    h.update(flat.view(torch.uint8).numpy())  # hashed in place, no copy of the bytes
+    h.update(flat.view(torch.uint8).numpy().data)  # hashed in place, no copy of the bytes
     return name, dtype, shape, h.hexdigest()
 
 
@@ -186,7 +190,7 @@ class _Digest:
 
     config: str | None = None
     config_json: str | None = None
-    tensor_info: list | None = None
+    tensor_info: list[TensorInfo] | None = None
     error: str | None = None
 
     @classmethod
@@ -250,13 +254,14 @@ def _flatten(value: object, prefix: str = "") -> dict[str, object]:
 
 def _config_message(first: list[dict], jsons: list[str | None], what: str) -> str:
     head = f"ranks disagree on the {_possessive(what)} configuration"
-    given = [r for r, d in enumerate(first) if d["config"] is not None]
+    given = [r for r, (d, j) in enumerate(zip(first, jsons, strict=True))
+             if d["config"] is not None and j is not None]
     if len(given) != len(first):
         missing = [r for r in range(len(first)) if r not in given]
         return (f"{head}: a configuration is passed on {format_ranks(given)} but not on "
                 f"{format_ranks(missing)}; call check_agreement with the same arguments on "
                 "every rank.")
-    flats = [_flatten(json.loads(j)) for j in jsons]  # type: ignore[arg-type]
+    flats = [_flatten(json.loads(j)) for j in jsons if j is not None]  # one per rank
     fields: dict[str, None] = {}
     for flat in flats:
         fields.update(dict.fromkeys(flat))
@@ -301,14 +306,14 @@ def _narrow(field: str, values: list, keyed: list[str]) -> tuple[str, list, list
     return field, values, keyed
 
 
-def _describe(info: tuple | None) -> str:
+def _describe(info: TensorInfo | None) -> str:
     if info is None:
         return "no tensor"
     name, dtype, shape, _ = info
     return (f"{name!r}, " if name else "") + f"{dtype} of shape {tuple(shape)}"
 
 
-def _tensor_message(first: list[dict], infos: list[list | None], what: str,
+def _tensor_message(first: list[dict], infos: list[list[TensorInfo] | None], what: str,
                     also: bool) -> str:
     head = (f"The {_possessive(what)} initial parameters differ too" if also
             else f"ranks disagree on the {_possessive(what)} initial parameters")
@@ -318,19 +323,20 @@ def _tensor_message(first: list[dict], infos: list[list | None], what: str,
         return (f"{head}: tensors are passed on {format_ranks(given)} but not on "
                 f"{format_ranks(missing)}; call check_agreement with the same arguments on "
                 "every rank.")
+    lists = [i for i in infos if i is not None]  # one per rank: every rank passed tensors
     groups = _groups([(d["tensors"], d["count"]) for d in first])
     ref_ranks = groups[0][1]
-    ref = infos[ref_ranks[0]]
+    ref = lists[ref_ranks[0]]
     others = [r for _, ranks in groups[1:] for r in ranks]
     # the first tensor index at which any group differs from the reference group
     index: int | None = None
     group: list[int] = []
     for _, ranks in groups[1:]:
-        cand = infos[ranks[0]]
-        for i in range(max(len(ref), len(cand))):  # type: ignore[arg-type]
-            a = ref[i] if i < len(ref) else None  # type: ignore[index]
-            b = cand[i] if i < len(cand) else None  # type: ignore[index]
-            if (a is None) != (b is None) or (a is not None and tuple(a[1:]) != tuple(b[1:])):
+        cand = lists[ranks[0]]
+        for i in range(max(len(ref), len(cand))):
+            a = ref[i] if i < len(ref) else None
+            b = cand[i] if i < len(cand) else None
+            if a is None or b is None or tuple(a[1:]) != tuple(b[1:]):
                 if index is None or i < index:
                     index, group = i, ranks
                 break
@@ -340,10 +346,10 @@ def _tensor_message(first: list[dict], infos: list[list | None], what: str,
            "broadcast rank 0's parameters")
     if index is None:  # cannot happen: the digests differ
         return f"{text}; {fix}."
-    a = ref[index] if index < len(ref) else None  # type: ignore[index, arg-type]
-    cand = infos[group[0]]
-    b = cand[index] if index < len(cand) else None  # type: ignore[index, arg-type]
-    counts = {len(infos[ranks[0]]) for _, ranks in groups}  # type: ignore[arg-type]
+    a = ref[index] if index < len(ref) else None
+    cand = lists[group[0]]
+    b = cand[index] if index < len(cand) else None
+    counts = {len(lists[ranks[0]]) for _, ranks in groups}
     if a is not None and b is not None and a[1:3] == b[1:3]:
         detail = f"first at tensor {index} ({_describe(a)}): different values"
     else:
@@ -351,7 +357,7 @@ def _tensor_message(first: list[dict], infos: list[list | None], what: str,
                   f"{_describe(b)} on {format_ranks(group)}")
         fix = "build the same model on every rank"
     if len(counts) > 1:
-        sizes = ", ".join(f"{len(infos[ranks[0]])} on {format_ranks(ranks)}"  # type: ignore[arg-type]
+        sizes = ", ".join(f"{len(lists[ranks[0]])} on {format_ranks(ranks)}"
                           for _, ranks in groups)
         detail += f" (tensor counts: {sizes})"
     return f"{text}, {detail}; {fix}."

@@ -70,6 +70,11 @@ class Communicator(ABC):
         """Rank ``root``'s ``array`` on every rank (same shape and dtype everywhere)."""
         return self.allgather(array)[root].copy()
 
+    def close(self) -> None:
+        """Release what the communicator holds beyond memory (collective where that is:
+        MPI's graph communicator); nothing by default. Not used after."""
+        return None
+
 
 class ProcessCommunicator(Communicator):
     """What the communicators spanning processes (MPI, torch.distributed) share.
@@ -126,8 +131,9 @@ class ProcessCommunicator(Communicator):
         check_message_lengths(lengths, self.all_neighbors)
 
 
-def rank_order_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """``parts[0] + parts[1] + ...`` added in rank order (a new array).
+def rank_order_sum(parts: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """``parts[0] + parts[1] + ...`` added in rank order (a new array); ``parts`` is a list
+    of arrays or one array whose first axis is the rank.
 
     Every backend reduces through this function, so a sum is bit-identical whichever
     launcher ran the job (MPI's own reduction order depends on the implementation).

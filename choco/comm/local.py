@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from .base import (
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class LocalNetwork:
@@ -61,7 +62,7 @@ class LocalNetwork:
 
     def run(self, fn: Callable[[LocalCommunicator], T]) -> list[T]:
         """Run ``fn(comm)`` for every node, one thread each; return results in rank order."""
-        results: list[T | None] = [None] * self.size
+        results: dict[int, T] = {}  # rank -> fn's value
         errors: list[BaseException | None] = [None] * self.size
 
         def target(i: int) -> None:
@@ -90,7 +91,7 @@ class LocalNetwork:
         first = first or next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(self.size)]
 
     # -- mailbox --------------------------------------------------------------------------
     def _post(self, sender: int, rnd: int, buf: torch.Tensor) -> None:
@@ -125,7 +126,7 @@ class LocalNetwork:
                     del self._mail[k]
             return out
 
-    def _collective(self, rank: int, value: object, combine: Callable[[list], object]) -> object:
+    def _collective(self, rank: int, value: object, combine: Callable[[list[Any]], R]) -> R:
         if self.size == 1:
             return combine([value])
         if not self.threaded:
@@ -184,10 +185,10 @@ class LocalCommunicator(Communicator):
         return _LocalExchange(self.net, self.rank, rnd, send.numel())
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
-        return self.net._collective(self.rank, np.asarray(array), rank_order_sum)  # type: ignore[return-value]
+        return self.net._collective(self.rank, np.asarray(array), rank_order_sum)
 
     def allgather_object(self, obj: object) -> list:
-        return self.net._collective(self.rank, obj, list)  # type: ignore[return-value]
+        return self.net._collective(self.rank, obj, list)
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
-        return self.net._collective(self.rank, np.asarray(array), np.stack)  # type: ignore[return-value]
+        return self.net._collective(self.rank, np.asarray(array), np.stack)

@@ -89,7 +89,7 @@ class MPICommunicator(ProcessCommunicator):
         Every rank's (sorted) neighbour list, in rank order, as gathered at construction.
     """
 
-    def __init__(self, neighbors: Sequence[int], comm: MPI.Comm | None = None) -> None:
+    def __init__(self, neighbors: Sequence[int], comm: MPI.Intracomm | None = None) -> None:
         self.world = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
@@ -101,7 +101,7 @@ class MPICommunicator(ProcessCommunicator):
         self._lengths_checked = False
 
     @classmethod
-    def from_matrix(cls, W: np.ndarray, comm: MPI.Comm | None = None) -> MPICommunicator:
+    def from_matrix(cls, W: np.ndarray, comm: MPI.Intracomm | None = None) -> MPICommunicator:
         world = comm if comm is not None else MPI.COMM_WORLD
         rank = world.Get_rank()
         return cls([j for j in range(W.shape[0]) if j != rank and W[rank, j] != 0], world)
@@ -141,12 +141,6 @@ class MPICommunicator(ProcessCommunicator):
         self.world.Bcast(arr, root=root)
         return arr
 
-    def check_sizes_agree(self, value: int, what: str) -> None:
-        """Raise on every rank (never hang) if ``value`` differs between ranks."""
-        values = self.allgather(np.array([value], dtype=np.int64))[:, 0]
-        if len(set(values.tolist())) != 1:
-            raise CommError(f"{what} differs between ranks: {values.tolist()}")
-
-
-def world_size() -> int:
-    return MPI.COMM_WORLD.Get_size()
+    def close(self) -> None:
+        """Free the graph communicator (collective: every rank of the world)."""
+        self.graph.Free()

@@ -126,7 +126,8 @@ def param_groups(model: nn.Module, weight_decay: float, bias: bool = True) -> li
     if weight_decay < 0:
         raise ModelError(f"weight_decay must be >= 0, got {weight_decay}")
     exempt = set(no_weight_decay_params(model, bias))
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         (no_decay if name in exempt else decay).append(param)
     return [

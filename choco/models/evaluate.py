@@ -67,12 +67,13 @@ def evaluate_lm(model: nn.Module, data: torch.Tensor, bptt: int = 30) -> tuple[f
         )
     if bptt < 1:
         raise ModelError(f"bptt must be >= 1, got {bptt}")
-    if not hasattr(model, "init_hidden"):
+    init_hidden = getattr(model, "init_hidden", None)
+    if not callable(init_hidden):
         raise ModelError(f"{type(model).__name__} has no init_hidden(bsz); use an LSTM model")
     device = _device(model)
     loss_sum, count = 0.0, 0
     with eval_mode(model):
-        hidden = model.init_hidden(data.shape[1])
+        hidden = init_hidden(data.shape[1])
         for i in range(0, data.shape[0] - 1, bptt):  # BPTT chunks: rows i..i+L-1 -> i+1..i+L
             length = min(bptt, data.shape[0] - 1 - i)
             inputs, targets = data[i : i + length], data[i + 1 : i + 1 + length].reshape(-1)

@@ -7,9 +7,13 @@ The library below it (topologies aside: :mod:`choco.gossip`, :mod:`choco.optim`,
 =======================  ==============================================================
 module                   what it holds
 =======================  ==============================================================
-:mod:`.cli`              errors → exit status 2, backends, abort-on-error under MPI,
+:mod:`.launch`           launcher detection, ``--backend``, ``--device``, the
+                         :class:`~.launch.World`, exit codes, abort-on-error under MPI
+                         and torchrun
+:mod:`.cli`              options every program shares, one-paragraph argparse errors,
                          warnings, ``--help``/``--version``
-:mod:`.files`            atomic writes, ``.npy`` input checks
+:mod:`.files`            atomic writes, ``.npy`` input checks, output-path and memory
+                         checks
 :mod:`.config`           ``choco-train``'s :class:`~.config.TrainConfig` (TOML + options)
 :mod:`.algorithms`       the algorithm registry (choco, exact, allreduce, dcd, ecd, local)
 :mod:`.tasks`            image classification and language modelling tasks
@@ -21,5 +25,6 @@ module                   what it holds
 :mod:`.compress_cli`     ``python -m choco.compress``
 :mod:`.tuning_cli`       ``python -m choco.tuning``
 :mod:`.bench`            ``python -m choco.bench``
+:mod:`.topologies_cli`   ``python -m topologies``
 =======================  ==============================================================
 """

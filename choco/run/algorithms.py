@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from ..errors import CompressionError, UsageError
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..comm.base import Communicator
     from ..compress.base import Compressor
-    from ..optim import AllReduceSGD, Averager, ChocoSGD
+    from ..optim import AllReduceSGD, Averager, ChocoSGD, Order
 
 #: what an algorithm sends: compressed messages, full vectors, a global all-reduce, nothing
 Traffic = Literal["compressed", "exact", "allreduce", "none"]
@@ -107,7 +107,8 @@ class Algorithm:
 
         if self.averager is None:
             return AllReduceSGD(optimizer, args.comm)
-        opt = ChocoSGD(optimizer, self.averager(args), order=order,  # type: ignore[arg-type]
+        # ChocoSGD refuses any other order than its Literal's values
+        opt = ChocoSGD(optimizer, self.averager(args), order=cast("Order", order),
                        gossip_every=gossip_every)
         if order == "overlap":  # the exchange moves during the backward pass (MPI)
             opt.progress_hooks()

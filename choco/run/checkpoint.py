@@ -24,7 +24,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -179,7 +179,11 @@ def save_generation(comm: Communicator, out: Path, epoch: int, state: dict[str, 
     torch.save(state, buf)
     data = buf.getvalue()
     name = f"rank{comm.rank}.pt"
-    atomic_write(gen / name, lambda fh: fh.write(data))
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    atomic_write(gen / name, write)
     files = dict(comm.allgather_object((name, {"sha256": _sha256(data), "bytes": len(data)})))
     if comm.rank == 0:
         atomic_write_json(gen / MANIFEST, {

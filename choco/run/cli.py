@@ -1,11 +1,11 @@
-"""What every command-line program shares: errors, backends, warnings, help, abort-on-error.
+"""What every command-line program shares: errors, options, warnings, help.
 
 A user error (any :class:`choco.errors.ChocoError`: bad spec, wrong rank count, missing
 file) is printed as one paragraph on stderr, ``error: ...``, and the program exits with
-status 2 having written nothing. Under MPI any exception on any rank aborts the whole job
-(``MPI_Abort``), so no rank is left waiting in a collective; rank 0 reports first, other
-ranks report only if rank 0 did not abort within a grace period (an error raised on every
-rank is printed once). Python warnings are printed as ``warning: ...``, once each, by rank 0.
+status 2 having written nothing; a bad command line too (:class:`ArgumentParser`). Python
+warnings are printed as ``warning: ...``, once each, by rank 0. How a program starts and
+ends under each launcher (backends, abort on error, exit codes) is :mod:`choco.run.launch`;
+its names used by every program are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,23 +13,39 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
-import time
-import traceback
 import warnings
-from collections.abc import Callable
+from typing import NoReturn
 
 from .. import __version__
-from ..errors import ChocoError, UsageError
+from ..errors import UsageError
+from .launch import (
+    BACKENDS,
+    DIVERGED_EXIT,
+    USAGE_EXIT,
+    launched_by_mpi,
+    launched_by_torchrun,
+    launcher_rank,
+    refuse_local_under_mpi,
+    resolve_backend,
+    run,
+    run_local,
+    run_mpi,
+)
 
 __all__ = [
+    "BACKENDS",
     "DIVERGED_EXIT",
     "USAGE_EXIT",
+    "ArgumentParser",
     "HelpFormatter",
     "UsageError",
     "add_backend_argument",
+    "add_gossip_arguments",
     "add_version_argument",
     "launched_by_mpi",
+    "launched_by_torchrun",
     "launcher_rank",
     "prog_name",
     "refuse_local_under_mpi",
@@ -39,84 +55,6 @@ __all__ = [
     "run_mpi",
     "setup_output",
 ]
-
-#: exit status of a user error (argparse uses 2 as well)
-USAGE_EXIT = 2
-#: exit status of a training run that diverged (non-finite loss); its last row is written
-DIVERGED_EXIT = 3
-#: seconds a non-zero rank waits for rank 0 to abort first
-GRACE_SECONDS = 2.0
-#: seconds between writing the error and MPI_Abort, for the launcher to forward the output
-ABORT_DRAIN_SECONDS = 0.3
-#: exceptions reported as one paragraph, without a traceback
-USER_ERRORS: tuple[type[BaseException], ...] = (ChocoError,)
-
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
-
-
-def launched_by_mpi() -> bool:
-    """Whether an MPI launcher (mpiexec, srun) started this process with more than one rank."""
-    for var in _SIZE_VARS:
-        value = os.environ.get(var, "1")
-        if value.isdigit() and int(value) > 1:
-            return True
-    return False
-
-
-def launcher_rank() -> int:
-    """This process's rank as the launcher's environment gives it (0 when not launched)."""
-    for var in _RANK_VARS:
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 0
-
-
-def refuse_local_under_mpi() -> None:
-    """Every rank running the whole network would write the same files: refuse it."""
-    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
-    if not launched_by_mpi() and tasks.isdigit() and int(tasks) > 1:
-        raise UsageError(
-            f"this process is one of {tasks} tasks started by srun without an MPI plugin (no "
-            "PMI variables), so every task would run the whole network and write the same "
-            "files; launch with srun --mpi=pmi2 (or mpiexec), or run a single task."
-        )
-    world = os.environ.get("WORLD_SIZE", "1")
-    if launched_by_torchrun() and world.isdigit() and int(world) > 1:
-        raise UsageError(
-            f"--backend local runs every node in one process, but torchrun started {world} "
-            "processes (each would run the whole network and write the same files); pass "
-            "--backend torch (or auto), or run without torchrun."
-        )
-    if launched_by_mpi():
-        raise UsageError(
-            "--backend local runs every node in one process, but this process was started by "
-            "an MPI launcher with several ranks (each would run the whole network and write "
-            "the same files); pass --backend mpi (or auto), or run without mpiexec."
-        )
-
-
-BACKENDS = ("auto", "local", "mpi", "torch")
-
-
-def launched_by_torchrun() -> bool:
-    """Whether torchrun started this process (:func:`choco.comm.torchdist.launched_by_torchrun`)."""
-    from ..comm.torchdist import launched_by_torchrun as by_torchrun
-
-    return by_torchrun()
-
-
-def resolve_backend(name: str) -> str:
-    """``auto`` → ``mpi`` under an MPI launcher with several ranks, ``torch`` under torchrun,
-    else ``local``."""
-    if name not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}.")
-    if name == "auto":  # torchrun first: under `srun torchrun` srun's PMI variables are set too
-        if launched_by_torchrun():
-            return "torch"
-        return "mpi" if launched_by_mpi() else "local"
-    return name
 
 
 def prog_name(script: str, module: str) -> str:
@@ -165,58 +103,64 @@ def setup_output() -> None:
     warnings.simplefilter("once")  # the same text from two places is printed once
 
 
-def run_local(main: Callable[[], int]) -> int:
-    """Run ``main`` in a single process: user errors → ``error: ...``, exit 2."""
-    try:
-        return main()
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return USAGE_EXIT
+_INVALID_VALUE = re.compile(r"argument (?P<opt>[^:]+): invalid (?P<kind>\w+) value: (?P<got>.*)")
+_INVALID_CHOICE = re.compile(
+    r"argument (?P<opt>[^:]+): invalid choice: (?P<got>.*?) \(choose from (?P<choices>.*)\)")
+_EXPECTED = re.compile(r"argument (?P<opt>[^:]+): expected (?P<what>.*)")
+_REQUIRED = re.compile(r"the following arguments are required: (?P<names>.*)")
+_UNKNOWN = re.compile(r"unrecognized arguments: (?P<got>.*)")
+_AMBIGUOUS = re.compile(r"ambiguous option: (?P<got>\S+) could match (?P<options>.*)")
+_KINDS = {"int": "an integer", "float": "a number"}
 
 
-def run_mpi(main: Callable[[], int]) -> int:
-    """Run ``main`` on every rank; any exception on any rank aborts the job."""
-    from mpi4py import MPI
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-paragraph errors on stderr and exit status 2, without the usage.
 
-    world = MPI.COMM_WORLD
-    rank, size = world.Get_rank(), world.Get_size()
-    try:
-        return main()
-    except USER_ERRORS as exc:
-        message, code = f"error: {exc}\n", USAGE_EXIT
-    except SystemExit as exc:
-        if exc.code in (0, None) or size == 1:
-            raise
-        message, code = "", exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        message, code = f"[rank {rank}] " + traceback.format_exc(), 1
-    if size == 1:
-        sys.stderr.write(message)
-        return code
-    if rank != 0:
-        time.sleep(GRACE_SECONDS)
-        message = f"[rank {rank}] {message}" if not message.startswith("[rank") else message
-    sys.stderr.write(message)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # give the launcher's proxy a moment to forward what was written before MPI_Abort tears
-    # the job down (seen: the error line lost when aborting at once)
-    time.sleep(ABORT_DRAIN_SECONDS)
-    world.Abort(code)
-    return code  # not reached: Abort ends the process
+    ``--dim abc`` gives ``error: --dim must be an integer, got 'abc'; write e.g. --dim 1000
+    (python -m choco.tuning --help lists every option)``. Subcommand parsers made by
+    ``add_subparsers`` are of this class too.
+    """
 
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_EXIT, f"error: {self.explain(message)}\n")
 
-def run(backend: str, main: Callable[[str], int]) -> int:
-    """Resolve ``backend`` and run ``main(backend)`` with the matching error handling."""
-    try:
-        resolved = resolve_backend(backend)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return USAGE_EXIT
-    if resolved == "mpi":
-        return run_mpi(lambda: main(resolved))
-    if resolved == "torch":
-        from ..comm.torchdist import run_torch
+    def _default(self, option: str) -> str | None:
+        for action in self._actions:
+            if option in action.option_strings or option == action.dest:
+                default = action.default
+                if default is not None and default is not argparse.SUPPRESS and \
+                        not isinstance(default, bool):
+                    return str(default)
+        return None
 
-        return run_torch(lambda: main(resolved))
-    return run_local(lambda: main(resolved))
+    def explain(self, message: str) -> str:
+        """An argparse message rewritten as requirement, value received and fix."""
+        help_hint = f"{self.prog} --help lists every option"
+        if m := _INVALID_VALUE.fullmatch(message):
+            opt = m["opt"].split("/")[0]
+            kind = _KINDS.get(m["kind"], f"a valid {m['kind']}")
+            default = self._default(opt)
+            example = f"write e.g. {opt} {default} ({help_hint})" if default else help_hint
+            return f"{opt} must be {kind}, got {m['got']}; {example}"
+        if m := _INVALID_CHOICE.fullmatch(message):
+            opt = m["opt"].split("/")[0]
+            return (f"{opt} must be one of {m['choices']}, got {m['got']}; pick one of them "
+                    f"({help_hint})")
+        if m := _EXPECTED.fullmatch(message):
+            opt = m["opt"].split("/")[0]
+            default = self._default(opt)
+            example = f"write e.g. {opt} {default}" if default else help_hint
+            return f"{opt} takes {m['what'].removesuffix('s')}, got none; {example}"
+        if m := _REQUIRED.fullmatch(message):
+            names = m["names"]
+            verb = "are" if "," in names else "is"
+            return (f"{names} {verb} required, got a command line without "
+                    f"{'them' if verb == 'are' else 'it'}; add {'them' if verb == 'are' else 'it'}"
+                    f" ({help_hint})")
+        if m := _UNKNOWN.fullmatch(message):
+            return (f"every argument must be an option of {self.prog}, got the unknown "
+                    f"{m['got']!r}; check the spelling ({help_hint})")
+        if m := _AMBIGUOUS.fullmatch(message):
+            return (f"an abbreviated option must match one option, got {m['got']}, which "
+                    f"could be {m['options']}; write the option in full")
+        return f"the command line must follow {help_hint}, got: {message}; see --help"

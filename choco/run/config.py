@@ -124,7 +124,7 @@ def _convert(name: str, value: Any) -> Any:
         raise UsageError(f"{option} must be true or false, got {value!r}.")
     if name == "gamma":
         return str(value)
-    kind = type(default)
+    kind: type = type(default)
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)

@@ -41,17 +41,15 @@ from ..compress.base import Compressor
 from ..errors import UsageError
 from ..gossip import ChocoGossip, check_gamma
 from .cli import (
+    ArgumentParser,
     HelpFormatter,
     add_backend_argument,
     add_gossip_arguments,
     add_version_argument,
     prog_name,
-    refuse_local_under_mpi,
-    run,
     setup_output,
 )
 from .files import (
-    ArgumentParser,
     atomic_savez,
     check_memory,
     check_output_file,
@@ -60,8 +58,8 @@ from .files import (
     memory_limit,
     spec_file,
 )
+from .launch import World, mpi_world, refuse_local_under_mpi, run, torch_world
 from .plan import AUTO_DIM, resolve_gamma
-from .world import World, mpi_world, torch_world
 
 log = logging.getLogger(__name__)
 

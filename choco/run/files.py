@@ -11,44 +11,163 @@ requirement, value received, fix), made before anything is allocated or written:
   path is not a folder, not an input of the run, and not an existing file unless
   ``--overwrite`` is given;
 * :func:`check_memory`: a memory estimate against :func:`memory_limit` (1/4 of physical
-  memory, or ``CHOCO_MEMORY_LIMIT`` bytes), with the bytes needed in the message;
-* :class:`ArgumentParser`: argparse whose errors (``--dim abc``, an unknown option, a
-  missing argument) are one paragraph too, exit status 2, without the usage block.
+  memory, or ``CHOCO_MEMORY_LIMIT`` bytes), with the bytes needed in the message.
 
-They live in the dependency-free module ``topologies._guards``, so that ``python -m
-topologies`` (a lower layer, which cannot import the run layer) uses the same code.
+The memory limit itself is :mod:`topologies.memory` (the topology builders check against it
+too); the command-line parser with one-paragraph errors is :class:`choco.run.cli.ArgumentParser`
+(re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from topologies._guards import (
-    ArgumentParser,
-    atomic_write,
-    check_memory,
-    check_output_file,
-    format_bytes,
-    largest,
-    memory_limit,
-    spec_file,
-)
+from topologies.memory import check_memory, format_bytes, largest, memory_limit
 
-from ..errors import UsageError
+from ..errors import ChocoError, UsageError
+from .cli import ArgumentParser
 
 __all__ = ["ArgumentParser", "atomic_savez", "atomic_torch_save", "atomic_write",
            "atomic_write_json", "atomic_write_text", "check_memory", "check_output_file",
-           "format_bytes", "largest", "load_npy", "memory_limit", "spec_file"]
+           "format_bytes", "largest", "load_npy", "memory_limit", "new_file_mode", "spec_file"]
+
+#: what a check raises: a :class:`~choco.errors.ChocoError` type taking the message
+ErrorType = Callable[[str], ChocoError]
+
+
+def spec_file(spec: object) -> str | None:
+    """The file a topology spec reads (``"file:W.npy"`` → ``"W.npy"``), else ``None``."""
+    if not isinstance(spec, str):
+        return None
+    name, colon, rest = spec.strip().partition(":")
+    return rest if colon and name.strip().lower() == "file" and rest.strip() else None
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+#: the process's umask, read once at import (reading it means setting it for an instant)
+UMASK = _umask()
+
+
+def new_file_mode(path: str | os.PathLike[str]) -> int:
+    """Permission bits for a file written to ``path`` through a temporary file and a rename.
+
+    The bits of the file it replaces, else those of a newly created file (``0o666`` less
+    the umask), not the ``0o600`` that :func:`tempfile.mkstemp` gives.
+    """
+    try:
+        return os.stat(path).st_mode & 0o777
+    except (OSError, ValueError):
+        return 0o666 & ~UMASK
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        if path.resolve() == other.resolve():
+            return True
+    except RuntimeError:  # a symlink loop (Python < 3.13): compare the files below
+        pass
+    try:
+        return os.path.samefile(path, other)
+    except (OSError, ValueError):  # one of them does not exist: not the same file
+        return False
+
+
+def check_output_file(path: str | os.PathLike[str], option: str, *,
+                      inputs: Iterable[str | os.PathLike[str] | None] = (),
+                      overwrite: bool = False, error: ErrorType = UsageError) -> Path:
+    """Check, before any work, that ``path`` can be written without destroying anything.
+
+    Refused, each with one paragraph naming ``option``: an empty path; a path that is one
+    of ``inputs`` (same resolved path, or the same file through a link); a missing parent
+    folder, or a parent that is a file; a path that is a folder or not a regular file; an
+    existing file unless ``overwrite``; a folder where no file can be created (probed with
+    a temporary file that is removed at once, since permission bits do not stop root and
+    some folders, such as ``/proc``, refuse new files whatever the bits say).
+    Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    text = os.fspath(path)
+    out = Path(text)
+    other = f"choose another {option}"
+    try:
+        if not text.strip():
+            raise error(f"{option} must name a file, got an empty path; {other}")
+        for given in inputs:
+            if given is not None and str(given).strip() and _same_file(out, Path(given)):
+                raise error(
+                    f"{option} must not be an input of this run (writing it would destroy "
+                    f"the input), got {option} {text}, which is the input {given}; {other}"
+                )
+        parent = out.parent
+        if not parent.exists():
+            raise error(f"{option} must be in an existing folder, got {text} (the folder "
+                        f"{parent} does not exist); create it with mkdir -p {parent}, or "
+                        f"{other}")
+        if not parent.is_dir():
+            raise error(f"{option} must be in a folder, got {text} ({parent} is a file, not "
+                        f"a folder); {other}")
+        if out.is_dir():
+            raise error(f"{option} must be a file, got {text}, which is a folder; name a file "
+                        f"inside it, or {other}")
+        if out.exists() or out.is_symlink():
+            if out.exists() and not out.is_file():
+                raise error(f"{option} must be a regular file, got {text}, which exists and "
+                            f"is not one (a device, pipe or socket); {other}")
+            if not overwrite:
+                raise error(f"{option} must not be an existing file unless --overwrite is "
+                            f"given, got {text}, which exists; pass --overwrite to replace "
+                            f"it, or {other}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise error(f"{option} must be in a folder you can write to, got {text} (no "
+                        f"write permission in {parent}); {other}")
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=out.name + ".", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except ChocoError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:  # /proc, a read-only disk, a long name
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise error(f"{option} must be a path where a file can be created, got {text!r} "
+                    f"({reason}); {other}") from None
+    return out
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    mode = new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda fh: fh.write(text.encode()))
+    data = text.encode()
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -65,7 +184,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     """``numpy.savez`` to exactly ``path`` (no ``.npz`` appended), atomically."""
-    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    named: dict[str, Any] = dict(arrays)
+    atomic_write(path, lambda fh: np.savez(fh, **named))
 
 
 def load_npy(path: Path, option: str, *, ndim: int, dtypes: Sequence[type],

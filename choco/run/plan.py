@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,7 +128,8 @@ def resolve_gamma(text: str, compressor: Compressor, W, seed: int, share: Share 
     damp), else :func:`choco.tuning.tune_gamma` on this ``W`` and compressor. Returns
     ``(γ, where it came from)``; ``announce`` (the topology's name) prints what is tuned."""
     if str(text).strip().lower() != "auto":
-        return check_gamma(text, "--gamma"), "given"
+        given: Any = text  # check_gamma converts and checks any value
+        return check_gamma(given, "--gamma"), "given"
     if compressor.spec == "identity":
         return 1.0, "auto: identity needs no damping"
     from ..tuning import tune_gamma

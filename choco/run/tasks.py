@@ -177,7 +177,11 @@ class LanguageModelling(Task):
         return (next(it) for _ in range(self.steps_per_epoch))
 
     def begin_epoch(self, model: nn.Module) -> Any:
-        return model.init_hidden(self.batch_size)
+        init_hidden = getattr(model, "init_hidden", None)
+        if not callable(init_hidden):
+            raise UsageError(f"language modelling needs a model with init_hidden(batch_size), "
+                             f"got a {type(model).__name__}; use --model lstm.")
+        return init_hidden(self.batch_size)
 
     def loss(self, model: nn.Module, batch: Batch, carry: Any) -> tuple[torch.Tensor, Any]:
         xb, yb = batch
@@ -209,10 +213,9 @@ class LanguageModelling(Task):
 def make_task(data: ClassificationData | LanguageModelData, model: str, dataset: str, n: int,
               batch_size: int, partition_scheme: str, seed: int, bptt: int) -> Task:
     """The task that trains ``model`` on ``data`` over ``n`` nodes; checks the two fit."""
-    is_lm = isinstance(data, LanguageModelData)
-    if (model.lower() in LanguageModelling.models) != is_lm:
+    if (model.lower() in LanguageModelling.models) != isinstance(data, LanguageModelData):
         raise UsageError(f"--model {model} does not fit --dataset {dataset}: use lstm with "
                          "wikitext2, and mlp/lenet/resnet* with image data.")
-    if is_lm:
+    if isinstance(data, LanguageModelData):
         return LanguageModelling(data, n, batch_size, bptt)
     return ImageClassification(data, n, batch_size, partition_scheme, seed)

@@ -34,9 +34,19 @@ from ..errors import UsageError
 from ..models import param_groups
 from . import checkpoint
 from .algorithms import AveragerArgs
-from .cli import DIVERGED_EXIT, refuse_local_under_mpi, run, setup_output
+from .cli import setup_output
 from .config import TrainConfig, parse_config
 from .files import atomic_torch_save, atomic_write_json
+from .launch import (
+    DIVERGED_EXIT,
+    USAGE_EXIT,
+    World,
+    choose_device,
+    mpi_world,
+    refuse_local_under_mpi,
+    run,
+    torch_world,
+)
 from .metrics import (
     JsonlWriter,
     average_model,
@@ -45,7 +55,6 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
-from .world import World, mpi_world, torch_world
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -205,7 +214,8 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
     device = opt.x.device
     for b, batch in enumerate(task.batches(comm.rank, epoch)):
         if device.type != "cpu":
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            batch = (batch[0].to(device, non_blocking=True),
+                     batch[1].to(device, non_blocking=True))
         lr = plan.schedule.at(comm.rank, epoch, b)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -234,8 +244,8 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
 def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
     """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    flat = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
-    flat = torch.from_numpy(comm.broadcast(flat))
+    mine = torch.cat([t.reshape(-1).double().cpu() for t in tensors]).numpy()
+    flat = torch.from_numpy(comm.broadcast(mine))
     offset = 0
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -317,14 +327,16 @@ def train_local(cfg: TrainConfig) -> int:
 
 def _on_every_rank(comm: Communicator, fn: Callable[[], T]) -> T:
     """``fn()`` on every rank; if it raises a user error anywhere, raise it everywhere."""
+    error: str | None = None
+    result: list[T] = []  # fn()'s value, if it returned
     try:
-        result, error = fn(), None
+        result.append(fn())
     except UsageError as exc:
-        result, error = None, str(exc)
+        error = str(exc)
     errors = [e for e in comm.allgather_object(error) if e]
     if errors:
         raise UsageError(errors[0])
-    return result  # type: ignore[return-value]
+    return result[0]
 
 
 def train_world(cfg: TrainConfig, world: World) -> int:
@@ -359,16 +371,7 @@ def train_world(cfg: TrainConfig, world: World) -> int:
 
 def node_device(name: str, local_rank: int = 0) -> torch.device:
     """``--device``: cpu, cuda (``cuda:LOCAL_RANK``) or auto (cuda when available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name != "cuda":
-        raise UsageError(f"--device must be cpu, cuda or auto, got {name!r}.")
-    if not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA device; use "
-                         "--device cpu (or auto).")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return choose_device(name, local_rank)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT
 
     def start(backend: str) -> int:
         resolved = replace(cfg, backend=backend)

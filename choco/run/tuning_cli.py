@@ -16,8 +16,15 @@ from topologies import parse_topology
 from ..compress import available, make_compressor
 from ..errors import UsageError
 from ..tuning import tune_gamma
-from .cli import HelpFormatter, add_gossip_arguments, add_version_argument, run_local, setup_output
-from .files import ArgumentParser, check_memory, largest, memory_limit
+from .cli import (
+    ArgumentParser,
+    HelpFormatter,
+    add_gossip_arguments,
+    add_version_argument,
+    setup_output,
+)
+from .files import check_memory, largest, memory_limit
+from .launch import run_local
 
 #: memory per node and per vector entry of the simulation (float32 x, x̂, s, messages, the
 #: stacked residual; measured: 44 bytes with identity)

@@ -21,6 +21,7 @@ import torch
 from ..comm.local import LocalNetwork
 from ..compress import make_compressor
 from ..compress.base import Compressor
+from ..errors import GossipError
 from ..gossip import ChocoGossip, lockstep
 
 __all__ = ["consensus_residual", "theoretical_gamma", "tune_gamma"]
@@ -39,8 +40,9 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
                        steps: int, seed: int = 0) -> float:
     """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1).
 
-    ``compressor`` is the operator ``Q`` (or its spec string); one instance serves every
-    node, since compressors keep no state between messages.
+    ``compressor`` is the operator ``Q`` (or its spec string); one instance is passed for
+    every node, and each node's gossip keeps whatever per-node coding state the compressor
+    needs (only ``lgc`` has any).
     """
     n = W.shape[0]
     q = _compressor(compressor)
@@ -53,7 +55,11 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
         X = torch.stack(xs)
         return float(((X - X.mean(0)) ** 2).sum() + (X**2).sum()) / n
     X = torch.stack(xs)
-    X_hat = torch.stack([g.state.x_hat for g in gossips])
+    hats = [g.state.x_hat for g in gossips if g.state is not None]
+    if len(hats) != n:  # lockstep starts every node's state in its first round
+        raise GossipError(f"{n - len(hats)} of {n} nodes have no gossip state after {steps} "
+                          "rounds")
+    X_hat = torch.stack(hats)
     value = float(((X - X.mean(0)) ** 2).sum() + ((X - X_hat) ** 2).sum()) / n
     return value if math.isfinite(value) else float("inf")
 

@@ -149,6 +149,7 @@ mv "$CONF.new" "$CONF"
 export SLURM_CONF=$CONF
 
 # --- 3. daemons -------------------------------------------------------------------------
+log "starting munged, slurmctld and $NODES slurmd daemon(s) on this machine (as root; ports $PORT-$((PORT + NODES)), files in $DIR) unless already running"
 tail_logs() {
     local f
     for f in "$DIR"/munge/munged.log "$DIR"/log/*.log; do

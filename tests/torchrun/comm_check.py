@@ -17,7 +17,7 @@ rank 0 recomputes the references in-process and writes ``{"size": n, "checks": {
   asymmetric and an invalid neighbour list, neighbours posting messages of different
   lengths; ``gossip_after`` checks that gossip still works afterwards.
 
-The whole script runs under :func:`choco.comm.torchdist.run_torch` (normal return: the
+The whole script runs under :func:`choco.run.launch.run_torch` (normal return: the
 process group is destroyed and the exit status is 0).
 """
 
@@ -31,14 +31,10 @@ import torch
 
 from choco.comm import check_agreement
 from choco.comm.local import LocalNetwork
-from choco.comm.torchdist import (
-    TorchCommunicator,
-    init_from_env,
-    launched_by_torchrun,
-    run_torch,
-)
+from choco.comm.torchdist import TorchCommunicator
 from choco.compress import make_compressor
 from choco.gossip import ChocoGossip, lockstep
+from choco.run.launch import init_from_env, launched_by_torchrun, run_torch
 from topologies import parse_topology
 
 STEPS = 20

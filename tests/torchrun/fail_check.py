@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from choco.comm import check_agreement
-from choco.comm.torchdist import init_from_env, run_torch
 from choco.errors import UsageError
+from choco.run.launch import init_from_env, run_torch
 
 #: the process-group timeout of the ``hang`` case, seconds
 HANG_TIMEOUT_S = 3.0

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from choco.comm.local import LocalNetwork
-from choco.comm.torchdist import init_from_env, run_torch
 from choco.compress import make_compressor
 from choco.gossip import ChocoGossip, lockstep
+from choco.run.launch import init_from_env, run_torch
 from topologies import parse_topology
 
 STEPS = 30

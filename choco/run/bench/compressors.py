@@ -23,31 +23,27 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from ...compress import LGC, make_compressor, per_tensor
 from ...errors import UsageError
 from ..files import check_memory, largest, memory_limit
+from ..launch import choose_device
+from . import specs
 
 HELP = "time encode/decode of every compressor against a plain fp32 copy"
 #: host memory per element: x, its clone, the copy target, the decode target, the encoded
 #: buffer and its host copy (measured: 20 bytes with identity)
 BYTES_PER_ELEMENT = 32
 
-DEFAULT_SPECS = [
-    "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
-    "randblock:0.01", "natural", "dither:8", "qsgd:16", "topk:0.01+natural",
-    "topk:0.01:rice+natural", "randk:0.01+natural", "scaled(qsgd:16)", "sbc:0.01",
-]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numel", type=int, default=11_000_000, help="vector length d")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:i] or auto")
     p.add_argument("--repeat", type=int, default=7, help="timed rounds per compressor")
     p.add_argument("--stat", choices=("min", "median"), default="min")
-    p.add_argument("--specs", default=",".join(DEFAULT_SPECS),
+    p.add_argument("--specs", default=",".join(specs.COMPRESSORS),
                    help="comma-separated compressor specs (default: all families)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
@@ -69,21 +65,6 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return timed
 
 
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device must be cpu or cuda[:i], got {text!r}; e.g. --device cpu.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            f"--device {text} needs a CUDA build of torch and a visible GPU, but "
-            "torch.cuda.is_available() is False; run with --device cpu."
-        )
-    return device
-
-
 def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
     """Time ``spec`` on ``x``; return one row of the table (seconds in ms)."""
     q = make_compressor(spec)
@@ -97,9 +78,9 @@ def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
     for r in range(repeat):
         copy.append(timed(lambda: x.clone()))
         copy_into.append(timed(lambda: target.copy_(x)))
-        enc.append(timed(lambda r=r: q.encode(x, r + 1)))
+        enc.append(timed(partial(q.encode, x, r + 1)))
         buf = q.encode(x, r + 1)
-        dec.append(timed(lambda buf=buf: q.decode_add_(buf, out)))
+        dec.append(timed(partial(q.decode_add_, buf, out)))
     pick = min if stat == "min" else statistics.median
     c, e, d, ci = pick(copy), pick(enc), pick(dec), pick(copy_into)
     numel = x.numel()
@@ -129,9 +110,9 @@ def bench_per_tensor(spec: str, sizes: list[int], x: torch.Tensor, repeat: int,
                                      ("flat_enc", "flat_dec", "per_enc", "per_dec")}
     for r in range(repeat):
         for name, q in (("flat", flat), ("per", per)):
-            times[f"{name}_enc"].append(timed(lambda q=q, r=r: q.encode(x, r + 1)))
+            times[f"{name}_enc"].append(timed(partial(q.encode, x, r + 1)))
             buf = q.encode(x, r + 1)
-            times[f"{name}_dec"].append(timed(lambda q=q, buf=buf: q.decode_add_(buf, out, 0.5)))
+            times[f"{name}_dec"].append(timed(partial(q.decode_add_, buf, out, 0.5)))
     pick = min if stat == "min" else statistics.median
     t = {key: 1e3 * pick(v) for key, v in times.items()}
     return {
@@ -209,17 +190,6 @@ def table(rows: list[dict], numel: int, device: torch.device, stat: str) -> str:
     return "\n".join(lines)
 
 
-def parse_specs(text: str) -> list[str]:
-    """The comma-separated ``--specs``, each validated, at least one."""
-    specs = [s.strip() for s in text.split(",") if s.strip()]
-    if not specs:
-        raise UsageError(f"--specs must name at least one compressor spec, got {text!r}; "
-                         "e.g. --specs sign,topk:0.01 (or leave it out for all families).")
-    for spec in specs:
-        make_compressor(spec)  # validate every spec before timing anything
-    return specs
-
-
 def check_numel(numel: int, bytes_per_element: int) -> None:
     """Refuse a ``--numel`` whose memory estimate exceeds the limit, before allocating."""
     limit, _ = memory_limit()
@@ -232,19 +202,19 @@ def check_numel(numel: int, bytes_per_element: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = choose_device(args.device, indexed=True)
     threads = 1 if args.threads is None else args.threads
     for option, value, example in (("--numel", args.numel, 1_000_000),
                                    ("--repeat", args.repeat, 7), ("--threads", threads, 1)):
         if value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}; e.g. {option} {example}.")
-    specs = parse_specs(args.specs)
+    names = [q.spec for q in specs.parse_specs(args.specs)]  # every spec validated first
     check_numel(args.numel, BYTES_PER_ELEMENT)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.numel, generator=gen).to(device)
-    rows = [bench_one(spec, x, args.repeat, args.stat) for spec in specs]
+    rows = [bench_one(spec, x, args.repeat, args.stat) for spec in names]
     print(table(rows, args.numel, device, args.stat), flush=True)
     summary = {"numel": args.numel, "device": str(device), "stat": args.stat,
                "threads": torch.get_num_threads(), "rows": rows}
@@ -252,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         sizes = model_sizes(args.per_tensor_model)
         xs = torch.randn(sum(sizes), generator=gen).to(device)
         per_rows = [bench_per_tensor(spec, sizes, xs, args.repeat, args.stat)
-                    for spec in specs if not isinstance(make_compressor(spec), LGC)]
+                    for spec in names if not isinstance(make_compressor(spec), LGC)]
         if per_rows:
             print("\n" + per_tensor_table(per_rows, args.per_tensor_model, args.stat),
                   flush=True)

@@ -18,25 +18,18 @@ import torch
 
 from ...compress import make_compressor
 from ...errors import UsageError
-from .compressors import check_numel, parse_specs
+from . import specs
+from .compressors import check_numel
 
 HELP = "measure each compressor's contraction δ on N(0, 1) against the documented bound"
 #: memory per element: x, its float64 copy, each Q_s(x) in float64 and its difference
 #: (measured: 27 bytes with identity)
 BYTES_PER_ELEMENT = 40
 
-DEFAULT_SPECS = [
-    "identity", "sign", "topk:0.01", "topk:0.001", "topk:0.01:rice", "randk:0.01",
-    "randblock:0.01", "natural", "dither:8", "dither:4", "qsgd:16", "qsgd:4", "qsgd:16:b=0",
-    "topk:0.01+natural", "randk:0.01+natural", "randblock:0.01+qsgd:16", "scaled(qsgd:16)",
-    "scaled(randk:0.01:raw)", "sbc:0.01", "sbc:0.001", "lgc",
-]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numel", type=int, default=1 << 20, help="vector length d")
     p.add_argument("--seeds", type=int, default=3, help="compressor seeds to average over")
-    p.add_argument("--specs", default=",".join(DEFAULT_SPECS), help="comma-separated specs")
+    p.add_argument("--specs", default=",".join(specs.DELTA), help="comma-separated specs")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
 
 
@@ -53,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     for option, value, example in (("--numel", args.numel, 1 << 20), ("--seeds", args.seeds, 3)):
         if value < 1:
             raise UsageError(f"{option} must be >= 1, got {value}; e.g. {option} {example}.")
-    compressors = [make_compressor(s) for s in parse_specs(args.specs)]  # validate first
+    compressors = specs.parse_specs(args.specs)  # every spec validated first
     check_numel(args.numel, BYTES_PER_ELEMENT)
     x = torch.randn(args.numel, generator=torch.Generator().manual_seed(0))
     d = args.numel

@@ -1,21 +1,24 @@
 """``python -m choco.bench gossip``: one CHOCO round against a dense fp32 all-reduce.
 
-Under ``mpiexec -n N`` (one node per rank), for each compressor spec, the benchmark
-interleaves ``--rounds`` timed rounds of
+Under ``mpiexec -n N`` or ``torchrun --nproc-per-node N`` (one node per rank), for each
+compressor spec, the benchmark interleaves ``--rounds`` timed rounds of
 
-* one CHOCO-Gossip round, :meth:`ChocoGossip.begin` then :meth:`ChocoGossip.finish`, over an
-  :class:`~choco.comm.mpi.MPICommunicator` on ``--topology`` (``ring:N`` by default), and
-* ``MPI_Allreduce(SUM)`` of a dense fp32 vector of the same length on the same ranks
-  (mpi4py's ``Allreduce`` on the world communicator: the real all-reduce of the MPI library),
+* one CHOCO-Gossip round, :meth:`ChocoGossip.begin` then :meth:`ChocoGossip.finish`, over the
+  launch's communicator (:class:`~choco.comm.mpi.MPICommunicator` or
+  :class:`~choco.comm.torchdist.TorchCommunicator`) on ``--topology`` (``ring:N`` by
+  default), and
+* the launcher library's own dense all-reduce (SUM) of an fp32 vector of the same length on
+  the same ranks (``MPI_Allreduce``, or ``torch.distributed.all_reduce`` over gloo: the real
+  all-reduce of the library, :attr:`choco.run.launch.World.allreduce_sum`),
 
-each after an ``MPI_Barrier``, alternating which of the two goes first. A round's time is the
+each after a barrier, alternating which of the two goes first. A round's time is the
 time of its slowest rank (the round is a collective); the table reports the median over the
 rounds, the ratio round / all-reduce, the bytes one node sends per round, and the split of the
 round into encode (``begin``), exchange wait (the time spent inside the round's
 ``NeighbourRound.wait``, which the benchmark wraps with a timer) and decode + update
 (``finish`` minus the wait), each the median over rounds of the mean over ranks.
 
-Without ``mpiexec`` (``--backend local``) it runs ``--nodes`` nodes in this process on a
+Without a launcher (``--backend local``) it runs ``--nodes`` nodes in this process on a
 :class:`~choco.comm.LocalNetwork` in lock step and times node 0's ``begin`` and ``finish``
 against a memory-bandwidth probe (``y.copy_(x)`` of the same length, interleaved): the
 round's time is compared with the time the node's *minimum memory traffic*
@@ -39,18 +42,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ...compress import make_compressor
 from ...compress.base import Compressor
 from ...errors import UsageError
 from ...gossip import ChocoGossip, prepare_round
-from ..cli import add_backend_argument, resolve_backend, run_mpi
+from ..cli import add_backend_argument
 from ..files import check_memory, format_bytes, largest, memory_limit
+from ..launch import World, refuse_local_under_mpi, resolve_backend, run_world
 from .compressors import cpu_model
+from .specs import GOSSIP, parse_specs
 
 HELP = "time one CHOCO gossip round per compressor against a dense fp32 MPI_Allreduce"
-
-DEFAULT_SPECS = ["identity", "sign", "topk:0.01", "topk:0.01:rice", "natural",
-                 "randblock:0.01", "qsgd:16"]
 
 #: bytes written before each memory-bandwidth probe to push its vectors out of the caches
 EVICT_BYTES = 64 << 20
@@ -59,12 +60,12 @@ EVICT_BYTES = 64 << 20
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_argument(p)
     p.add_argument("--topology", default=None,
-                   help="graph spec; default ring:N (N = MPI ranks, or --nodes in-process)")
+                   help="graph spec; default ring:N (N = ranks, or --nodes in-process)")
     p.add_argument("--mixing", default="metropolis", help="mixing rule of the topology")
     p.add_argument("--nodes", type=int, default=8, help="nodes of the in-process network "
                    "(--backend local only)")
     p.add_argument("--numel", type=int, default=2_000_000, help="vector length d (fp32)")
-    p.add_argument("--specs", default=",".join(DEFAULT_SPECS),
+    p.add_argument("--specs", default=",".join(GOSSIP),
                    help="comma-separated compressor specs")
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per compressor")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
@@ -73,19 +74,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=0.5, help="consensus step size γ")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: cores / ranks on the node "
-                   "under MPI, 1 in-process)")
+                   "under mpiexec or torchrun, 1 in-process)")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
 
 
 # ---------------------------------------------------------------------------- shared helpers
-def mpi_library_version() -> str:
-    """First line of ``MPI_Get_library_version``, whitespace collapsed (imports mpi4py)."""
-    from mpi4py import MPI
-
-    return " ".join(MPI.Get_library_version().splitlines()[0].split())
-
-
-def machine_line(mpi: str | None = None) -> str:
+def machine_line(mpi: str | None = None, label: str = "MPI") -> str:
     """CPU model, cores, torch (threads), numpy, MPI library, today's date and the load
     average at the start (other work on a shared machine), one line."""
     try:
@@ -94,16 +88,7 @@ def machine_line(mpi: str | None = None) -> str:
         load = "load average unknown"
     return (f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads/process), numpy {np.__version__}, "
-            f"MPI: {mpi or 'not used'}; {datetime.date.today().isoformat()}, {load}")
-
-
-def parse_specs(text: str) -> list[Compressor]:
-    """The compressors of a comma-separated spec list (every spec validated)."""
-    specs = [s.strip() for s in text.split(",") if s.strip()]
-    if not specs:
-        raise UsageError(f"--specs must name at least one compressor spec, got {text!r}; "
-                         "e.g. --specs sign,topk:0.01.")
-    return [make_compressor(s) for s in specs]
+            f"{label}: {mpi or 'not used'}; {datetime.date.today().isoformat()}, {load}")
 
 
 def node_memory(numel: int, degree: int, compressors: Sequence[Compressor],
@@ -136,13 +121,19 @@ def memory_problem(numel: int, nodes_here: int,
     return None
 
 
-def ranks_on_this_host(world) -> int:
+def ranks_on_this_host(world: World) -> int:
     """How many ranks of ``world`` run on this host (by host name: with
     ``MPIR_CVAR_NOLOCAL=1`` MPICH reports every rank as its own shared-memory node)."""
     import platform
 
-    names = world.allgather(platform.node())
+    names = world.comm.allgather_object(platform.node())
     return names.count(platform.node())
+
+
+def vendor_line(world: World) -> tuple[str, str]:
+    """The launch's communication library (whitespace collapsed) and its label, for
+    :func:`machine_line`."""
+    return " ".join(world.vendor.split()), "MPI" if world.backend == "mpi" else "comm"
 
 
 def timed_wait(gossip: ChocoGossip, sink: list[float]) -> None:
@@ -211,13 +202,11 @@ def _topology(spec: str | None, mixing: str, n: int, mpi: bool):
     return resolve_topology(spec or "ring", mixing, n, mpi=mpi)
 
 
-# ---------------------------------------------------------------------------- MPI mode
-def _bench_mpi_spec(world, comm_cls, topo, q: Compressor, args) -> np.ndarray:
+# ---------------------------------------------------------------------------- one node per rank
+def _bench_world_spec(world: World, topo, q: Compressor, args) -> np.ndarray:
     """This rank's samples for one spec: rows of (begin, wait, rest, round, allreduce) s."""
-    from mpi4py import MPI
-
-    rank = world.Get_rank()
-    comm = comm_cls(topo.neighbors(rank), world)
+    rank = world.rank
+    comm = world.node(topo.neighbors(rank))
     gossip = ChocoGossip(comm, topo.W[rank], q, args.gamma, seed=0)
     waits: list[float] = []
     timed_wait(gossip, waits)
@@ -225,15 +214,19 @@ def _bench_mpi_spec(world, comm_cls, topo, q: Compressor, args) -> np.ndarray:
     send = x.numpy().copy()
     recv = np.empty_like(send)
     samples = np.zeros((args.rounds, 5))
+    dense_sum = world.allreduce_sum
+    if dense_sum is None:  # pragma: no cover - every launch's World has one
+        raise UsageError(f"the {world.backend} launch offers no dense all-reduce to compare "
+                         "with; run the benchmark under mpiexec or torchrun.")
 
     def allreduce() -> float:
-        world.Barrier()
+        world.comm.barrier()
         start = time.perf_counter()
-        world.Allreduce(send, recv, op=MPI.SUM)
+        dense_sum(send, recv)
         return time.perf_counter() - start
 
     def gossip_round() -> tuple[float, float, float]:
-        world.Barrier()
+        world.comm.barrier()
         start = time.perf_counter()
         gossip.begin(x)
         mid = time.perf_counter()
@@ -250,7 +243,7 @@ def _bench_mpi_spec(world, comm_cls, topo, q: Compressor, args) -> np.ndarray:
         if r >= args.warmup:
             w = waits[-1]
             samples[r - args.warmup] = (t1 - t0, w, t2 - t1 - w, t2 - t0, ta)
-    comm.graph.Free()
+    comm.close()
     return samples
 
 
@@ -276,7 +269,7 @@ def mpi_table(rows: list[dict], head: dict) -> str:
         head["machine"],
         f"n = {n} ranks, {head['topology']} (degree {head['degree']}), d = {d:,} fp32; "
         f"{head['stat']} of {head['rounds']} rounds, a barrier before each, a round timed on its "
-        "slowest rank; all-reduce = MPI_Allreduce(SUM) of the same fp32 vector "
+        f"slowest rank; all-reduce = {head['allreduce']} of the same fp32 vector "
         f"({4 * d:,} B; a ring all-reduce sends {head['allreduce_bytes']:,} B per node)",
         "",
         "| spec | bytes/node/round | encode (begin) ms | exchange wait ms | decode+update ms "
@@ -291,13 +284,9 @@ def mpi_table(rows: list[dict], head: dict) -> str:
     return "\n".join(lines)
 
 
-def run_mpi_bench(args: argparse.Namespace) -> int:
-    from mpi4py import MPI
-
-    from ...comm.mpi import MPICommunicator
-
-    world = MPI.COMM_WORLD
-    rank, size = world.Get_rank(), world.Get_size()
+def run_world_bench(args: argparse.Namespace, world: World) -> int:
+    """The benchmark on every rank of an MPI or torchrun launch; rank 0 prints."""
+    rank, size = world.rank, world.size
     _check_counts(args)
     compressors = parse_specs(args.specs)
     topo = _topology(args.topology, args.mixing, size, mpi=True)
@@ -306,27 +295,27 @@ def run_mpi_bench(args: argparse.Namespace) -> int:
     problem = memory_problem(args.numel, here,
                              lambda d: node_memory(d, degree, compressors)) \
         if rank == 0 else None
-    problem = world.bcast(problem, root=0)  # one verdict, raised on every rank
+    problem = world.comm.allgather_object(problem)[0]  # one verdict, raised on every rank
     if problem:
         raise UsageError(problem)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // here))
     rows = []
     for q in compressors:
-        samples = _bench_mpi_spec(world, MPICommunicator, topo, q, args)
-        gathered = world.gather(samples, root=0)
+        samples = _bench_world_spec(world, topo, q, args)
+        gathered = world.comm.allgather(samples)
         if rank == 0:
             message = q.nbytes(args.numel)
             rows.append({"spec": q.spec, "message_bytes": message,
                          "bytes_per_node": message * degree,
-                         **summarize_mpi(np.stack(gathered), args.stat)})
+                         **summarize_mpi(gathered, args.stat)})
     if rank == 0:
-        head = {"machine": machine_line(mpi_library_version()), "n": size,
+        head = {"machine": machine_line(*vendor_line(world)), "n": size,
                 "topology": topo.spec, "degree": degree, "numel": args.numel,
                 "rounds": args.rounds, "stat": args.stat,
                 "allreduce_bytes": round(2 * (size - 1) / size * 4 * args.numel)}
-        print(mpi_table(rows, head), flush=True)
+        print(mpi_table(rows, {**head, "allreduce": world.allreduce_name}), flush=True)
         if args.json:
-            print(json.dumps({"mode": "mpi", **head, "rows": rows}), flush=True)
+            print(json.dumps({"mode": world.backend, **head, "rows": rows}), flush=True)
     return 0
 
 
@@ -427,8 +416,6 @@ def local_table(rows: list[dict], head: dict) -> str:
 
 
 def run_local_bench(args: argparse.Namespace) -> int:
-    from ..cli import refuse_local_under_mpi
-
     refuse_local_under_mpi()
     _check_counts(args)
     compressors = parse_specs(args.specs)
@@ -454,11 +441,8 @@ def run_local_bench(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``--backend``: local (in this process), or one node per rank of mpiexec/torchrun."""
     backend = resolve_backend(args.backend)
-    if backend not in ("mpi", "local"):
-        raise UsageError(f"--backend must be mpi, local or auto for the gossip benchmark, got "
-                         f"{args.backend!r}; run it under mpiexec (or with --backend local).")
-    if backend == "mpi":
-        main: Callable[[], int] = lambda: run_mpi_bench(args)  # noqa: E731
-        return run_mpi(main)
-    return run_local_bench(args)
+    if backend == "local":
+        return run_local_bench(args)
+    return run_world(backend, lambda world: run_world_bench(args, world))

@@ -18,16 +18,24 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
 
+from ...compress.base import Compressor
 from ...errors import UsageError
 from ...gossip import ChocoGossip, lockstep
-from .gossip import check_positive, machine_line, memory_problem, node_memory, parse_specs
+from .gossip import check_positive, machine_line, memory_problem, node_memory
+from .specs import TRAIN, parse_specs
 
 HELP = "in-process consensus round time against n and d, with fitted log-log slopes"
 
+
+
+def _node_bytes(numel: int, degree: int, q: Compressor) -> int:
+    """One in-process node's memory for ``q`` (no dense all-reduce buffers)."""
+    return node_memory(numel, degree, [q], 0)
 
 def _ints(text: str, what: str) -> list[int]:
     try:
@@ -41,7 +49,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--specs", default="sign,topk:0.01", help="comma-separated compressors")
+    p.add_argument("--specs", default=",".join(TRAIN), help="comma-separated compressors")
     p.add_argument("--family", default="ring", help="topology family sized by n (ring, "
                    "torus, complete, ...)")
     p.add_argument("--nodes", default="2,4,8,16,32,64", help="n values (at --fixed-numel)")
@@ -101,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     for q in compressors:
         for axis, n, d in points:
             degree = len(resolve_topology(args.family, "metropolis", n).neighbors(0))
-            problem = memory_problem(
-                d, n + 1, lambda k, degree=degree, q=q: node_memory(k, degree, [q], 0))
+            problem = memory_problem(d, n + 1, partial(_node_bytes, degree=degree, q=q))
             if problem:
                 skipped.append({"spec": q.spec, "n": n, "numel": d, "why": problem})
                 continue

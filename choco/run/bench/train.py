@@ -1,5 +1,7 @@
 """``mpiexec -n 4 python -m choco.bench train``: where the time of a training step goes.
 
+The same under ``torchrun --standalone --nproc-per-node 4 -m choco.bench train`` (gloo).
+
 For each model (``mlp`` on the digits set, ``resnet20`` on synthetic CIFAR-shaped input),
 one rank per node, the benchmark runs side by side (in rotating blocks of ``--block``
 consecutive steps, so that an exchange left in flight by ``overlap`` is progressed only by
@@ -13,6 +15,7 @@ that configuration's own calls):
 * ``choco`` with each ``--specs`` compressor (per tensor, as ``choco-train`` does) in each
   ``--orders`` order (``overlap``: ICLR Alg. 1, the exchange posted at one step is finished
   at the next, progressed by ``MPI_Test`` from the backward pass as ``choco-train`` does;
+  under torchrun gloo's own threads progress it, so the two overlap orders coincide;
   ``overlap-noprogress``: the same without those calls; ``sync``: begin and finish back to
   back).
 
@@ -32,7 +35,6 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,21 +42,24 @@ import torch
 from torch import nn
 
 from ...baselines import NoGossip
+from ...comm.base import Communicator
 from ...compress import make_compressor, per_tensor
 from ...errors import UsageError
 from ...gossip import ChocoGossip
 from ...models import make_model, param_groups
 from ...optim import ChocoSGD
-from ..cli import resolve_backend, run_mpi
+from ..launch import World, resolve_backend, run_world
 from .gossip import (
     check_positive,
     machine_line,
-    mpi_library_version,
     ranks_on_this_host,
     timed_wait,
+    vendor_line,
 )
+from .specs import TRAIN, parse_specs
 
-HELP = "split a training step into compute / compress / exchange wait / update (MPI)"
+HELP = ("split a training step into compute / compress / exchange wait / update (mpiexec "
+        "or torchrun)")
 
 MODELS = ("mlp", "resnet20")
 
@@ -62,7 +67,7 @@ MODELS = ("mlp", "resnet20")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="mlp,resnet20",
                    help="comma-separated: mlp (digits), resnet20 (synthetic 3x32x32 input)")
-    p.add_argument("--specs", default="sign,topk:0.01", help="comma-separated compressors")
+    p.add_argument("--specs", default=",".join(TRAIN), help="comma-separated compressors")
     p.add_argument("--orders", default="overlap,overlap-noprogress,sync",
                    help="comma-separated: overlap (choco-train's: the exchange progressed from "
                         "the backward pass), overlap-noprogress, sync")
@@ -85,13 +90,13 @@ class Config:
     spec: str | None
     order: str | None
     model: nn.Module
-    opt: object
+    opt: ChocoSGD | torch.optim.Optimizer
     gossip: ChocoGossip | None = None
-    comm: object = None
-    cur: dict = field(default_factory=dict)
-    waits: list = field(default_factory=list)
+    comm: Communicator | None = None
+    cur: dict[str, float] = field(default_factory=dict)
+    waits: list[float] = field(default_factory=list)
     #: rows of (step, compute, compress, wait, update) seconds
-    samples: list = field(default_factory=list)
+    samples: list[tuple[float, ...]] = field(default_factory=list)
 
     def instrument(self) -> None:
         """Wrap ``begin``, ``finish`` and the round's ``wait`` with timers."""
@@ -116,9 +121,11 @@ class Config:
 def _batch(model_name: str, batch_size: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(100 + rank)
     if model_name == "mlp":
-        from ...data import make_dataset
+        from ...data import ClassificationData, make_dataset
 
         data = make_dataset("digits")
+        if not isinstance(data, ClassificationData):  # pragma: no cover - digits is images
+            raise UsageError(f"the digits set must be a classification set, got {type(data)}.")
         idx = torch.randint(0, data.x_train.shape[0], (batch_size,), generator=gen)
         return data.x_train[idx], data.y_train[idx]
     x = torch.randn(batch_size, 3, 32, 32, generator=gen)
@@ -136,11 +143,9 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(param_groups(model, 1e-4), lr=0.01, momentum=0.9, nesterov=True)
 
 
-def build_configs(model_name: str, specs: list[str], orders: list[str], topo, world,
+def build_configs(model_name: str, specs: list[str], orders: list[str], topo, world: World,
                   gamma: float) -> list[Config]:
-    from ...comm.mpi import MPICommunicator
-
-    rank = world.Get_rank()
+    rank = world.rank
     plain = _new_model(model_name)
     model = _new_model(model_name)
     configs = [Config("local", None, None, model, ChocoSGD(_sgd(model), NoGossip())),
@@ -150,7 +155,7 @@ def build_configs(model_name: str, specs: list[str], orders: list[str], topo, wo
             m = _new_model(model_name)
             sgd = _sgd(m)
             sizes = [p.numel() for g in sgd.param_groups for p in g["params"]]
-            comm = MPICommunicator(topo.neighbors(rank), world)
+            comm = world.node(topo.neighbors(rank))
             q = per_tensor(make_compressor(spec), sizes)
             g = ChocoGossip(comm, topo.W[rank], q, gamma, seed=0)
             # "overlap" is choco-train's: MPI_Test from the backward pass moves the exchange;
@@ -158,7 +163,7 @@ def build_configs(model_name: str, specs: list[str], orders: list[str], topo, wo
             opt = ChocoSGD(sgd, g, order="sync" if order == "sync" else "overlap")
             if order == "overlap":
                 opt.progress_hooks()
-            c = Config(f"{spec} {order}", spec, order, m, opt, g, comm)  # type: ignore[arg-type]
+            c = Config(f"{spec} {order}", spec, order, m, opt, g, comm)
             c.instrument()
             configs.append(c)
     return configs
@@ -168,10 +173,10 @@ def _step(c: Config, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, ...]:
     c.cur.clear()
     n_waits = len(c.waits)
     start = time.perf_counter()
-    c.opt.zero_grad()  # type: ignore[attr-defined]
+    c.opt.zero_grad()
     loss = nn.functional.cross_entropy(c.model(xb), yb)
     loss.backward()
-    c.opt.step()  # type: ignore[attr-defined]
+    c.opt.step()
     total = time.perf_counter() - start
     begin, finish = c.cur.get("begin", 0.0), c.cur.get("finish", 0.0)
     wait = sum(c.waits[n_waits:])
@@ -217,17 +222,13 @@ def _split(text: str, what: str, valid: tuple[str, ...] | None = None) -> list[s
     return items
 
 
-def run_train_bench(args: argparse.Namespace) -> int:
-    from mpi4py import MPI
-
+def run_train_bench(args: argparse.Namespace, world: World) -> int:
+    """The benchmark on every rank of an MPI or torchrun launch; rank 0 prints."""
     from .gossip import _topology
 
-    world = MPI.COMM_WORLD
-    rank, size = world.Get_rank(), world.Get_size()
+    rank, size = world.rank, world.size
     models = _split(args.models, "--models", MODELS)
-    specs = _split(args.specs, "--specs")
-    for spec in specs:
-        make_compressor(spec)
+    specs = [q.spec for q in parse_specs(args.specs)]  # every spec validated first
     orders = _split(args.orders, "--orders", ("overlap", "overlap-noprogress", "sync"))
     check_positive(("--batch-size", args.batch_size, 1, 32), ("--blocks", args.blocks, 1, 3),
                    ("--block", args.block, 2, 5), ("--threads", args.threads, 1, 1))
@@ -240,22 +241,22 @@ def run_train_bench(args: argparse.Namespace) -> int:
         configs = build_configs(model_name, specs, orders, topo, world, args.gamma)
         for _ in range(args.blocks):
             for c in configs:
-                world.Barrier()
+                world.comm.barrier()
                 for b in range(args.block):
                     row = _step(c, xb, yb)
                     if b > 0:
                         c.samples.append(row)
-                if c.gossip is not None:
+                if c.gossip is not None and isinstance(c.opt, ChocoSGD):
                     c.opt.flush()  # no exchange in flight into the next configuration's block
         params = sum(p.numel() for p in configs[0].model.parameters())
         tensors = sum(1 for _ in configs[0].model.parameters())
         local_step = None
         for c in configs:
-            gathered = world.gather(np.array(c.samples), root=0)
+            gathered = world.comm.allgather(np.array(c.samples))
             if c.comm is not None:
-                c.comm.graph.Free()
+                c.comm.close()
             if rank == 0:
-                s = summarize(np.stack(gathered))
+                s = summarize(gathered)
                 if c.name == "local":
                     local_step = s["step_ms"]
                 if local_step is None:
@@ -267,7 +268,7 @@ def run_train_bench(args: argparse.Namespace) -> int:
                                 "gossip_share": (s["compress_ms"] + s["wait_ms"]
                                                  + s["update_ms"]) / local_step})
     if rank == 0:
-        head = {"machine": machine_line(mpi_library_version()), "n": size,
+        head = {"machine": machine_line(*vendor_line(world)), "n": size,
                 "topology": topo.spec, "batch_size": args.batch_size,
                 "threads": torch.get_num_threads(), "timed": args.blocks * (args.block - 1)}
         print(table(results, head), flush=True)
@@ -277,8 +278,10 @@ def run_train_bench(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if resolve_backend("auto") != "mpi":
-        raise UsageError("python -m choco.bench train needs one MPI rank per node, got a "
-                         "single process; run it as mpiexec -n 4 python -m choco.bench train.")
-    main: Callable[[], int] = lambda: run_train_bench(args)  # noqa: E731
-    return run_mpi(main)
+    """One node per rank of the launch that started this process (mpiexec or torchrun)."""
+    backend = resolve_backend("auto")
+    if backend == "local":
+        raise UsageError("python -m choco.bench train needs one rank per node, got a "
+                         "single process; run it as mpiexec -n 4 python -m choco.bench train "
+                         "or torchrun --standalone --nproc-per-node 4 -m choco.bench train.")
+    return run_world(backend, lambda world: run_train_bench(args, world))

@@ -42,16 +42,17 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ...compress import make_compressor, per_tensor
 from ...errors import UsageError
-from .gossip import check_positive, machine_line, parse_specs
+from .gossip import check_positive, machine_line
+from .specs import WHATIF, parse_specs
 
 HELP = "α–β link model: time per step and crossover bandwidth of each compressor vs all-reduce"
 
-DEFAULT_SPECS = "identity,sign,topk:0.01,topk:0.01:rice,natural,randblock:0.01"
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 
 
@@ -273,7 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compute-ms", type=float, default=None,
                    help="compute time per step; default: measured here")
     p.add_argument("--compute-steps", type=int, default=5, help="steps to measure compute")
-    p.add_argument("--specs", default=DEFAULT_SPECS, help="comma-separated compressors")
+    p.add_argument("--specs", default=",".join(WHATIF), help="comma-separated compressors")
     p.add_argument("--nodes", type=int, default=8, help="n")
     p.add_argument("--family", default="ring", help="topology family sized by n")
     p.add_argument("--bandwidths", default="1,10,100", help="Gbit/s")
@@ -367,7 +368,7 @@ def run_model(args: argparse.Namespace) -> int:
         sent = q if args.flat else per_tensor(q, sizes)
         entries.append({"spec": q.spec, "bytes": sent.nbytes(params),
                         "codec": (r["round_ms"] - r["wait_ms"]) / 1e3})
-    grid = []
+    grid: list[dict[str, Any]] = []
     for gbit in bandwidths:
         for us in latencies:
             link = Link(us * 1e-6, gbit * GBIT, args.link == "shared")
@@ -418,21 +419,22 @@ def run_model(args: argparse.Namespace) -> int:
         lines += ["", f"time to test accuracy {args.target:g} (epochs from the metrics files), "
                   "s:", "", "| Gbit/s | α µs | " + " | ".join(f"`{s}`" for s in metrics) + " |",
                   "|---:|---:|" + "---:|" * len(metrics)]
-        steps = {}
+        steps: dict[str, float | None] = {}
         for spec, path in metrics.items():
             epochs = epochs_to_target(path, args.target)
             steps[spec] = None if epochs is None else epochs * steps_per_epoch(
                 path, args.steps_per_epoch)
         for g in grid:
-            cells = []
+            texts: list[str] = []
             for spec in metrics:
                 key = spec if spec in g["step_s"] else make_compressor(spec).spec
-                if steps[spec] is None or key not in g["step_s"]:
-                    cells.append("not reached" if steps[spec] is None else "not modelled")
+                count = steps[spec]
+                if count is None or key not in g["step_s"]:
+                    texts.append("not reached" if count is None else "not modelled")
                 else:
-                    cells.append(f"{steps[spec] * g['step_s'][key]:.1f}")
-            lines.append(f"| {g['gbit']:g} | {g['us']:g} | " + " | ".join(cells) + " |")
-            target_rows.append({"gbit": g["gbit"], "us": g["us"], "cells": cells})
+                    texts.append(f"{count * g['step_s'][key]:.1f}")
+            lines.append(f"| {g['gbit']:g} | {g['us']:g} | " + " | ".join(texts) + " |")
+            target_rows.append({"gbit": g["gbit"], "us": g["us"], "cells": texts})
     print("\n".join(lines), flush=True)
     if args.json:
         print(json.dumps({"model": args.model, "params": params, "n": n, "degree": degree,
