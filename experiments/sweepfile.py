@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,19 @@ def run_name(options: dict[str, Any], varying: list[str]) -> str:
     return "_".join([*(p for p in parts if p), digest.hexdigest()[:8]])
 
 
+def _toml() -> Any:
+    """``tomllib`` (Python >= 3.11) or its backport ``tomli``."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover - Python 3.10
+        import tomli
+    except ImportError:  # pragma: no cover
+        raise UsageError("sweep files need Python >= 3.11 or `pip install tomli`") from None
+    return tomli
+
+
 def find_sweep_file(name: str | Path) -> Path:
     """``name`` if it is a file, else the shipped ``experiments/configs/NAME[.toml]``."""
     path = Path(name)
@@ -132,8 +146,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     A value that is a TOML value (``5``, ``0.1``, ``true``, ``[150, 225]``, ``"a b"``) is
     read as one, anything else is a string; the types are checked later, like the file's.
     """
-    import tomllib
-
+    tomllib = _toml()
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -152,8 +165,7 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None) -> Sweep:
 
     ``overrides`` are ``KEY=VALUE`` strings that replace (or add) ``[base]`` options.
     """
-    import tomllib
-
+    tomllib = _toml()
     path = find_sweep_file(path)
     try:
         data = tomllib.loads(path.read_text())

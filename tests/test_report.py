@@ -118,7 +118,8 @@ def test_plots_name_the_sweep_mark_diverged_and_zero_byte_runs(tmp_path, capsys)
     assert epoch["choco sign"].ys == pytest.approx([50.0, 80.0, 92.5])  # %, as the table
     # the diverged run: its line ends, an × at the last finite point, the epoch in the legend
     dcd = epoch["dcd randk:0.1"]
-    assert dcd.last == (2, pytest.approx(55.0)) and "diverged in epoch 3" in dcd.label
+    assert dcd.last is not None and "diverged in epoch 3" in dcd.label
+    assert dcd.last[0] == 2 and dcd.last[1] == pytest.approx(55.0)
     assert epoch["local"].level is None and epoch["local"].last is None
     by_bytes = {s.label.split(":")[0].split(" (")[0]: s
                 for s in figures["accuracy_vs_bytes.png"].panels["ring:4"]}
@@ -126,7 +127,8 @@ def test_plots_name_the_sweep_mark_diverged_and_zero_byte_runs(tmp_path, capsys)
     local = by_bytes["local"]
     assert local.level == pytest.approx(40.0) and local.xs == [] and "0 bytes" in local.label
     assert by_bytes["exact"].xs == [8.0, 16.0, 24.0]
-    assert by_bytes["dcd randk"].last == (pytest.approx(0.2), pytest.approx(55.0))
+    last = by_bytes["dcd randk"].last
+    assert last is not None and last == pytest.approx((0.2, 55.0))
     # plots.json lists the legend entries; every file written is named and exists
     index = json.loads((folder / "plots.json").read_text())
     assert index["accuracy_vs_bytes.png"]["ring:4"] == [
