@@ -28,8 +28,10 @@ import torch
 
 from .comm.base import Communicator
 from .compress.base import Compressor
+from .compress.stateful import CodingState, bind, is_stateful, sync, sync_in_process
 from .errors import GossipError
 from .neighbourhood import NeighbourRound, RoundState, neighbour_weights, round_seed
+from .wire.framing import parse_header
 
 __all__ = [
     "ChocoGossip",
@@ -113,11 +115,13 @@ class _HoldsRound:
 
 def prepare_round(gossips: Sequence) -> None:
     """What a round needs before the nodes' ``begin`` calls when one thread drives every
-    node: ``lgc``'s switch (a collective in :meth:`ChocoGossip.begin`, which would wait
-    forever for the other nodes' ``begin``) is done here, in this thread."""
-    compressors = [g.compressor for g in gossips if isinstance(g, ChocoGossip)]
-    if compressors and compressors[0].wants_sync():
-        compressors[0].sync_in_process(compressors)
+    node: the sync of a codec with coding state (``lgc``'s switch, a collective in
+    :meth:`ChocoGossip.begin`, which would wait forever for the other nodes' ``begin``) is
+    done here, in this thread, over the nodes' states in rank order."""
+    nodes = [g for g in gossips if isinstance(g, ChocoGossip) and g.coding is not None]
+    states = [g.coding for g in nodes if g.coding is not None]
+    if states and states[0].sync_due():
+        sync_in_process(states, nodes[0].compressor.spec)
 
 
 def lockstep(gossips: Sequence, xs: Sequence[torch.Tensor], rounds: int = 1) -> None:
@@ -144,7 +148,10 @@ class ChocoGossip(_HoldsRound):
     W_row
         Row ``comm.rank`` of the mixing matrix (length ``comm.size``).
     compressor
-        The operator ``Q``; δ-contractive (see :mod:`choco.compress.base`).
+        The operator ``Q``; δ-contractive (see :mod:`choco.compress.base`). A codec with
+        per-node coding state (:mod:`choco.compress.stateful`, ``lgc``) gets its state here,
+        in :attr:`coding`: made, driven (learning after each message, the sync when due)
+        and checkpointed by this round.
     gamma
         Consensus step size ``γ ∈ (0, 1]``.
     seed
@@ -161,8 +168,11 @@ class ChocoGossip(_HoldsRound):
     ) -> None:
         self.gamma = check_gamma(gamma)
         self.round = NeighbourRound(comm, W_row)
-        # a stateful compressor (lgc: weights, counters) gives each node its own instance
-        self.compressor = compressor.for_node()
+        self.compressor = compressor
+        #: this node's coding state (lgc: weights, counters, the switch); None if stateless
+        self.coding: CodingState | None = (compressor.new_state() if is_stateful(compressor)
+                                           else None)
+        self._coder = bind(compressor, self.coding)  # the codec, or it coupled to the state
         self.seed = int(seed)
         self.state: GossipState | None = None
         self._diff: torch.Tensor | None = None  # s − x̂, a buffer reused across rounds
@@ -198,11 +208,15 @@ class ChocoGossip(_HoldsRound):
                 f"{tuple(state.x_hat.shape)}; gossip one flat buffer of fixed size."
             )
         seed = round_seed(self.seed, self.comm.rank, state.step)
-        if self.compressor.wants_sync():
-            self.compressor.sync(self.comm)  # lgc's switch: a collective, once per run
+        coding = self.coding
+        if coding is not None and coding.sync_due():
+            sync(coding, self.comm, self.compressor.spec)  # lgc's switch: a collective, once
         diff = self._buffer(state.x_hat)
         torch.sub(x, state.x_hat, out=diff)  # x − x̂ into the round's buffer, no allocation
-        self.round.post(self.compressor.encode(diff, seed))
+        message = self._coder.encode(diff, seed)
+        if coding is not None:  # the state learns from, and counts, what was sent
+            coding.observe(diff, parse_header(message, self.compressor.spec).flags)
+        self.round.post(message)
 
     def finish(self, x: torch.Tensor) -> None:
         """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8).
@@ -213,15 +227,15 @@ class ChocoGossip(_HoldsRound):
         if self.state is None:
             raise GossipError("finish called without begin: call begin(x) first")
         message, received = self.round.wait()
-        self.round.check_received(received, self.compressor, x.numel())
+        self.round.check_received(received, self._coder, x.numel())
         state = self.state
         x_hat, s = state.x_hat.view(-1), state.s.view(-1)
         # the own message is added straight into x̂ and s (a sparse one only on its support,
         # never through a dense temporary), each neighbour's into s in one pass
-        self.compressor.decode_add_(message, x_hat)
-        self.compressor.decode_add_(message, s, alpha=self.w_self)
+        self._coder.decode_add_(message, x_hat)
+        self._coder.decode_add_(message, s, alpha=self.w_self)
         for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
-            self.round.decode_add_(self.compressor, j, buf, s, alpha=w)
+            self.round.decode_add_(self._coder, j, buf, s, alpha=w)
         diff = self._buffer(state.s)
         torch.sub(state.s, state.x_hat, out=diff)
         x.add_(diff, alpha=self.gamma)
@@ -231,7 +245,7 @@ class ChocoGossip(_HoldsRound):
     def bytes_sent(self) -> int:
         """Payload bytes this node put on the wire: messages, plus for ``lgc`` on node 0
         the one broadcast of the autoencoder at the switch."""
-        return self.round.bytes_sent + self.compressor.sync_bytes
+        return self.round.bytes_sent + (self.coding.sync_bytes if self.coding else 0)
 
     def _buffer(self, like: torch.Tensor) -> torch.Tensor:
         """The round's scratch vector (``x − x̂``, then ``s − x̂``), allocated once."""
@@ -256,9 +270,8 @@ class ChocoGossip(_HoldsRound):
         st = self.state
         sd = {"x_hat": st.x_hat.clone(), "s": st.s.clone(), "step": st.step,
               **self.round.state().to_dict()}
-        compressor_state = self.compressor.state_dict()
-        if compressor_state:
-            sd["compressor"] = compressor_state
+        if self.coding is not None:
+            sd["compressor"] = self.coding.state_dict()
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -269,7 +282,12 @@ class ChocoGossip(_HoldsRound):
             self.state = None
             return
         if "compressor" in sd:
-            self.compressor.load_state_dict(sd["compressor"])
+            if self.coding is None:
+                raise GossipError(
+                    f"the saved gossip state holds coding state, but {self.compressor.spec} "
+                    "keeps none; resume with the --compressor the run was started with."
+                )
+            self.coding.load_state_dict(sd["compressor"])
         self.round.restore(RoundState.from_dict(sd))
         self.state = GossipState(x_hat=sd["x_hat"].clone(), s=sd["s"].clone(),
                                  step=int(sd["step"]))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .comm.base import Communicator, Exchange
-from .compress.base import Compressor
+from .compress.base import Compressor, header_of
 from .errors import CompressionError, GossipError
 
 __all__ = ["NeighbourRound", "RoundState", "neighbour_weights", "round_seed", "undecodable"]
@@ -150,7 +150,7 @@ class NeighbourRound:
         """
         for sender, buf in zip(self.comm.neighbors, received, strict=True):
             with self.from_rank(sender):
-                _, n, _ = compressor.read_header(buf)
+                _, n, _ = header_of(compressor, buf)
                 if n != numel:
                     raise CompressionError(
                         f"{compressor.spec}: the message holds {n} elements but rank "

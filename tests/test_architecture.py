@@ -19,8 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("choco.errors",),
     ("choco.wire",),
     ("choco.compress", "choco.comm", "choco.flat", "choco.data", "choco.models"),
-    ("choco.neighbourhood",),
-    ("choco.gossip", "choco.baselines"),
+    ("choco.neighbourhood", "choco.peerround"),
+    ("choco.gossip", "choco.baselines", "choco.timevarying"),
     ("choco.optim", "choco.tuning"),
     ("choco",),  # the package's own __init__ (lazy re-exports)
     ("topologies",),

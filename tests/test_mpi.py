@@ -27,6 +27,7 @@ def test_gossip_over_mpi_matches_in_process_network(n, tmp_path):
     assert not failed, failed
     # every topology × compressor ran the bitwise comparison and the copy identity
     assert sum(k.endswith("mpi_equals_local") for k in result["checks"]) >= 3
+    assert "lgc_switch_agreement" in result["checks"]  # every rank named the corrupted one
 
 
 def test_consensus_cli_mpi_equals_local(tmp_path):

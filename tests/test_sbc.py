@@ -78,3 +78,22 @@ def test_zero_vector_and_per_tensor_segments():
     np.testing.assert_allclose(y[:40][y[:40] != 0], 3.0)  # each tensor its own side and μ
     np.testing.assert_allclose(y[40:][y[40:] != 0], -1.0)
     assert (y[:40] != 0).sum() == 2 and (y[40:] != 0).sum() == 3
+
+
+@pytest.mark.parametrize("d,ratio", [(4999, 0.01), (37, 0.10), (1234, 0.05)])
+def test_k_is_the_ceiling_of_r_d_when_r_d_is_not_whole(d, ratio):
+    """``k(d) = ⌈R d⌉`` (R d = 49.99, 3.7, 61.7 here): Q(x) has exactly k non-zeros, and the
+    message is 16 + 4 bytes plus the Rice bound of k positions with ``b*`` for ``p = R``."""
+    k = math.ceil(ratio * d)
+    assert k != ratio * d
+    x = torch.from_numpy(np.random.default_rng(d).standard_normal(d))  # no zeros, no ties
+    q = SBC(ratio)
+    y = q(x).numpy()
+    assert np.count_nonzero(y) == k
+    np.testing.assert_allclose(y, reference(x.numpy(), ratio), rtol=1e-6, atol=1e-7)
+    b = 0 if ratio >= 0.5 else 1 + math.floor(math.log2(math.log((5**0.5 - 1) / 2)
+                                                        / math.log(1 - ratio)))
+    assert q.encode(x).numel() == 16 + 4 + (k * b + 7) // 8 + (k + (d - k) // 2**b + 7) // 8
+    per = PerTensor(q, [d, 10])  # per tensor: k of each segment from its own size
+    y = per(torch.cat([x, x[:10]])).numpy()
+    assert np.count_nonzero(y[:d]) == k and np.count_nonzero(y[d:]) == math.ceil(ratio * 10)

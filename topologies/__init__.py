@@ -30,14 +30,17 @@ from .mixing import (
     spectral_gap,
     support_graph,
 )
+from .schedule import Schedule, base, matching, onepeer
 from .spec import SPEC_FORMS, Topology, parse_topology
 
 __all__ = [
     "MIXING_RULES",
     "SPEC_FORMS",
+    "Schedule",
     "SpectralGapWarning",
     "Topology",
     "TopologyError",
+    "base",
     "beta",
     "check_mixing_matrix",
     "complete",
@@ -45,7 +48,9 @@ __all__ = [
     "exponential",
     "from_file",
     "load_mixing_matrix",
+    "matching",
     "mixing_matrix",
+    "onepeer",
     "parse_topology",
     "ring",
     "social",

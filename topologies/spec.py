@@ -4,6 +4,8 @@ Valid forms (see :data:`SPEC_FORMS`)::
 
     ring:N  torus:RxC  torus:N  social  complete:N  star:N  exponential:N
     er:N:P[:seed=S]  file:PATH
+    onepeer:N  base:N[:K]  matching:N[:seed=S]      (time-varying: a Schedule)
+    SPEC+pga:H                                       (any of them, plus a global average)
 
 ``file:PATH`` reads an edge list (lines ``i j``), or, for a path ending in ``.npy``, a
 mixing matrix saved with ``numpy.save`` that is used as is (its mixing is reported as
@@ -19,12 +21,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
-from . import graphs
+from . import graphs, schedule
 from ._validate import require_memory
 from .errors import SpectralGapWarning, TopologyError
 from .mixing import (
@@ -36,6 +39,7 @@ from .mixing import (
     spectral_gap,
     support_graph,
 )
+from .schedule import Schedule
 
 __all__ = ["SPEC_FORMS", "Topology", "parse_topology"]
 
@@ -49,8 +53,13 @@ SPEC_FORMS: tuple[str, ...] = (
     "exponential:N",
     "er:N:P[:seed=S]",
     "file:PATH",
+    "onepeer:N",
+    "base:N[:K]",
+    "matching:N[:seed=S]",
+    "SPEC+pga:H",
 )
-"""The spec strings :func:`parse_topology` accepts."""
+"""The spec strings :func:`parse_topology` accepts (the last four give a
+:class:`~topologies.schedule.Schedule`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +127,32 @@ class Topology:
     def beta(self) -> float:
         r""":math:`\beta = \|I - W\|_2`."""
         return beta(self.W)
+
+    # -- a static topology is the schedule of period 1 (topologies.schedule) -------------
+    period: ClassVar[int] = 1
+    pga_every: ClassVar[int | None] = None
+    time_varying: ClassVar[bool] = False
+
+    def round_edges(self, t: int) -> tuple[tuple[int, int, float], ...]:
+        """Every round's edges ``(i, j, w_ij)``, ``i < j`` (the same in every round)."""
+        return tuple((i, j, float(self.W[i, j])) for i, j in self.edges)
+
+    def pairs(self, t: int) -> list[tuple[int, int]]:
+        """The pairs exchanging in round ``t``: every edge."""
+        return list(self.edges)
+
+    def round_weights(self, i: int, t: int) -> dict[int, float]:
+        """``{j: w_ij}`` over rank ``i``'s neighbours (any round)."""
+        return {j: float(self.W[self._rank(i), j]) for j in self.neighbors(i)}
+
+    def matrix(self, t: int) -> NDArray[np.float64]:
+        """``W`` (any round)."""
+        return self.W
+
+    @property
+    def max_peers(self) -> int:
+        """Most peers of a node in a round: the largest degree."""
+        return max(self.degrees, default=0)
 
     def neighbors(self, i: int) -> list[int]:
         """Sorted neighbours of rank ``i`` (excluding ``i``)."""
@@ -230,15 +265,18 @@ _PARSERS: dict[str, Callable[[list[str], str], nx.Graph]] = {
 }
 
 
-def parse_topology(spec: str, mixing: str = "metropolis") -> Topology:
-    """Build a validated :class:`Topology` from a spec string.
+def parse_topology(spec: str, mixing: str = "metropolis") -> Topology | Schedule:
+    """Build a validated :class:`Topology` (or, for a time-varying spec, a
+    :class:`~topologies.schedule.Schedule`) from a spec string.
 
     Parameters
     ----------
     spec
         One of :data:`SPEC_FORMS`, e.g. ``"ring:16"``, ``"torus:4x4"``, ``"torus:8"`` (2x4),
         ``"social"``, ``"er:64:0.1:seed=3"`` (seed defaults to 0), ``"file:edges.txt"``,
-        ``"file:W.npy"``. Names are case-insensitive.
+        ``"file:W.npy"``; time-varying: ``"onepeer:16"``, ``"base:12"``, ``"base:12:2"``,
+        ``"matching:16:seed=3"``, and ``"ring:16+pga:8"`` (any spec plus an exact global
+        average every 8 rounds). Names are case-insensitive.
     mixing
         Weight rule, one of :data:`~topologies.mixing.MIXING_RULES`. Ignored, with a
         warning unless it is the default, for a ``.npy`` file, whose weights are used as
@@ -267,8 +305,12 @@ def parse_topology(spec: str, mixing: str = "metropolis") -> Topology:
             "use metropolis (valid on every graph)"
         )
     text = spec.strip()
+    if "+" in text:
+        return parse_modified(text, mixing)
     name, colon, rest = text.partition(":")
     name = name.strip().lower()
+    if name in SCHEDULE_PARSERS:
+        return SCHEDULE_PARSERS[name](rest.split(":") if colon else [], text)
     if name == "file":
         return _from_file(rest, text, mixing)
     parser = _PARSERS.get(name)
@@ -279,6 +321,71 @@ def parse_topology(spec: str, mixing: str = "metropolis") -> Topology:
         )
     graph = parser(rest.split(":") if colon else [], text)
     return Topology(text, graph, mixing_matrix(graph, mixing), mixing)
+
+
+def parse_modified(text: str, mixing: str) -> Schedule:
+    """``SPEC+pga:H``: the schedule ``SPEC`` plus an exact global average every ``H`` rounds."""
+    inner, *mods = [part.strip() for part in text.split("+")]
+    form = "SPEC+pga:H with H >= 1, e.g. ring:16+pga:8"
+    if not mods or not inner:
+        raise TopologyError(f"topology {text!r} must have the form {form}")
+    result: Topology | Schedule = parse_topology(inner, mixing)
+    for mod in mods:
+        key, _, value = mod.partition(":")
+        if key.strip().lower() != "pga" or not _NATURAL.fullmatch(value) or int(value) < 1:
+            raise TopologyError(f"topology {text!r}: the modifier after '+' must be pga:H "
+                                f"with H a positive integer, got {mod!r}; {form}")
+        result = schedule.with_pga(result, int(value), text)
+    return result  # type: ignore[return-value]  # mods is not empty: a Schedule
+
+
+def _seed(field_text: str, spec: str, form: str) -> int:
+    key, _, value = field_text.partition("=")
+    if key.strip().lower() != "seed" or not _NATURAL.fullmatch(value.strip()):
+        raise TopologyError(f"topology {spec!r}: the optional field must be seed=S with S a "
+                            f"non-negative integer, got {field_text!r}; {form}")
+    return int(value)
+
+
+def _onepeer(args: list[str], spec: str) -> Schedule:
+    _arity(args, 1, spec, "onepeer:N (N a power of two), e.g. onepeer:16")
+    n = _count(args[0], spec, "onepeer:16")
+    require_memory(f"topology {spec!r}", n, lambda k: k * max(k.bit_length(), 1), dense=False)
+    return schedule.onepeer(n, spec)
+
+
+def _base(args: list[str], spec: str) -> Schedule:
+    form = "base:N[:K] (N nodes, at most K peers per round, default 1), e.g. base:12"
+    if len(args) not in (1, 2):
+        _arity(args, 1, spec, form)
+    n = _count(args[0], spec, "base:12")
+    k = 1
+    if len(args) == 2:
+        if not _NATURAL.fullmatch(args[1]) or int(args[1]) < 1:
+            raise TopologyError(f"topology {spec!r}: K (peers per round) must be a positive "
+                                f"integer, got {args[1]!r}; {form}")
+        k = min(int(args[1]), max(n - 1, 1))
+    require_memory(f"topology {spec!r}", n, lambda m: m * k * max(m.bit_length(), 1),
+                   dense=False)
+    return schedule.base(n, k, spec)
+
+
+def _matching(args: list[str], spec: str) -> Schedule:
+    form = "matching:N[:seed=S], e.g. matching:16:seed=3"
+    if len(args) not in (1, 2):
+        _arity(args, 1, spec, form)
+    n = _count(args[0], spec, "matching:16")
+    seed = _seed(args[1], spec, form) if len(args) == 2 else 0
+    require_memory(f"topology {spec!r}", n, graphs.complete_edges, dense=False)
+    return schedule.matching(n, seed, spec)
+
+
+#: the time-varying spec names and their parsers
+SCHEDULE_PARSERS: dict[str, Callable[[list[str], str], Schedule]] = {
+    "onepeer": _onepeer,
+    "base": _base,
+    "matching": _matching,
+}
 
 
 def _from_file(path: str, spec: str, mixing: str) -> Topology:

@@ -14,7 +14,7 @@ that post messages of different lengths (:func:`check_message_lengths`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,14 @@ class Communicator(ABC):
         All neighbours must send buffers of the same length. The returned buffers are valid
         until the next exchange is posted (they may live in buffers allocated once).
         """
+
+    def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
+        """Post ``sends[j]`` to each of this round's peers ``j`` (a subset of
+        :attr:`neighbors`) and receive one ``nbytes``-byte message from each; the buffers
+        come back in the order of ``sends``. Every rank calls it once per round (with no
+        peers when it idles); time-varying graphs only (:mod:`choco.comm.peers`)."""
+        raise CommError(f"{type(self).__name__} cannot exchange with a subset of its "
+                        "neighbours; use the in-process, MPI or torch.distributed backend.")
 
     @abstractmethod
     def allreduce(self, array: np.ndarray) -> np.ndarray:

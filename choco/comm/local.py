@@ -18,7 +18,7 @@ the sender, as the MPI backend does.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,6 +33,7 @@ from .base import (
     check_symmetric,
     rank_order_sum,
 )
+from .peers import check_sends
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,7 +49,8 @@ class LocalNetwork:
         self.timeout = timeout
         self._cond = threading.Condition()
         # (sender, round) -> [buffer, receivers that have not collected it yet]
-        self._mail: dict[tuple[int, int], list] = {}
+        # a peer exchange's entries are keyed (sender, receiver, round), with count 1
+        self._mail: dict[tuple[int, ...], list] = {}
         self._barrier = threading.Barrier(self.size)
         self._slots: list[object] = [None] * self.size
         self.threaded = False
@@ -100,8 +102,17 @@ class LocalNetwork:
                 self._mail[(sender, rnd)] = [buf, len(self.neighbors[sender])]
             self._cond.notify_all()
 
-    def _collect(self, receiver: int, rnd: int) -> list[torch.Tensor]:
-        keys = [(j, rnd) for j in self.neighbors[receiver]]
+    def _post_to(self, sender: int, rnd: int, sends: dict[int, torch.Tensor]) -> None:
+        """One round of a peer exchange: a mailbox entry per (sender, receiver, round)."""
+        with self._cond:
+            for j, buf in sends.items():
+                self._mail[(sender, j, rnd)] = [buf, 1]
+            self._cond.notify_all()
+
+    def _collect(self, receiver: int, rnd: int,
+                 keys: list[tuple[int, ...]] | None = None) -> list[torch.Tensor]:
+        if keys is None:
+            keys = [(j, rnd) for j in self.neighbors[receiver]]
         with self._cond:
             missing = [k for k in keys if k not in self._mail]
             if missing and not self.threaded:
@@ -153,12 +164,16 @@ def _secondary(exc: BaseException) -> bool:
 
 
 class _LocalExchange(Exchange):
-    def __init__(self, net: LocalNetwork, rank: int, rnd: int, length: int) -> None:
+    def __init__(self, net: LocalNetwork, rank: int, rnd: int, length: int,
+                 keys: list[tuple[int, ...]] | None = None) -> None:
         self.net, self.rank, self.rnd, self.length = net, rank, rnd, length
+        self.keys = keys  # a peer exchange's (sender, receiver, round) entries
 
     def wait(self) -> list[torch.Tensor]:
-        received = self.net._collect(self.rank, self.rnd)
-        for j, buf in zip(self.net.neighbors[self.rank], received, strict=True):
+        received = self.net._collect(self.rank, self.rnd, self.keys)
+        senders = (self.net.neighbors[self.rank] if self.keys is None
+                   else [k[0] for k in self.keys])
+        for j, buf in zip(senders, received, strict=True):
             if buf.numel() != self.length:  # MPI would truncate or leave stale bytes
                 raise CommError(
                     f"rank {j} sent a {buf.numel()}-byte gossip message to rank {self.rank}, "
@@ -183,6 +198,15 @@ class LocalCommunicator(Communicator):
         # Receivers must see the bytes as sent, even if the sender reuses its buffer.
         self.net._post(self.rank, rnd, send.clone())
         return _LocalExchange(self.net, self.rank, rnd, send.numel())
+
+    def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
+        """This round's peers only (:mod:`choco.comm.peers`); copies what it posts."""
+        peers = check_sends(self.rank, self.neighbors, sends, nbytes)
+        rnd = self._round
+        self._round += 1
+        self.net._post_to(self.rank, rnd, {j: sends[j].clone() for j in peers})
+        return _LocalExchange(self.net, self.rank, rnd, nbytes,
+                              [(j, self.rank, rnd) for j in peers])
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
         return self.net._collective(self.rank, np.asarray(array), rank_order_sum)

@@ -20,7 +20,7 @@ Nothing here can leave a rank waiting for a peer that will never come:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from .base import (
     ProcessCommunicator,
     format_ranks,
 )
+from .peers import MPIPeerExchange, check_sends
 
 
 class _MPIExchange(Exchange):
@@ -123,6 +124,17 @@ class MPICommunicator(ProcessCommunicator):
         return _MPIExchange(request, buf, self._recv, self)
 
 
+
+    def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
+        """This round's peers only: ``Isend``/``Irecv`` on the graph communicator
+        (:mod:`choco.comm.peers`); the first call checks the lengths, like
+        :meth:`neighbor_exchange`."""
+        peers = check_sends(self.rank, self.neighbors, sends, nbytes)
+        if not self._lengths_checked:
+            self._check_lengths(nbytes)
+        if self._recv.shape[1] != nbytes:
+            self._recv = np.empty((len(self.neighbors), nbytes), dtype=np.uint8)
+        return MPIPeerExchange(self.graph, peers, sends, self._recv, self.rank)
 
     def allgather(self, array: np.ndarray) -> np.ndarray:
         arr = np.ascontiguousarray(array)

@@ -29,7 +29,7 @@ rank fails.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from .base import (
     Exchange,
     ProcessCommunicator,
 )
+from .peers import check_sends
 
 __all__ = ["TorchCommunicator"]
 
@@ -151,6 +152,26 @@ class TorchCommunicator(ProcessCommunicator):
         ops += [dist.P2POp(dist.isend, payload, peer, self.group) for peer in self._peers]
         works = dist.batch_isend_irecv(ops)
         return _Exchange(list(works or []), payload, self._recv, self._host_buffer())
+
+    def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
+        """This round's peers only: one ``batch_isend_irecv`` with them (none when idle;
+        :mod:`choco.comm.peers`); the first call checks the lengths."""
+        peers = check_sends(self.rank, self.neighbors, sends, nbytes)
+        if not self._lengths_checked:
+            self._check_lengths(nbytes)
+        if nbytes != self._nbytes:
+            self._allocate(nbytes)
+        if not peers:
+            return _Exchange([], None, self._recv[:0], None)
+        payloads = [sends[j].to(self.device) for j in peers]
+        ops = [dist.P2POp(dist.irecv, self._recv[k], self._global[j], self.group)
+               for k, j in enumerate(peers)]
+        ops += [dist.P2POp(dist.isend, buf, self._global[j], self.group)
+                for j, buf in zip(peers, payloads, strict=True)]
+        works = dist.batch_isend_irecv(ops)
+        host = self._host_buffer()
+        return _Exchange(list(works or []), payloads,  # type: ignore[arg-type]
+                         self._recv[:len(peers)], None if host is None else host[:len(peers)])
 
     def _allocate(self, length: int) -> None:
         """Receive (and, on a GPU, send and host) buffers for ``length``-byte messages."""

@@ -38,11 +38,15 @@ of int32 positions.
 ``b=N`` sets the bucket size of dither/qsgd (default 512, ``b=0``: whole vector).
 Per-tensor compression of a flat buffer (the CHOCO paper's default, one ``k``, scale or
 norm per layer) is :class:`PerTensor`; a bare compressor treats its input as one vector.
+
+New families are added with :func:`register` or, from another package, through the
+entry-point group ``choco.compressors`` (:mod:`choco.compress.registry`); a codec with
+per-node coding state declares it through :mod:`choco.compress.stateful`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .base import CompressionError, Compressor
 from .compose import Composed, Scaled
@@ -50,33 +54,22 @@ from .identity import Identity
 from .lgc import LGC
 from .natural import Natural
 from .quantize import DEFAULT_BUCKET, QSGD, Dither
+from .registry import (
+    EXAMPLES,
+    GROUP,
+    REGISTRY,
+    Factory,
+    available,
+    make_compressor,
+    register,
+    split_args,
+)
 from .sbc import SBC
 from .segmented import PerTensor
 from .sign import Sign
 from .sparse import RandBlock, RandK, Sparsifier
+from .stateful import CodingState, Stateful, is_stateful
 from .topk import TopK, TopKRice
-
-Factory = Callable[[str | None], Compressor]
-
-
-def _split_args(name: str, arg: str | None) -> tuple[list[str], dict[str, str], bool]:
-    """``"0.01:raw"`` → positional ``["0.01"]``, options ``{}``, raw ``True``; a bare word
-    option such as ``rice`` becomes ``options["rice"] = ""``."""
-    positional: list[str] = []
-    options: dict[str, str] = {}
-    raw = False
-    for part in (arg.split(":") if arg else []):
-        part = part.strip()
-        if part == "raw":
-            raw = True
-        elif part == "rice":
-            options[part] = ""
-        elif "=" in part:
-            key, _, value = part.partition("=")
-            options[key.strip()] = value.strip()
-        elif part:
-            positional.append(part)
-    return positional, options, raw
 
 
 def _bad(name: str, arg: str | None, need: str, example: str) -> CompressionError:
@@ -95,7 +88,7 @@ def _no_arg(cls: type[Compressor], name: str) -> Factory:
 
 def _ratio(cls: type[Sparsifier], name: str) -> Factory:
     def make(arg: str | None) -> Compressor:
-        positional, options, raw = _split_args(name, arg)
+        positional, options, raw = split_args(arg)
         need = "a ratio R in (0, 1] as " + name + ":R" + ("[:raw]" if cls.random_support
                                                          else "[:rice]")
         allowed = set() if cls.random_support else {"rice"}
@@ -115,14 +108,14 @@ def _ratio(cls: type[Sparsifier], name: str) -> Factory:
 
 
 def _natural(arg: str | None) -> Compressor:
-    positional, options, raw = _split_args("natural", arg)
+    positional, options, raw = split_args(arg)
     if positional or options:
         raise _bad("natural", arg, "no argument (or :raw)", "natural or natural:raw")
     return Natural(raw=raw)
 
 
 def _sbc(arg: str | None) -> Compressor:
-    positional, options, raw = _split_args("sbc", arg)
+    positional, options, raw = split_args(arg)
     need = "a ratio R in (0, 1] as sbc:R"
     if len(positional) != 1 or options or raw:
         raise _bad("sbc", arg, need, "sbc:0.01")
@@ -136,7 +129,7 @@ def _sbc(arg: str | None) -> Compressor:
 
 
 def _lgc(arg: str | None) -> Compressor:
-    positional, options, raw = _split_args("lgc", arg)
+    positional, options, raw = split_args(arg)
     need = ("options warmup=ROUNDS, latent=F (a power of two), ratio=R, floor=E as "
             "lgc[:warmup=N][:latent=F][:ratio=R][:floor=E]")
     example = "lgc or lgc:warmup=100:latent=4:ratio=0.01"
@@ -152,7 +145,7 @@ def _lgc(arg: str | None) -> Compressor:
 
 def _levels(cls: type[QSGD] | type[Dither], name: str, example: str) -> Factory:
     def make(arg: str | None) -> Compressor:
-        positional, options, raw = _split_args(name, arg)
+        positional, options, raw = split_args(arg)
         need = f"a number of levels S >= 1 as {name}:S[:b=BUCKET][:raw]"
         if len(positional) != 1 or set(options) - {"b"}:
             raise _bad(name, arg, need, example)
@@ -166,132 +159,42 @@ def _levels(cls: type[QSGD] | type[Dither], name: str, example: str) -> Factory:
     return make
 
 
-#: name -> factory taking the text after ``name:`` (or None). Extended by other modules.
-REGISTRY: dict[str, Factory] = {
-    "identity": _no_arg(Identity, "identity"),
-    "sign": _no_arg(Sign, "sign"),
-    "topk": _ratio(TopK, "topk"),
-    "randk": _ratio(RandK, "randk"),
-    "randblock": _ratio(RandBlock, "randblock"),
-    "natural": _natural,
-    "dither": _levels(Dither, "dither", "dither:8"),
-    "qsgd": _levels(QSGD, "qsgd", "qsgd:16"),
-    "sbc": _sbc,
-    "lgc": _lgc,
-}
-
-#: example specs shown when a name is unknown
-EXAMPLES: dict[str, str] = {
-    "identity": "identity", "sign": "sign", "topk": "topk:0.01", "randk": "randk:0.01",
-    "randblock": "randblock:0.01", "natural": "natural", "dither": "dither:8",
-    "qsgd": "qsgd:16", "sbc": "sbc:0.01", "lgc": "lgc",
-}
-#: combinator forms, listed after the families
-FORMS = ["topk:0.01+natural", "scaled(randk:0.1:raw)"]
+for _name, _factory, _example in [
+    ("identity", _no_arg(Identity, "identity"), "identity"),
+    ("sign", _no_arg(Sign, "sign"), "sign"),
+    ("topk", _ratio(TopK, "topk"), "topk:0.01"),
+    ("randk", _ratio(RandK, "randk"), "randk:0.01"),
+    ("randblock", _ratio(RandBlock, "randblock"), "randblock:0.01"),
+    ("natural", _natural, "natural"),
+    ("dither", _levels(Dither, "dither", "dither:8"), "dither:8"),
+    ("qsgd", _levels(QSGD, "qsgd", "qsgd:16"), "qsgd:16"),
+    ("sbc", _sbc, "sbc:0.01"),
+    ("lgc", _lgc, "lgc"),
+]:
+    register(_name, _factory, _example)
+del _name, _factory, _example
 
 
 def per_tensor(q: Compressor, sizes: Sequence[int]) -> Compressor:
     """``q`` applied tensor by tensor over ``sizes`` (:class:`PerTensor`), except for a
-    compressor that codes one whole vector (``lgc``), which is returned as it is."""
-    return q if isinstance(q, LGC) else PerTensor(q, sizes)
-
-
-def register(name: str, factory: Factory, example: str) -> None:
-    """Add a compressor family to :func:`make_compressor` under ``name``."""
-    REGISTRY[name] = factory
-    EXAMPLES[name] = example
-
-
-def available() -> list[str]:
-    """Example spec strings of every registered compressor and combinator."""
-    return [EXAMPLES[name] for name in sorted(REGISTRY)] + FORMS
-
-
-def _split_top(text: str, spec: str) -> list[str]:
-    """Split ``text`` on ``+`` outside parentheses."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += (ch == "(") - (ch == ")")
-        if depth < 0:
-            break
-        if ch == "+" and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth != 0:
-        raise CompressionError(
-            f"a compressor spec must have balanced parentheses, got {spec!r}; write e.g. "
-            "scaled(topk:0.01)"
-        )
-    return [*parts, text[start:]]
-
-
-def _alone(q: Compressor, spec: str) -> Compressor:
-    if isinstance(q, LGC):
-        raise CompressionError(
-            f"lgc is used alone (it selects top-k values and rescales them itself), got "
-            f"{spec!r}; write e.g. lgc:ratio=0.01"
-        )
-    return q
-
-
-def _parse(text: str, spec: str) -> Compressor:
-    parts = [p.strip() for p in _split_top(text, spec)]
-    if any(not p for p in parts):
-        raise CompressionError(
-            f"every term of a composition A+B must be a compressor spec, got an empty term in "
-            f"{spec!r}; write e.g. topk:0.01+natural"
-        )
-    if len(parts) > 1:
-        return Composed(_alone(_parse(parts[0], spec), spec),
-                        _alone(_parse("+".join(parts[1:]), spec), spec))
-    if text.startswith("scaled(") and text.endswith(")"):
-        return Scaled(_alone(_parse(text[len("scaled(") : -1].strip(), spec), spec))
-    name, sep, arg = text.partition(":")
-    factory = REGISTRY.get(name.strip())
-    if factory is None:
-        part = name.strip()
-        where = "" if part == spec.strip().lower() else f" in {spec!r}"
-        raise CompressionError(
-            f"a compressor spec must name known compressors, got the unknown compressor "
-            f"{part!r}{where}; valid specs are: {', '.join(available())}"
-        )
-    return factory(arg.strip() if sep else None)
-
-
-def make_compressor(spec: str, unbiased: bool = False) -> Compressor:
-    """Build a compressor from a spec string such as ``sign`` or ``topk:0.01+natural``.
-
-    Parameters
-    ----------
-    spec
-        See the module docstring for the grammar and the families.
-    unbiased
-        Return the unscaled unbiased form ``C`` (same as the ``:raw`` suffix on every
-        part), for the DCD/ECD-PSGD baselines; raises for biased compressors.
-
-    Raises
-    ------
-    CompressionError
-        For an unknown name (the message lists the valid ones) or a bad argument.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise CompressionError(
-            f"a compressor spec string is required, got {spec!r}; valid specs are: "
-            f"{', '.join(available())}"
-        )
-    compressor = _parse(spec.strip().lower(), spec)
-    return compressor.raw() if unbiased else compressor
+    codec with per-node coding state (``lgc``: one code per whole vector), returned as it
+    is."""
+    return q if is_stateful(q) else PerTensor(q, sizes)
 
 
 __all__ = [
+    "EXAMPLES",
+    "GROUP",
     "LGC",
     "QSGD",
     "REGISTRY",
     "SBC",
+    "CodingState",
     "Composed",
     "CompressionError",
     "Compressor",
     "Dither",
+    "Factory",
     "Identity",
     "Natural",
     "PerTensor",
@@ -300,9 +203,11 @@ __all__ = [
     "Scaled",
     "Sign",
     "Sparsifier",
+    "Stateful",
     "TopK",
     "TopKRice",
     "available",
+    "is_stateful",
     "make_compressor",
     "per_tensor",
     "register",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,6 +43,9 @@ from ..wire.framing import (
     read_header,
 )
 
+if TYPE_CHECKING:
+    from .layout import Layout
+
 #: ``HEADER`` … ``MAX_NUMEL``, ``Reserved``, ``parse_header`` and ``payload_tensor`` are
 #: re-exported from :mod:`choco.wire.framing`, where the framing is defined
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "as_float32",
     "check_finite",
     "from_bytes",
+    "header_of",
     "parse_header",
     "payload_tensor",
     "ratio_count",
@@ -78,8 +82,15 @@ class Compressor(ABC):
     :class:`~choco.compress.Scaled`, :class:`~choco.compress.PerTensor`) build their own
     messages from them, and use nothing else of the compressors they wrap.
 
+    A compressor is a pure function of its input and the seed it is given. A codec whose
+    messages also depend on per-node state that it learns or keeps (``lgc``) declares it
+    through the optional protocol of :mod:`choco.compress.stateful`; the state is then the
+    gossip's, not the compressor's.
+
     Attributes
     ----------
+    codec_id : int
+        The header's codec byte, one per family (built-in codecs use 1–127).
     spec : str
         Canonical spec string, parsed back by :func:`choco.compress.make_compressor`.
     unbiased : bool
@@ -91,7 +102,7 @@ class Compressor(ABC):
         :meth:`delta` is ``1 - ω`` and may be ``<= 0``: not contractive, not for CHOCO.
     """
 
-    codec_id: ClassVar[int]
+    codec_id: int
     spec: str
     unbiased: bool = False
     is_raw: bool = False
@@ -137,42 +148,6 @@ class Compressor(ABC):
             "randk:R, randblock:R, natural, dither:S, qsgd:S (identity is exact)."
         )
 
-    # ------------------------------------------------------------------ per-node state
-    #: bytes this node sent outside its messages (lgc: the shared autoencoder, on node 0)
-    sync_bytes: int = 0
-
-    def for_node(self) -> Compressor:
-        """The instance one node uses: ``self`` for the stateless compressors (every node
-        may share it); a fresh copy for a stateful one (``lgc``)."""
-        return self
-
-    def wants_sync(self) -> bool:
-        """Whether the nodes must run :meth:`sync` before the next round (never, except
-        ``lgc`` at the end of its warm-up)."""
-        return False
-
-    def sync(self, comm: object) -> None:
-        """A collective over every node's instance (``comm``: a communicator); no-op."""
-        return None
-
-    def sync_in_process(self, nodes: list[Compressor]) -> None:
-        """What :meth:`sync` does, for the instances of all nodes driven from one thread
-        (no collective can run there); no-op."""
-        return None
-
-    def prepare_alone(self, x: torch.Tensor) -> None:
-        """Get ready to code ``x`` with no network (the compress CLI, the benchmarks); a
-        learned compressor trains on ``x`` for its warm-up and freezes. No-op."""
-        return None
-
-    def state_dict(self) -> dict:
-        """The per-node state a checkpoint must keep (empty when stateless)."""
-        return {}
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        return None
-
     # ------------------------------------------------------------------ encode / decode
     def encode(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Encode ``x`` (any shape, flattened) into a CPU ``uint8`` buffer of :meth:`nbytes`.
@@ -194,12 +169,16 @@ class Compressor(ABC):
         check_encoded_length(out, self.message_nbytes(numel, flags), numel, self.spec)
         return out
 
+    def _read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
+        """Check the header and exact length of ``buf``; return ``(flags, numel, seed)``."""
+        return read_header(buf, self.codec_id, self.spec, self.message_nbytes)
+
     def decode_add_(self, buf: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """Add ``alpha * Q(x)`` decoded from ``buf`` into the flat tensor ``out``, in place.
 
         Sparse messages add only their support: they are never densified.
         """
-        flags, numel, seed = self.read_header(buf)
+        flags, numel, seed = header_of(self, buf)
         if out.numel() != numel:
             raise CompressionError(
                 f"{self.spec}: message holds {numel} elements but the target has "
@@ -215,7 +194,7 @@ class Compressor(ABC):
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Decode ``buf`` into a new flat tensor of ``dtype`` on ``device``."""
-        _, numel, _ = self.read_header(buf)
+        _, numel, _ = header_of(self, buf)
         out = torch.zeros(numel, dtype=dtype, device=device)
         return self.decode_add_(buf, out)
 
@@ -223,14 +202,19 @@ class Compressor(ABC):
         """``Q(x)``: encode then decode, same shape, dtype and device as ``x``."""
         return self.decode(self.encode(x, seed), x.dtype, x.device).view_as(x)
 
-    def read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
-        """Check the header and length of ``buf`` and return ``(flags, numel, seed)``."""
-        return read_header(buf, self.codec_id, self.spec, self.message_nbytes)
-
     # ------------------------------------------------------------------ payload (to implement)
     @abstractmethod
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor | Reserved]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
         """Compress ``x`` into ``(flags, payload)``: the header flags and the bytes after it.
+
+        With a ``layout`` (:class:`~choco.compress.layout.Layout`, segments of ``x``), every
+        segment ``l`` is compressed as its own vector with the seed
+        ``segment_seed(seed, l)``, its payload written at ``layout.offsets[l]`` of one
+        :class:`Reserved` buffer of ``layout.nbytes`` bytes (the bytes between payloads are
+        the caller's: :class:`~choco.compress.PerTensor` writes segment headers there);
+        ``flags`` is then every segment's. A codec with no batched kernel hands this to
+        :func:`~choco.compress.layout.encode_each`.
 
         ``x`` is a flat floating-point tensor (any float dtype, any device) with
         ``1 <= x.numel() <= MAX_NUMEL``; ``seed`` is below ``2^64`` and keys all the
@@ -244,9 +228,14 @@ class Compressor(ABC):
 
     @abstractmethod
     def decode_payload_add_(
-        self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float
+        self, payload: torch.Tensor, flags: int, seed: int, out: torch.Tensor, alpha: float,
+        layout: Layout | None = None,
     ) -> None:
         """Add ``alpha * Q(x)`` into the flat tensor ``out``, in place, from a payload.
+
+        With a ``layout``, ``payload`` is the whole buffer :meth:`encode_payload` wrote for
+        that layout and every segment's ``alpha * Q(x_l)`` is added to its part of ``out``
+        (:func:`~choco.compress.layout.decode_each` for codecs with no batched kernel).
 
         ``payload`` (a 1-D CPU uint8 tensor), ``flags`` and ``seed`` are what
         :meth:`encode_payload` returned and was given for ``x``; ``out`` has ``x.numel()``
@@ -258,6 +247,16 @@ class Compressor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
+
+
+def header_of(q: Compressor, buf: torch.Tensor) -> tuple[int, int, int]:
+    """Check that ``buf`` is a message of ``q`` (magic, codec id, exact length) and return
+    its header's ``(flags, numel, seed)``.
+
+    A codec whose messages are framed differently (:class:`~choco.compress.PerTensor`)
+    overrides the protected hook ``_read_header``.
+    """
+    return q._read_header(buf)
 
 
 def check_finite(x: torch.Tensor, spec: str) -> None:

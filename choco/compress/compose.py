@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from ..wire.framing import Reserved
 from .base import (
     CompressionError,
     Compressor,
@@ -42,7 +43,7 @@ from .base import (
     payload_tensor,
     to_bytes,
 )
-from .segmented import segment_seed
+from .layout import Layout, decode_each, encode_each, segment_seed
 from .sparse import Sparsifier
 
 
@@ -80,14 +81,21 @@ class Composed(Compressor):
     def raw(self) -> Compressor:
         return self if self.is_raw else Composed(self.first.raw(), self.second.raw())
 
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is not None:
+            return encode_each(self, x, seed, layout)
         check_finite(x, self.spec)
         support, positions = self.first.select(x, seed)
         values = as_float32(support.gather(x))
         flags, payload = self.second.encode_payload(values, segment_seed(seed, 1))
         return flags, torch.cat([payload_tensor(payload), positions])
 
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is not None:
+            return decode_each(self, payload, flags, seed, out, alpha, layout)
         numel = out.numel()
         k = self.first.k(numel)
         size = self.second.payload_nbytes(k)  # the kept values are always fp32
@@ -121,7 +129,10 @@ class Scaled(Compressor):
             delta = max(delta, 1.0 / (1.0 + self.inner.omega(numel)))
         return delta
 
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is not None:
+            return encode_each(self, x, seed, layout)
         flags, payload = self.inner.encode_payload(x, seed)
         payload = payload_tensor(payload)
         q = torch.zeros(x.numel(), dtype=torch.float32, device=x.device)
@@ -132,7 +143,11 @@ class Scaled(Compressor):
         alpha = alpha.to(torch.float32).reshape(1)
         return flags, torch.cat([to_bytes(alpha), payload])
 
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is not None:
+            return decode_each(self, payload, flags, seed, out, alpha, layout)
         scale = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
         if scale != 0.0:
             self.inner.decode_payload_add_(payload[4:], flags, seed, out, alpha * scale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..wire.framing import Reserved
 from .base import (
     HEADER_SIZE,
     CompressionError,
@@ -12,6 +13,7 @@ from .base import (
     from_bytes,
     to_bytes,
 )
+from .layout import Layout, decode_each, encode_each
 
 #: dtype codes carried in the header flags, so a receiver knows the element size.
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -51,12 +53,19 @@ class Identity(Compressor):
     def raw(self) -> Compressor:
         return self
 
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is not None:
+            return encode_each(self, x, seed, layout)
         if x.dtype not in DTYPE_CODES:
             raise CompressionError(f"identity: dtype {x.dtype} is not supported")
         check_finite(x.sum(), self.spec)
         return DTYPE_CODES[x.dtype], to_bytes(x)
 
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is not None:
+            return decode_each(self, payload, flags, seed, out, alpha, layout)
         values = from_bytes(payload, CODE_DTYPES[flags], out.device)
         out.add_(values.to(out.dtype), alpha=alpha)

@@ -33,74 +33,44 @@ decentralized gossip, not the paper's algorithm:
 ``δ`` (documented worst case): ``min(1 − floor, k'/d)``. The default ``floor = 1 − R/2``
 keeps ``δ >= R/2``, half the top-k guarantee it replaces.
 
-The compressor is stateful (weights, optimizer, round counter): each node needs its own
-instance (:meth:`LGC.for_node`, done by :class:`~choco.gossip.ChocoGossip`), and the state
-goes into checkpoints (:meth:`LGC.state_dict`). It compresses one flat vector (the run layer
-does not wrap it per tensor).
+The codec is pure: :class:`LGC` holds the options, and everything a node learns or keeps
+(weights, optimizer, round counter, the switch, message counts) is its :class:`LGCState`,
+made by :meth:`LGC.new_state` and owned, driven and checkpointed by the gossip round
+(:mod:`choco.compress.stateful`). Without a state, :class:`LGC` codes like a node in its
+warm-up (top-``k'`` messages). It compresses one flat vector (the run layer does not wrap
+it per tensor).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from torch import nn
 
-from ..errors import AgreementError
-from .base import CompressionError, Compressor, check_finite, from_bytes, ratio_count, to_bytes
+from .base import (
+    CompressionError,
+    Compressor,
+    Reserved,
+    check_finite,
+    from_bytes,
+    ratio_count,
+    to_bytes,
+)
+from .lgc_state import CHANNELS, LEARNING_RATE, LGCState
+from .stateful import CodingState, Stateful, check_agreement
 from .topk import topk_indices
+
+if TYPE_CHECKING:
+    from .layout import Layout
+
+__all__ = ["CHANNELS", "DEFAULTS", "LEARNING_RATE", "LGC", "LGCState", "check_same_weights"]
 
 #: option name -> (default, meaning); ``floor`` defaults to ``1 − ratio/2``
 DEFAULTS: dict[str, float] = {"warmup": 50, "latent": 4, "ratio": 0.01}
-#: hidden channels of the autoencoder's convolutions
-CHANNELS = 8
-#: Adam learning rate of the warm-up training
-LEARNING_RATE = 3e-3
 
 
-def _init_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Fill ``model`` (built on the meta device) from a private generator: uniform in
-    ``±1/sqrt(fan_in)`` like torch's default, without touching the global RNG (node
-    threads of the in-process backend share it)."""
-    model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv1d | nn.ConvTranspose1d):
-                fan_in = m.weight.shape[1] * m.weight.shape[2]
-                if isinstance(m, nn.ConvTranspose1d):
-                    fan_in = m.weight.shape[0] * m.weight.shape[2]
-                bound = 1.0 / math.sqrt(fan_in)
-                for p in (m.weight, m.bias):
-                    p.copy_(torch.rand(p.shape, generator=gen) * (2 * bound) - bound)
-    return model
-
-
-class _AutoEncoder(nn.Module):
-    """1-D convolutional autoencoder: ``log2 F`` stride-2 stages down, the same up."""
-
-    def __init__(self, levels: int, channels: int = CHANNELS) -> None:
-        super().__init__()
-        enc: list[nn.Module] = []
-        c = 1
-        for _ in range(levels):
-            enc += [nn.Conv1d(c, channels, 3, stride=2, padding=1, device="meta"),
-                    nn.Tanh()]
-            c = channels
-        enc += [nn.Conv1d(c, 1, 3, padding=1, device="meta")]
-        dec: list[nn.Module] = [nn.Conv1d(1, channels, 3, padding=1, device="meta"), nn.Tanh()]
-        for _ in range(levels):
-            dec += [nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1,
-                                       device="meta"), nn.Tanh()]
-        dec += [nn.Conv1d(channels, 1, 3, padding=1, device="meta")]
-        self.encoder = nn.Sequential(*enc)
-        self.decoder = nn.Sequential(*dec)
-
-
-class LGC(Compressor):
+class LGC(Compressor, Stateful):
     """Learned compression of the top-k values with an LS scale and a top-k' fallback.
 
     Parameters
@@ -141,91 +111,11 @@ class LGC(Compressor):
         self.seed = int(seed)
         self.spec = (f"lgc:ratio={self.ratio:g}:latent={self.latent}:warmup={self.warmup}"
                      f":floor={self.floor:g}")
-        self._new_state()
 
-    # ------------------------------------------------------------------ per-node state
-    def _new_state(self) -> None:
-        self.model = _init_weights(_AutoEncoder(int(math.log2(self.latent))), self.seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
-        #: rounds encoded so far; the switch happens before round ``warmup``
-        self.rounds = 0
-        self.frozen = False
-        #: learned messages sent, rounds that fell back to top-k' after the switch
-        self.learned = 0
-        self.fallbacks = 0
-        #: bytes this node sent to share the autoencoder (node 0: ``(n − 1) · 4P``)
-        self.sync_bytes = 0
-        #: mean squared error of the last warm-up training step (on normalized values)
-        self.train_loss = float("nan")
-
-    def for_node(self) -> LGC:
-        """A fresh instance with this one's options (each node trains its own first)."""
-        return LGC(self.ratio, self.latent, self.warmup, self.floor, self.seed)
-
-    def parameters_nbytes(self) -> int:
-        """Bytes of the autoencoder's weights (fp32), what the switch broadcasts."""
-        return 4 * sum(p.numel() for p in self.model.parameters())
-
-    def weights(self) -> np.ndarray:
-        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).numpy()
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.weights().tobytes()).hexdigest()
-
-    def _load_weights(self, flat: np.ndarray) -> None:
-        flat_t = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
-        pos = 0
-        with torch.no_grad():
-            for p in self.model.parameters():
-                p.copy_(flat_t[pos : pos + p.numel()].view_as(p))
-                pos += p.numel()
-
-    def wants_sync(self) -> bool:
-        """Whether the next round is the switch (the collective :meth:`sync` must run)."""
-        return not self.frozen and self.rounds >= self.warmup
-
-    def sync(self, comm: Any) -> None:
-        """The switch, a collective on every node: node 0's weights to all, checked, frozen.
-
-        ``comm`` is any :class:`~choco.comm.Communicator` (``broadcast``,
-        ``allgather_object``, ``rank``, ``size``).
-        """
-        shared = comm.broadcast(self.weights(), root=0)
-        self._freeze(shared, comm.rank, comm.size)
-        digests = comm.allgather_object(self.digest())
-        check_same_weights(digests)
-
-    def sync_in_process(self, nodes: list[Compressor]) -> None:
-        """The switch for the instances of all nodes, in rank order, in one thread: node 0's
-        weights copied to every node, checked, frozen."""
-        learned = [q for q in nodes if isinstance(q, LGC)]
-        shared = learned[0].weights().copy()
-        for rank, q in enumerate(learned):
-            q._freeze(shared, rank, len(learned))
-        check_same_weights([q.digest() for q in learned])
-
-    def _freeze(self, shared: np.ndarray, rank: int, size: int) -> None:
-        self._load_weights(shared)
-        self.frozen = True
-        self.model.eval()
-        self.sync_bytes += self.parameters_nbytes() * (size - 1) if rank == 0 else 0
-
-    def state_dict(self) -> dict:
-        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "rounds": self.rounds,
-                "frozen": self.frozen, "learned": self.learned, "fallbacks": self.fallbacks,
-                "sync_bytes": self.sync_bytes, "spec": self.spec}
-
-    def load_state_dict(self, sd: dict) -> None:
-        if sd.get("spec") != self.spec:
-            raise CompressionError(f"the saved lgc state is for {sd.get('spec')!r}, this run "
-                                   f"uses {self.spec!r}; resume with the same --compressor.")
-        self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
-        self.rounds, self.frozen = int(sd["rounds"]), bool(sd["frozen"])
-        self.learned, self.fallbacks = int(sd["learned"]), int(sd["fallbacks"])
-        self.sync_bytes = int(sd["sync_bytes"])
-        self.model.train(not self.frozen)
+    def new_state(self) -> LGCState:
+        """A node's fresh state: the autoencoder from :attr:`seed` (the same on every node),
+        untrained, before the switch."""
+        return LGCState(self)
 
     # ------------------------------------------------------------------ sizes
     def k(self, numel: int) -> int:
@@ -257,57 +147,53 @@ class LGC(Compressor):
         pad = self.code_len(x.numel()) * self.latent - y.numel()
         return idx, torch.nn.functional.pad(y, (0, pad)), sigma
 
-    def _decode_curve(self, code: torch.Tensor, k: int) -> torch.Tensor:
+    @staticmethod
+    def _decode_curve(state: LGCState, code: torch.Tensor, k: int) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.decoder(code.float().view(1, 1, -1)).view(-1)[:k]
-
-    def train_step(self, x: torch.Tensor) -> float:
-        """One Adam step of the autoencoder on ``x``'s normalized sorted top-k curve."""
-        _, y, _ = self._curve(x.detach().to("cpu"))
-        inp = y.view(1, 1, -1)
-        with torch.enable_grad():
-            self.optimizer.zero_grad(set_to_none=True)
-            out = self.model.decoder(self.model.encoder(inp))
-            loss = torch.nn.functional.mse_loss(out, inp)
-            loss.backward()
-            self.optimizer.step()
-        self.train_loss = float(loss.detach())
-        return self.train_loss
-
-    def fit(self, x: torch.Tensor, steps: int) -> None:
-        """Train ``steps`` warm-up steps on ``x`` alone, then freeze (one node, no network)."""
-        for _ in range(steps):
-            self.train_step(x)
-        self._freeze(self.weights(), 0, 1)
-        self.rounds = max(self.rounds, self.warmup)
-
-    def prepare_alone(self, x: torch.Tensor) -> None:
-        """What ``python -m choco.compress`` and the benchmarks do with a single vector:
-        :meth:`fit` for the warm-up's ``warmup`` steps."""
-        self.fit(x.detach().cpu(), self.warmup)
+            return state.model.decoder(code.float().view(1, 1, -1)).view(-1)[:k]
 
     # ------------------------------------------------------------------ encode / decode
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
-        check_finite(x, self.spec)
-        if self.wants_sync():
+    def _whole_vector(self, layout: Layout | None) -> None:
+        if layout is not None:
             raise CompressionError(
-                f"{self.spec}: round {self.rounds} is the switch, but the autoencoder was not "
-                "shared; run it through ChocoGossip (which calls sync) or call sync(comm) on "
-                "every node first."
+                f"lgc learns one code for a whole vector and cannot code segments, got a "
+                f"layout of {len(layout.sizes)} segments; compress the flat vector"
+            )
+
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        """Without a node's state: the warm-up's top-``k'`` message."""
+        self._whole_vector(layout)
+        check_finite(x, self.spec)
+        return 0, self._fallback(x.detach().to("cpu"))
+
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float, layout: Layout | None = None) -> None:
+        """Without a node's state: top-``k'`` messages only."""
+        self._whole_vector(layout)
+        self._decode(None, payload, flags, out, alpha)
+
+    def encode_payload_with(self, state: CodingState, x: torch.Tensor,
+                            seed: int) -> tuple[int, torch.Tensor]:
+        """The message for ``x`` from ``state``'s autoencoder (read, never changed)."""
+        st = self._own(state)
+        check_finite(x, self.spec)
+        if st.sync_due():
+            raise CompressionError(
+                f"{self.spec}: round {st.rounds} is the switch, but the autoencoder was not "
+                "shared; run it through ChocoGossip (which runs the switch) or "
+                "choco.compress.stateful.sync on every node first."
             )
         xc = x.detach().to("cpu")
-        self.rounds += 1
-        if not self.frozen:
-            self.train_step(xc)
+        if not st.frozen:
             return 0, self._fallback(xc)
         idx, y, sigma = self._curve(xc)
         k = idx.numel()
         with torch.no_grad():
-            code = self.model.encoder(y.view(1, 1, -1)).view(-1).to(torch.float16)
+            code = st.model.encoder(y.view(1, 1, -1)).view(-1).to(torch.float16)
         if not bool(torch.isfinite(code).all()):
-            self.fallbacks += 1
             return 0, self._fallback(xc)
-        y_hat = self._decode_curve(code, k).double()
+        y_hat = self._decode_curve(st, code, k).double()
         y_true = y[:k].double()
         norm = float(y_hat @ y_hat)
         alpha = float(y_hat @ y_true) / norm if norm > 0 else 0.0
@@ -318,10 +204,18 @@ class LGC(Compressor):
         kept = xs[idx]
         err = total - float(kept @ kept) + float((kept - values).pow(2).sum())
         if total == 0.0 or not math.isfinite(err) or err > self.floor * total:
-            self.fallbacks += 1
             return 0, self._fallback(xc)
-        self.learned += 1
         return 1, torch.cat([to_bytes(scale), to_bytes(idx.to(torch.int32)), to_bytes(code)])
+
+    def decode_payload_add_with(self, state: CodingState, payload: torch.Tensor, flags: int,
+                                seed: int, out: torch.Tensor, alpha: float) -> None:
+        self._decode(self._own(state), payload, flags, out, alpha)
+
+    def _own(self, state: CodingState) -> LGCState:
+        if not isinstance(state, LGCState) or state.codec.spec != self.spec:
+            raise CompressionError(f"{self.spec} codes with its own LGCState (from "
+                                   f"new_state()), got {state!r}")
+        return state
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
         numel = x.numel()
@@ -332,14 +226,15 @@ class LGC(Compressor):
         out[: body.numel()] = body
         return out
 
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def _decode(self, state: LGCState | None, payload: torch.Tensor, flags: int,
+                out: torch.Tensor, alpha: float) -> None:
         numel = out.numel()
         if flags == 0:
             kf = self.fallback_k(numel)
             idx = from_bytes(payload[: 4 * kf], torch.int32, out.device).long()
             values = from_bytes(payload[4 * kf : 8 * kf], torch.float32, out.device)
         elif flags == 1:
-            if not self.frozen:
+            if state is None or not state.frozen:
                 raise CompressionError(
                     f"{self.spec}: a learned message arrived before this node's switch; "
                     "every node must use the same warmup (start them with the same options)."
@@ -348,7 +243,8 @@ class LGC(Compressor):
             scale = from_bytes(payload[:4], torch.float32, torch.device("cpu"))
             idx = from_bytes(payload[4 : 4 + 4 * k], torch.int32, out.device).long()
             code = from_bytes(payload[4 + 4 * k :], torch.float16, torch.device("cpu"))
-            values = (scale.double() * self._decode_curve(code, k).double()).to(out.device)
+            curve = self._decode_curve(state, code, k).double()
+            values = (scale.double() * curve).to(out.device)
         else:
             raise CompressionError(f"{self.spec}: unknown message kind {flags}; corrupt buffer")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
@@ -357,17 +253,6 @@ class LGC(Compressor):
 
 
 def check_same_weights(digests: list[str]) -> None:
-    """Raise :class:`AgreementError` unless every node's autoencoder digest is the same."""
-    differ = [r for r, d in enumerate(digests) if d != digests[0]]
-    if differ:
-        raise AgreementError(
-            f"lgc: after the switch every node must hold node 0's autoencoder, but ranks "
-            f"{differ} hold other weights; the broadcast was corrupted or ranks run different "
-            "versions of choco."
-        )
-
-
-def sync_in_process(compressors: list[LGC]) -> None:
-    """The switch for nodes driven from one thread (:func:`choco.gossip.lockstep`): what
-    :meth:`LGC.sync` does, with node 0's weights copied instead of broadcast."""
-    compressors[0].sync_in_process(compressors)
+    """Raise :class:`~choco.errors.AgreementError` unless every node's autoencoder digest
+    is the same."""
+    check_agreement(digests, "lgc")

@@ -39,6 +39,7 @@ from .base import (
     from_bytes,
     to_bytes,
 )
+from .layout import Layout, decode_each, encode_each
 
 DEFAULT_BUCKET = 512
 MAX_LEVELS = 1 << 16
@@ -99,7 +100,10 @@ class BucketQuantizer(Compressor):
         return 1.0 if self.is_raw else 1.0 / (1.0 + self.omega(numel))
 
     # ------------------------------------------------------------------ encode
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is not None:
+            return encode_each(self, x, seed, layout)
         x32 = as_float32(x)
         size = self.bucket_size(x32.numel())
         if _host.use_host_kernels(x32):
@@ -173,7 +177,11 @@ class BucketQuantizer(Compressor):
         return torch.cat([to_bytes(norms), packed])
 
     # ------------------------------------------------------------------ decode
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is not None:
+            return decode_each(self, payload, flags, seed, out, alpha, layout)
         numel = out.numel()
         size = self.bucket_size(numel)
         buckets = -(-numel // size)
@@ -195,11 +203,11 @@ class BucketQuantizer(Compressor):
                     values *= np.repeat(norms[first : first + nb], size)[:n]
                 _host.add_into(target[start:stop], values, alpha)
             return
-        norms = from_bytes(payload[: 4 * buckets], torch.float32, out.device)
-        codes = unpack_uint(codes_in, numel, self.width, out.device)
-        values = self.signed_table.to(out.device)[codes]
-        values = values * norms.repeat_interleave(size)[:numel]
-        out.add_(values, alpha=alpha)
+        norms_t = from_bytes(payload[: 4 * buckets], torch.float32, out.device)
+        codes_t = unpack_uint(codes_in, numel, self.width, out.device)
+        values_t = self.signed_table.to(out.device)[codes_t]
+        values_t = values_t * norms_t.repeat_interleave(size)[:numel]
+        out.add_(values_t, alpha=alpha)
 
 
 class QSGD(BucketQuantizer):

@@ -29,8 +29,10 @@ from __future__ import annotations
 import torch
 
 from ..wire import rice_decode, rice_encode, rice_nbytes, rice_parameter
+from ..wire.framing import Reserved
 from .base import CompressionError, Compressor, check_finite, from_bytes, ratio_count, to_bytes
-from .topk import topk_indices
+from .layout import Layout, decode_each, encode_each
+from .selection import topk_indices
 
 
 class SBC(Compressor):
@@ -68,14 +70,21 @@ class SBC(Compressor):
         (mu_pos, pos), (mu_neg, neg) = sides
         return (mu_pos, pos) if abs(mu_pos) >= abs(mu_neg) else (mu_neg, neg)
 
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is not None:
+            return encode_each(self, x, seed, layout)
         check_finite(x, self.spec)
         mu, idx = self.select(x)
         value = torch.tensor([mu], dtype=torch.float32)
         coded = rice_encode(idx.cpu().numpy(), x.numel(), self.rice_b(x.numel()))
         return 0, torch.cat([to_bytes(value), torch.from_numpy(coded)])
 
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is not None:
+            return decode_each(self, payload, flags, seed, out, alpha, layout)
         numel = out.numel()
         mu = float(from_bytes(payload[:4], torch.float32, torch.device("cpu")))
         try:

@@ -18,8 +18,10 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from ..wire.framing import Reserved
 from . import _host
 from .base import (
     CompressionError,
@@ -30,6 +32,7 @@ from .base import (
     ratio_count,
     to_bytes,
 )
+from .layout import Alone, Block, Layout, arange_within, decode_each, encode_each, flat
 
 
 @dataclass(frozen=True)
@@ -118,13 +121,20 @@ class Sparsifier(Compressor):
     def support(self, positions: torch.Tensor, numel: int, seed: int, device) -> Support:
         """Rebuild the support from the position bytes (and the header seed)."""
 
-    def encode_payload(self, x: torch.Tensor, seed: int) -> tuple[int, torch.Tensor]:
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is not None:
+            return encode_each(self, x, seed, layout)
         check_finite(x, self.spec)
         support, positions = self.select(x, seed)
         values = as_float32(support.gather(x))
         return 0, torch.cat([to_bytes(values), positions])
 
-    def decode_payload_add_(self, payload, flags, seed, out, alpha):
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is not None:
+            return decode_each(self, payload, flags, seed, out, alpha, layout)
         numel = out.numel()
         k = self.k(numel)
         values = from_bytes(payload[: 4 * k], torch.float32, out.device)
@@ -166,6 +176,13 @@ class RandBlock(Sparsifier):
     exactly, as for rand-k. Wire: ``k`` fp32 values; ``s`` is regenerated from the header
     seed (:func:`choco.compress._host.block_start`), so no offset is sent. Encoding is one
     contiguous copy. ``randblock:R:raw`` scales by ``d/k`` (unbiased, ``ω = d/k - 1``).
+
+    Host kernel (flat vectors and segment layouts alike, not ``:raw``): a flat vector and
+    segments of at least ``BATCH_MAX`` elements are copied alone; the shorter segments of a
+    layout in blocks, where each ``s_l`` is
+    drawn from its own seeded generator (the only per-segment Python work) and the
+    positions ``start_l + (s_l + j) mod d_l``, the gather, the fp32 words and the add are
+    one pass over the block.
     """
 
     codec_id = 5
@@ -176,3 +193,84 @@ class RandBlock(Sparsifier):
 
     def support(self, positions, numel, seed, device):
         return Support(self.k(numel), None, _host.block_start(seed, numel))
+
+    # ------------------------------------------------------------------ host kernel
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if self.is_raw or not _host.use_host_kernels(x):  # :raw scales each segment by d/k
+            return super().encode_payload(x, seed, layout)
+        check_finite(x, self.spec)
+        layout = layout or flat(x.numel(), self.payload_nbytes(x.numel()))
+        message = Reserved(layout.nbytes)
+        payload = message.payload
+        seeds = layout.seeds(seed)
+        for item in layout.items(self.spec, None, self._prepare):
+            if isinstance(item, Block):
+                _, index = self._positions(item, seeds[item.lo : item.hi])
+                values = x[item.elem : item.elem + item.numel].detach().numpy()[index]
+                if values.dtype != np.float32:  # torch's conversion, as as_float32 does
+                    values = torch.from_numpy(values).to(torch.float32).numpy()
+                words = payload[item.byte : item.stop].view(np.uint32)
+                words[item.plan["word"]] = values.view(np.uint32)
+            else:
+                seg = x[item.elem : item.elem + item.size]
+                support = self.support(_EMPTY, item.size, int(seeds[item.index]), seg.device)
+                payload[item.byte : item.stop] = to_bytes(as_float32(support.gather(seg))).numpy()
+        return 0, message
+
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        """``out[S_l] += alpha v_l`` with torch's ``add_`` (as :meth:`Support.add_`).
+
+        fp32/fp64 blocks: one gather, one ``add_`` and one scatter (torch's ``a + alpha b``
+        is the same in its vector body and its scalar tail there). fp16: ``add_`` rounds
+        differently in the two, so the sum depends on where an element falls in the call;
+        the values are converted at once but added segment by segment, as alone.
+        """
+        if self.is_raw or not _host.use_host_kernels(out):
+            return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
+        layout = layout or flat(out.numel(), self.payload_nbytes(out.numel()))
+        seeds = layout.seeds(seed)
+        for item in layout.items(self.spec, None, self._prepare):
+            if isinstance(item, Alone):
+                super().decode_payload_add_(payload[item.byte : item.stop], flags,
+                                            int(seeds[item.index]),
+                                            out[item.elem : item.elem + item.size], alpha)
+                continue
+            plan, target = item.plan, out[item.elem : item.elem + item.numel]
+            starts, index = self._positions(item, seeds[item.lo : item.hi])
+            words = payload[item.byte : item.stop].numpy().view(np.uint32)[plan["word"]]
+            values = torch.from_numpy(words.view(np.float32)).to(out.dtype)
+            if out.dtype == torch.float16:
+                pos = 0
+                for start, k, seg in zip(starts, plan["k"].tolist(),
+                                         torch.split(target, plan["size_list"]), strict=True):
+                    Support(k, None, start).add_(seg, values[pos : pos + k], alpha)
+                    pos += k
+                continue
+            where = torch.from_numpy(index)
+            kept = target[where]
+            kept.add_(values, alpha=alpha)
+            target[where] = kept
+        return None
+
+    def _prepare(self, block: Block) -> None:
+        sizes, plan = block.sizes, block.plan
+        k = np.array([self.k(int(s)) for s in sizes], dtype=np.int64)
+        plan["k"] = k
+        plan["size_list"] = sizes.tolist()
+        plan["within"] = arange_within(k)
+        plan["seg_start"] = np.repeat(block.starts, k)
+        plan["seg_size"] = np.repeat(sizes, k)
+        plan["word"] = (np.repeat(block.offsets, k) + 4 * plan["within"]) // 4
+
+    @staticmethod
+    def _positions(block: Block, seeds: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """``(s_l for every segment, block position of every kept entry)``:
+        ``start_l + (s_l + j) mod d_l``, grouped by segment in support order."""
+        plan = block.plan
+        starts = [_host.block_start(int(s), d)
+                  for s, d in zip(seeds, plan["size_list"], strict=True)]
+        offset = np.repeat(np.array(starts, dtype=np.int64), plan["k"]) + plan["within"]
+        return starts, plan["seg_start"] + offset % plan["seg_size"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..errors import CompressionError, UsageError
 
@@ -34,10 +34,13 @@ class AveragerArgs:
     """Everything an averager may need, built once per node."""
 
     comm: Communicator
-    row: np.ndarray
+    row: np.ndarray | None
     compressor: Compressor | None
     gamma: float | None
     seed: int
+    #: the topology or time-varying schedule (``topologies``), for averagers that follow
+    #: one; ``row`` is ``None`` when it varies
+    schedule: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,17 @@ class Algorithm:
     unbiased: bool = False
     uses_gamma: bool = False
     averager: Callable[[AveragerArgs], Averager] | None = None
+    #: runs on time-varying graphs and with ``+pga:H`` (DCD/ECD keep exact neighbour
+    #: replicas, which a changing graph or a global average would leave stale)
+    schedules: bool = True
+
+    def check_topology(self, topology: Any) -> None:
+        """Refuse a schedule (time-varying, or ``+pga:H``) this algorithm cannot follow."""
+        if self.schedules or not (topology.time_varying or topology.pga_every):
+            return
+        raise UsageError(f"--algorithm {self.name} keeps exact replicas of its neighbours, "
+                         f"which go stale on the schedule {topology.spec}; use a static "
+                         "topology without +pga, or --algorithm choco/exact.")
 
     @property
     def needs_compressor(self) -> bool:
@@ -123,17 +137,38 @@ def _compressor_of(name: str, compressor: Compressor | None) -> Compressor:
     return compressor
 
 
+def _row(a: AveragerArgs) -> np.ndarray:
+    """The node's row of a static ``W`` (``None`` only for a time-varying schedule)."""
+    if a.row is None:
+        raise UsageError(f"node {a.comm.rank} has no mixing row: the topology changes every "
+                         "round; pass the schedule (AveragerArgs.schedule) instead.")
+    return a.row
+
+
+def _follows_schedule(a: AveragerArgs) -> bool:
+    return a.schedule is not None and bool(a.schedule.time_varying or a.schedule.pga_every)
+
+
 def _choco(a: AveragerArgs) -> Averager:
     from ..gossip import ChocoGossip, check_gamma
 
     gamma = check_gamma(a.gamma if a.gamma is not None else float("nan"), "--gamma")
-    return ChocoGossip(a.comm, a.row, _compressor_of("choco", a.compressor), gamma, a.seed)
+    compressor = _compressor_of("choco", a.compressor)
+    if _follows_schedule(a):
+        from ..timevarying import make_choco_gossip
+
+        return make_choco_gossip(a.comm, a.schedule, compressor, gamma, a.seed)
+    return ChocoGossip(a.comm, _row(a), compressor, gamma, a.seed)
 
 
 def _exact(a: AveragerArgs) -> Averager:
     from ..baselines import ExactGossip
 
-    return ExactGossip(a.comm, a.row)
+    if _follows_schedule(a):
+        from ..timevarying import make_exact_gossip
+
+        return make_exact_gossip(a.comm, a.schedule)
+    return ExactGossip(a.comm, _row(a))
 
 
 def _dcd(a: AveragerArgs) -> Averager:
@@ -162,9 +197,9 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
               "exact", averager=_exact),
     Algorithm("allreduce", "centralized SGD: all-reduce of the mean gradient", "allreduce"),
     Algorithm("dcd", "DCD-PSGD: compressed model changes (arXiv:1803.06443, Alg. 1)",
-              "compressed", unbiased=True, averager=_dcd),
+              "compressed", unbiased=True, averager=_dcd, schedules=False),
     Algorithm("ecd", "ECD-PSGD: compressed extrapolations (arXiv:1803.06443, Alg. 2)",
-              "compressed", unbiased=True, averager=_ecd),
+              "compressed", unbiased=True, averager=_ecd, schedules=False),
     Algorithm("local", "local SGD: no communication at all", "none", averager=_local),
 )}
 

@@ -75,7 +75,8 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
 def add_gossip_arguments(parser: argparse.ArgumentParser) -> None:
     """``--topology``, ``--mixing`` and ``--compressor``, the same in every program."""
     parser.add_argument("--topology", default="ring:8",
-                        help="ring:8, torus:4x4, social, er:16:0.3, ...")
+                        help="ring:8, torus:4x4, social, er:16:0.3, ...; time-varying: "
+                        "onepeer:16, base:12[:K], matching:16[:seed=S], SPEC+pga:H")
     parser.add_argument("--mixing", default="metropolis", help="metropolis | maxdegree | uniform")
     parser.add_argument("--compressor", default="sign",
                         help="compressor spec: identity, sign, topk:0.01, ...")

@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compress import LGC, PerTensor, available, make_compressor
+from ..compress import PerTensor, available, make_compressor
 from ..compress.base import Compressor
+from ..compress.stateful import prepare_alone, state_of
 from ..errors import UsageError
+from ..wire.framing import parse_header
 from .cli import HelpFormatter, add_version_argument, run_local, setup_output
 from .files import ArgumentParser, atomic_write, check_memory, check_output_file, load_npy
 
@@ -104,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         check_memory(BYTES_PER_ELEMENT * x.size, "compressing --in",
                      f"{x.size:,} elements, about {BYTES_PER_ELEMENT} bytes each",
                      "pass a shorter --in")
-        q = build(args, x.size)
         xt = torch.from_numpy(x)
-        q.prepare_alone(xt)  # lgc: one vector, no network: train on it, then freeze
+        # lgc: one vector, no network: its state trains on it, then switches alone
+        q = prepare_alone(build(args, x.size), xt)
         buf = q.encode(xt, args.seed)
+        coding = state_of(q)
+        if coding is not None:  # what a node does after sending: learn, count
+            coding.observe(xt, parse_header(buf, q.spec).flags)
         y = q.decode(buf, xt.dtype, xt.device).numpy()
         atomic_write(out, lambda fh: np.save(fh, y))  # exactly this path, never half-written
         x64, y64 = x.astype(np.float64), y.astype(np.float64)
@@ -120,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         if q.unbiased:
             result["omega"] = q.omega(x.size)
-        if isinstance(q, LGC):
-            result["learned"] = q.learned == 1  # else the top-k' fallback was sent
+        counts = coding.counters() if coding is not None else {}
+        if "learned" in counts:
+            result["learned"] = counts["learned"] == 1  # else the top-k' fallback was sent
         if args.sizes is not None:
             result["sizes"] = q.sizes  # type: ignore[attr-defined]
         print(json.dumps(result), flush=True)

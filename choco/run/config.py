@@ -26,7 +26,9 @@ class TrainConfig:
 
     # --- network
     topology: str = field(default="ring:8", metadata={"help": "ring:8, torus:4x4, social, "
-                          "complete:8, ...; 'ring' without a size takes the number of nodes"})
+                          "complete:8, ...; time-varying: onepeer:8, base:12[:K], "
+                          "matching:16[:seed=S], SPEC+pga:H; 'ring' or 'onepeer' without a "
+                          "size takes the number of nodes"})
     mixing: str = field(default="metropolis", metadata={"help": "metropolis|maxdegree|uniform"})
     backend: str = field(default="auto", metadata={
         "help": "auto (mpi when launched by mpiexec/srun with >1 rank, torch when launched "

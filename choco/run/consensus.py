@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from topologies import Topology, parse_topology
+from topologies import Schedule, Topology, parse_topology
 
 from ..comm.base import Communicator
 from ..compress import available, make_compressor
 from ..compress.base import Compressor
 from ..errors import UsageError
-from ..gossip import ChocoGossip, check_gamma
+from ..gossip import check_gamma
+from ..timevarying import make_choco_gossip
 from .cli import (
     ArgumentParser,
     HelpFormatter,
@@ -59,7 +60,7 @@ from .files import (
     spec_file,
 )
 from .launch import World, mpi_world, refuse_local_under_mpi, run, torch_world
-from .plan import AUTO_DIM, resolve_gamma
+from .plan import AUTO_DIM, resolve_gamma, tuning_target
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def check_run_memory(n: int, dim: int, steps: int, itemsize: int, tuner: bool,
 class Problem:
     """A validated consensus problem, identical on every rank."""
 
-    topology: Topology
+    topology: Topology | Schedule
     compressor: Compressor
     gamma: float
     gamma_source: str
@@ -200,7 +201,7 @@ def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = Non
     if not auto:
         check_gamma(args.gamma, "--gamma")  # a bad value is refused before X0 is built
     x0 = _initial(args, topology.n, tuner=auto and compressor.spec != "identity")
-    gamma, source = resolve_gamma(args.gamma, compressor, topology.W, args.seed, share,
+    gamma, source = resolve_gamma(args.gamma, compressor, tuning_target(topology), args.seed, share,
                                   topology.spec if report else None)
     if report:
         print(f"gamma {gamma:.4g} ({source})", flush=True)
@@ -233,7 +234,7 @@ def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
     i = comm.rank
     x = torch.from_numpy(problem.x0[i].copy())
     xbar0 = torch.from_numpy(problem.x0.mean(axis=0))
-    gossip = ChocoGossip(comm, topo.row(i), problem.compressor, problem.gamma, seed=problem.seed)
+    gossip = make_choco_gossip(comm, topo, problem.compressor, problem.gamma, problem.seed)
     error = np.empty(problem.steps + 1)
     error[0] = float(((x - xbar0) ** 2).sum())
     points = progress_points(problem.steps)

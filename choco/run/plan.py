@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from topologies import Topology, parse_topology
+from topologies import Schedule, Topology, parse_topology
 
 from ..compress import per_tensor
 from ..compress.base import Compressor
@@ -35,7 +35,7 @@ from .tasks import Task, make_task
 __all__ = ["Plan", "Share", "make_plan", "resolve_topology"]
 
 #: topology names that take the number of nodes as their only size argument
-SIZED = ("ring", "star", "complete", "exponential", "torus")
+SIZED = ("ring", "star", "complete", "exponential", "torus", "onepeer", "base", "matching")
 
 #: ``(rank, size, allgather)``: how the γ tuner splits its grid over the MPI ranks
 Share = tuple[int, int, Callable]
@@ -46,7 +46,8 @@ class Plan:
     """The validated run, identical on every rank."""
 
     cfg: TrainConfig
-    topology: Topology
+    #: a static topology, or a time-varying schedule (``onepeer:8``, ``ring:8+pga:4``)
+    topology: Topology | Schedule
     algorithm: Algorithm
     task: Task
     schedule: LRSchedule
@@ -74,17 +75,20 @@ class Plan:
         return copy.deepcopy(self.template)
 
 
-def resolve_topology(spec: str, mixing: str, n: int | None, mpi: bool = False) -> Topology:
-    """Parse ``spec``; a size-less name (``ring``, ``torus``, ...) takes ``n`` nodes.
+def resolve_topology(spec: str, mixing: str, n: int | None,
+                     mpi: bool = False) -> Topology | Schedule:
+    """Parse ``spec``; a size-less name (``ring``, ``torus``, ``onepeer``, ...) takes ``n``
+    nodes, also before a modifier (``onepeer+pga:4``).
 
     ``n`` is the number of nodes the run has (``--nodes``, or the MPI world size if ``mpi``).
     """
     spec = spec.strip()
-    if ":" not in spec and spec.lower() in SIZED:
+    head, plus, tail = spec.partition("+")
+    if ":" not in head and head.strip().lower() in SIZED:
         if n is None:
-            raise UsageError(f"--topology {spec} needs a size: write {spec}:8, or pass "
-                             "--nodes N (local) / launch with mpiexec -n N.")
-        spec = f"{spec}:{n}"
+            raise UsageError(f"--topology {spec} needs a size: write {head}:8{plus}{tail}, or "
+                             "pass --nodes N (local) / launch with mpiexec -n N.")
+        spec = f"{head.strip()}:{n}{plus}{tail}"
     topo = parse_topology(spec, mixing)
     if mpi and n == 1 and topo.n != 1:
         raise UsageError(f"--topology {spec} has {topo.n} nodes but this run has a single "
@@ -122,10 +126,16 @@ def _check_numbers(cfg: TrainConfig) -> None:
 AUTO_DIM, AUTO_STEPS = 500, 200
 
 
+def tuning_target(topology: Topology | Schedule):
+    """What the γ tuner simulates: ``W``, or the schedule itself when it varies."""
+    return topology if topology.time_varying else topology.W
+
+
 def resolve_gamma(text: str, compressor: Compressor, W, seed: int, share: Share | None,
                   announce: str | None = None) -> tuple[float, str]:
     """``--gamma``: a number in (0, 1] (``given``), or ``auto``: 1 for identity (nothing to
-    damp), else :func:`choco.tuning.tune_gamma` on this ``W`` and compressor. Returns
+    damp), else :func:`choco.tuning.tune_gamma` on this ``W`` (or time-varying schedule,
+    :func:`tuning_target`) and compressor. Returns
     ``(γ, where it came from)``; ``announce`` (the topology's name) prints what is tuned."""
     if str(text).strip().lower() != "auto":
         given: Any = text  # check_gamma converts and checks any value
@@ -144,7 +154,7 @@ def resolve_gamma(text: str, compressor: Compressor, W, seed: int, share: Share 
                    f"{AUTO_STEPS} steps)")
 
 
-def _gamma(cfg: TrainConfig, algorithm: Algorithm, topo: Topology,
+def _gamma(cfg: TrainConfig, algorithm: Algorithm, topo: Topology | Schedule,
            compressor: Compressor | None, share: Share | None) -> tuple[float | None, str]:
     """γ and where it came from (:func:`resolve_gamma`); ``None`` if the algorithm has none."""
     if not algorithm.uses_gamma:
@@ -153,7 +163,7 @@ def _gamma(cfg: TrainConfig, algorithm: Algorithm, topo: Topology,
         raise UsageError(f"algorithm {cfg.algorithm} takes γ but has no compressor; give "
                          "--compressor.")
     loud = not cfg.quiet and (share is None or share[0] == 0)
-    return resolve_gamma(cfg.gamma, compressor, topo.W, cfg.seed, share,
+    return resolve_gamma(cfg.gamma, compressor, tuning_target(topo), cfg.seed, share,
                          topo.spec if loud else None)
 
 
@@ -181,7 +191,9 @@ def make_plan(cfg: TrainConfig, n: int | None, share: Share | None = None) -> Pl
     compressor = per_tensor(base, sizes) if base is not None and cfg.per_tensor else base
     message_bytes = algorithm.message_bytes(compressor, sum(sizes), params[0].dtype)
     gamma, source = _gamma(cfg, algorithm, topo, base, share)
-    groups_n = [topo.n if algorithm.traffic == "allreduce" else len(topo.neighbors(i)) + 1
+    algorithm.check_topology(topo)
+    groups_n = [topo.n if algorithm.traffic == "allreduce"
+                else (topo.max_peers if topo.time_varying else len(topo.neighbors(i))) + 1
                 for i in range(topo.n)]
     schedule = LRSchedule(
         cfg.lr, tuple(peak_lrs(cfg.lr, cfg.lr_scaling, cfg.batch_size, cfg.base_batch_size,

@@ -10,6 +10,7 @@ Examples::
     python -m topologies torus:4x4
     python -m topologies social --mixing maxdegree --json
     python -m topologies ring:8 --save W.npy      # then: choco takes file:W.npy
+    python -m topologies onepeer:16               # union graph, period, each round's pairs
 
 With ``--json`` the last line of stdout is one JSON object with the keys ``spec``, ``n``,
 ``edges`` (pairs ``[i, j]``, ``i < j``), ``degrees``, ``mixing``, ``spectral_gap``, ``beta``
@@ -18,7 +19,8 @@ unless ``--overwrite`` is given, and never writes onto the spec's own input file
 (``file:W.npy --save W.npy``). Invalid input prints one paragraph on stderr,
 ``error: <requirement>, got <value>; <fix>``, and exits with 2, having written nothing;
 sizes whose memory estimate exceeds the limit (1/4 of physical memory) are refused
-before anything is built.
+before anything is built. A time-varying spec prints its union graph, period and rounds
+(:mod:`choco.run.schedule_view`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from topologies.mixing import MIXING_RULES
+from topologies.schedule import Schedule
 from topologies.spec import SPEC_FORMS, Topology, parse_topology
 
 from ..errors import ChocoError, UsageError
 from .cli import ArgumentParser, add_version_argument
 from .files import atomic_write, check_memory, check_output_file, format_bytes, spec_file
 from .launch import USAGE_EXIT
+from .schedule_view import SHOWN_ROUNDS, schedule_json, schedule_rounds, schedule_summary
 
 PROG = "python -m topologies"
 #: memory per entry of W for --json: a Python float in a list, and its text (measured: 80)
@@ -60,6 +64,9 @@ def _parser() -> ArgumentParser:
         help="weight rule (default: metropolis; ignored for file:W.npy)",
     )
     parser.add_argument("--json", action="store_true", help="print one line of JSON last")
+    parser.add_argument("--rounds", type=int, default=None, metavar="T",
+                        help="time-varying specs: rounds to list (default: one period, or "
+                        f"{SHOWN_ROUNDS} without a period)")
     parser.add_argument("--save", metavar="PATH",
                         help="write W with numpy.save to PATH (default: not saved)")
     parser.add_argument("--overwrite", action="store_true",
@@ -113,6 +120,14 @@ def run(args) -> int:
         topology = parse_topology(args.spec, mixing=args.mixing)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
+    if isinstance(topology, Schedule):
+        if save is not None:
+            raise UsageError(f"--save writes one mixing matrix, but {args.spec!r} is a "
+                             "schedule (one W per round); drop --save")
+        count = schedule_rounds(topology, args.rounds)
+        print(schedule_json(topology, count) if args.json
+              else schedule_summary(topology, count))
+        return 0
     if args.json:
         n = topology.n
         check_memory(JSON_BYTES_PER_ENTRY * n * n, "--json",

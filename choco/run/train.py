@@ -29,7 +29,6 @@ import torch
 
 from .. import __version__
 from ..comm.base import Communicator
-from ..compress import LGC
 from ..errors import UsageError
 from ..models import param_groups
 from . import checkpoint
@@ -71,7 +70,9 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
     cfg = plan.cfg
     sgd = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=plan.lr_peaks[comm.rank],
                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    args = AveragerArgs(comm, plan.topology.W[comm.rank], plan.compressor, plan.gamma, cfg.seed)
+    topo = plan.topology
+    row = None if topo.time_varying else topo.W[comm.rank]
+    args = AveragerArgs(comm, row, plan.compressor, plan.gamma, cfg.seed, schedule=topo)
     return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every)
 
 
@@ -170,10 +171,7 @@ def train_node(comm: Communicator, plan: Plan,
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
-        learned = getattr(getattr(opt, "gossip", None), "compressor", None)
-        if isinstance(learned, LGC):  # messages by kind, totals over the nodes
-            sums = comm.allreduce(np.array([learned.learned, learned.fallbacks], np.float64))
-            row["lgc_learned"], row["lgc_fallbacks"] = int(sums[0]), int(sums[1])
+        row.update(_coding_counters(comm, getattr(opt, "gossip", None)))
         row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                for k, v in row.items()}
         if diverged:
@@ -194,6 +192,18 @@ def train_node(comm: Communicator, plan: Plan,
     if rank == 0:
         atomic_torch_save(averaged.state_dict(), out / "model.pt")
     return row
+
+
+def _coding_counters(comm: Communicator, gossip: object) -> dict[str, int]:
+    """A stateful codec's per-node counters (lgc: messages by kind), totals over the nodes,
+    as ``{family}_{name}`` (``lgc_learned``, ``lgc_fallbacks``); empty when stateless."""
+    coding, compressor = getattr(gossip, "coding", None), getattr(gossip, "compressor", None)
+    if coding is None or compressor is None:
+        return {}
+    counts = coding.counters()
+    sums = comm.allreduce(np.array(list(counts.values()), np.float64))
+    family = compressor.spec.split(":")[0]
+    return {f"{family}_{name}": int(v) for name, v in zip(counts, sums, strict=True)}
 
 
 def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> float:

@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     topo = parse_topology(args.topology, args.mixing)
     compressor = make_compressor(args.compressor)
     check_run_memory(topo.n, args.dim)
-    gamma, scores = tune_gamma(topo.W, compressor, args.dim, args.steps, args.grid, args.seed)
+    target = topo if topo.time_varying else topo.W  # a schedule is simulated round by round
+    gamma, scores = tune_gamma(target, compressor, args.dim, args.steps, args.grid,
+                               args.seed)
     for g, s in scores.items():
         print(f"gamma {g:.4g}  residual {s:.4e}")
     print(f"best gamma for {compressor.spec} on {topo.spec}: {gamma:.4g}", flush=True)

@@ -23,6 +23,7 @@ from ..compress import make_compressor
 from ..compress.base import Compressor
 from ..errors import GossipError
 from ..gossip import ChocoGossip, lockstep
+from ..timevarying import ScheduleLike, schedule_residual
 
 __all__ = ["consensus_residual", "theoretical_gamma", "tune_gamma"]
 
@@ -36,14 +37,17 @@ def _compressor(compressor: Compressor | str) -> Compressor:
     return make_compressor(compressor) if isinstance(compressor, str) else compressor
 
 
-def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float, dim: int,
-                       steps: int, seed: int = 0) -> float:
+def consensus_residual(W: np.ndarray | ScheduleLike, compressor: Compressor | str,
+                       gamma: float, dim: int, steps: int, seed: int = 0) -> float:
     """``(1/n) Σ_i ||x_i − x̄||² + ||x_i − x̂_i||²`` after ``steps`` rounds from N(0, 1).
 
     ``compressor`` is the operator ``Q`` (or its spec string); one instance is passed for
     every node, and each node's gossip keeps whatever per-node coding state the compressor
-    needs (only ``lgc`` has any).
+    needs (only ``lgc`` has any). ``W`` may be a time-varying schedule
+    (:func:`choco.timevarying.schedule_residual`).
     """
+    if not isinstance(W, np.ndarray):  # a time-varying schedule: its rounds from round 0
+        return schedule_residual(W, _compressor(compressor), gamma, dim, steps, seed)
     n = W.shape[0]
     q = _compressor(compressor)
     net = LocalNetwork.from_matrix(W)
@@ -64,13 +68,16 @@ def consensus_residual(W: np.ndarray, compressor: Compressor | str, gamma: float
     return value if math.isfinite(value) else float("inf")
 
 
-def tune_gamma(W: np.ndarray, compressor: Compressor | str, dim: int = 1000, steps: int = 300,
-               grid: int = 13, seed: int = 0, share: tuple[int, int, Callable] | None = None,
+def tune_gamma(W: np.ndarray | ScheduleLike, compressor: Compressor | str, dim: int = 1000,
+               steps: int = 300, grid: int = 13, seed: int = 0,
+               share: tuple[int, int, Callable] | None = None,
                ) -> tuple[float, dict[float, float]]:
     """Best γ in ``logspace(-3, 0, grid)`` for consensus with ``compressor`` on ``W``.
 
     ``compressor`` is a :class:`~choco.compress.Compressor` (a spec string is parsed once);
-    ``W`` is the ``n × n`` mixing matrix (``topologies.parse_topology(...).W``).
+    ``W`` is the ``n × n`` mixing matrix (``topologies.parse_topology(...).W``), or a
+    time-varying schedule (``topologies.parse_topology("onepeer:16")``): γ is then chosen on
+    the schedule's rounds from round 0, without its global averages.
 
     Returns ``(gamma, {gamma: residual})``. Residuals below ``1e-9`` of the starting one
     (``2 n dim``: float32 round-off) count as ties, and ties go to the larger γ.
@@ -84,6 +91,6 @@ def tune_gamma(W: np.ndarray, compressor: Compressor | str, dim: int = 1000, ste
     mine = [(k, consensus_residual(W, q, gammas[k], dim, steps, seed))
             for k in range(rank, grid, size)]
     scores = {gammas[k]: value for part in allgather(mine) for k, value in part}
-    floor = 1e-9 * 2 * W.shape[0] * dim
+    floor = 1e-9 * 2 * (W.shape[0] if isinstance(W, np.ndarray) else W.n) * dim
     best = min(gammas, key=lambda g: (max(scores[g], floor), -g))
     return best, scores

@@ -45,7 +45,17 @@ from .framing import (
     payload_tensor,
     read_header,
 )
-from .rice import rice_decode, rice_encode, rice_nbits_bound, rice_nbytes, rice_parameter
+from .rice import (
+    RiceStreams,
+    rice_decode,
+    rice_decode_streams,
+    rice_encode,
+    rice_encode_streams,
+    rice_nbits_bound,
+    rice_nbytes,
+    rice_parameter,
+    rice_streams,
+)
 
 __all__ = [
     "HEADER",
@@ -56,6 +66,7 @@ __all__ = [
     "SEED_MASK",
     "Header",
     "Reserved",
+    "RiceStreams",
     "check_codec",
     "check_encoded_length",
     "check_length",
@@ -73,10 +84,13 @@ __all__ = [
     "payload_tensor",
     "read_header",
     "rice_decode",
+    "rice_decode_streams",
     "rice_encode",
+    "rice_encode_streams",
     "rice_nbits_bound",
     "rice_nbytes",
     "rice_parameter",
+    "rice_streams",
     "unpack_bits",
     "unpack_bits_torch",
     "unpack_groups",

@@ -90,7 +90,7 @@ def pack_groups(values: Any, width: int, out: Any) -> Any:
     tensors alike (only ``<<``, ``>>``, ``|``, ``&`` and slicing are used).
     """
     for b in range(width):
-        acc = None
+        acc: Any = None
         for j, shift in _byte_terms(width, b):
             col = values[:, j]
             term = col << shift if shift >= 0 else col >> -shift
@@ -103,7 +103,7 @@ def unpack_groups(data: Any, width: int, out: Any) -> Any:
     """Inverse of :func:`pack_groups`: ``data`` ``(G, width)`` signed ints, ``out`` ``(G, 8)``."""
     mask = (1 << width) - 1
     for j in range(8):
-        acc = None
+        acc: Any = None
         for b in range(width):
             shift = width * j - 8 * b  # field bit 0 sits at bit `shift` of byte b
             if shift >= 8 or shift + width <= 0:

@@ -6,7 +6,9 @@ reruns the same problems on the in-process network and checks, writing OUT.json:
 * ``mpi_equals_local``: the MPI iterates equal the in-process ones bit for bit,
 * ``copy_identity``: s_i = Σ_j w_ij x̂_j (the mirrored public copies) after the last step,
 * ``mean_preserved``: the network mean of x is unchanged,
-* ``exact_gossip``: identity with γ = 1 gives X_T = W^T X_0.
+* ``exact_gossip``: identity with γ = 1 gives X_T = W^T X_0,
+* ``lgc_switch_agreement``: when the last rank receives node 0's autoencoder corrupted at
+  ``lgc``'s switch, every rank raises :class:`~choco.errors.AgreementError` naming it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mpi4py import MPI
 from choco.comm.local import LocalNetwork
 from choco.comm.mpi import MPICommunicator
 from choco.compress import make_compressor
+from choco.errors import AgreementError
 from choco.gossip import ChocoGossip, lockstep
 from topologies import parse_topology
 
@@ -44,6 +47,31 @@ def run(nodes, W, spec, gamma, x0):
     lockstep(gs, xs, STEPS)  # under MPI each rank holds one node: begin, then finish
     return [(x.numpy(), g.state.x_hat.numpy(), g.state.s.numpy())
             for g, x in zip(gs, xs, strict=True)]
+
+
+def lgc_switch_fault(world, warmup: int = 2) -> str:
+    """Gossip ``lgc`` on a ring across its switch with the last rank's broadcast corrupted;
+    return what this rank raised (the error text, or ``"no error"``)."""
+    rank, n = world.Get_rank(), world.Get_size()
+    topo = parse_topology(f"ring:{n}")
+    comm = MPICommunicator(topo.neighbors(rank))
+    if rank == n - 1:
+        honest = comm.broadcast
+
+        def corrupted(array, root=0):
+            got = np.array(honest(array, root), copy=True)
+            got[0] += 1.0
+            return got
+
+        comm.broadcast = corrupted
+    gossip = ChocoGossip(comm, topo.W[rank], make_compressor(f"lgc:warmup={warmup}"), 0.05)
+    x = torch.from_numpy(np.random.default_rng(rank).standard_normal(300).astype(np.float32))
+    try:
+        for _ in range(warmup + 1):
+            gossip.step(x)
+    except AgreementError as exc:
+        return f"AgreementError: {exc}"
+    return "no error"
 
 
 def main() -> None:
@@ -76,7 +104,10 @@ def main() -> None:
                 ref = np.linalg.matrix_power(W, STEPS) @ x0
                 err = float(np.abs(X - ref).max())
                 checks[f"{key}/exact_gossip"] = [err < 1e-12, err]
+    said = world.gather(lgc_switch_fault(world), root=0)
     if rank == 0:
+        named = all(m.startswith("AgreementError") and f"ranks [{n - 1}]" in m for m in said)
+        checks["lgc_switch_agreement"] = [named, said]
         with open(sys.argv[1], "w") as fh:
             json.dump({"size": n, "checks": checks}, fh, indent=1)
 

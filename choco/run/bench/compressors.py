@@ -27,7 +27,8 @@ from functools import partial
 
 import torch
 
-from ...compress import LGC, make_compressor, per_tensor
+from ...compress import is_stateful, make_compressor, per_tensor
+from ...compress.stateful import prepare_alone
 from ...errors import UsageError
 from ..files import check_memory, largest, memory_limit
 from ..launch import choose_device
@@ -67,8 +68,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
 
 def bench_one(spec: str, x: torch.Tensor, repeat: int, stat: str) -> dict:
     """Time ``spec`` on ``x``; return one row of the table (seconds in ms)."""
-    q = make_compressor(spec)
-    q.prepare_alone(x)  # lgc: timed as a frozen code, trained on x first
+    q = prepare_alone(make_compressor(spec), x)  # lgc: timed frozen, trained on x first
     timed = _timer(x.device)
     out = torch.zeros_like(x)
     target = torch.zeros_like(x)  # touched once, so copy_ into it pays no page faults
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         sizes = model_sizes(args.per_tensor_model)
         xs = torch.randn(sum(sizes), generator=gen).to(device)
         per_rows = [bench_per_tensor(spec, sizes, xs, args.repeat, args.stat)
-                    for spec in names if not isinstance(make_compressor(spec), LGC)]
+                    for spec in names if not is_stateful(make_compressor(spec))]
         if per_rows:
             print("\n" + per_tensor_table(per_rows, args.per_tensor_model, args.stat),
                   flush=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ...compress import make_compressor
+from ...compress.stateful import prepare_alone
 from ...errors import UsageError
 from . import specs
 from .compressors import check_numel
@@ -34,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def relative_error(spec: str, x: torch.Tensor, seeds: int) -> float:
-    q = make_compressor(spec)
-    q.prepare_alone(x)  # lgc: trained on x for its warm-up, then frozen (no network here)
+    # lgc: trained on x for its warm-up, then frozen (no network here)
+    q = prepare_alone(make_compressor(spec), x)
     x64 = x.double()
     norm2 = float(x64 @ x64)
     errs = [float(((q(x, seed=s).double() - x64) ** 2).sum()) / norm2 for s in range(seeds)]
