@@ -15,6 +15,17 @@ Orders (docs/algorithms.md, "Orders"):
   ``q = Q(x½ − x̂)``, ``x = x½ + γ (s − x̂)``. With identity and γ = 1 this is the
   adapt-then-combine form ``X⁺ = W (X − η D)``.
 
+Outer step (``outer=FACTORY``, DiLoCo-style, docs/algorithms.md "Local steps with an outer
+optimizer"): every ``gossip_every`` = H local steps, the pseudo-gradient ``θ − x`` of the
+node's anchor θ goes through an outer optimizer, x restarts from the new θ, one averaging
+round runs, and its result is the next anchor (:mod:`choco.outer`). In the ``sync`` order
+the round completes at once; in ``overlap`` it stays in flight during the next H local steps
+and its consensus correction is added to both x and θ at the next outer step (one round of
+delay).
+
+Quasi-global momentum (``momentum_mode="quasi-global"``, arXiv:2102.04761): the local SGD's
+momentum buffer is rebuilt from the model's displacement over each step (:mod:`choco.qgm`).
+
 Usage, a plain training loop with two changed lines::
 
     opt = ChocoSGD(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), gossip)
@@ -34,6 +45,8 @@ import torch
 from .comm.base import Communicator
 from .errors import GossipError
 from .flat import FlatParameters
+from .outer import OuterFactory, OuterStep
+from .qgm import QuasiGlobalMomentum, check_momentum_mode
 
 Order = Literal["overlap", "sync"]
 
@@ -92,10 +105,19 @@ class ChocoSGD(_Wrapped):
         ``"overlap"`` (default, ICLR Alg. 1) or ``"sync"``; see the module docstring.
     gossip_every
         Local steps between gossip rounds (SBC's "communication delay"; 1 = every step).
+    outer
+        ``None`` (default), or a factory ``FACTORY(list_of_tensors) -> torch.optim.Optimizer``
+        for the outer step on the pseudo-gradient ``anchor − x`` before every gossip round
+        (:mod:`choco.outer`), e.g.
+        ``lambda p: torch.optim.SGD(p, lr=0.7, momentum=0.9, nesterov=True)``.
+    momentum_mode
+        ``"local"`` (default: the optimizer's own momentum) or ``"quasi-global"``
+        (:mod:`choco.qgm`; the optimizer must be ``torch.optim.SGD`` with momentum).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, gossip: Averager, *,
-                 order: Order = "overlap", gossip_every: int = 1) -> None:
+                 order: Order = "overlap", gossip_every: int = 1,
+                 outer: OuterFactory | None = None, momentum_mode: str = "local") -> None:
         if order not in ("overlap", "sync"):
             raise GossipError(f"order must be 'overlap' or 'sync', got {order!r}")
         if gossip_every < 1:
@@ -106,6 +128,10 @@ class ChocoSGD(_Wrapped):
         self.gossip_every = gossip_every
         with torch.no_grad():
             gossip.init(self.flat.buffer)
+        #: the anchor and outer optimizer (``None``: no outer step)
+        self.outer = OuterStep(self.flat.buffer, outer) if outer is not None else None
+        self.qgm = (QuasiGlobalMomentum(optimizer, self.flat)
+                    if check_momentum_mode(momentum_mode) == "quasi-global" else None)
 
     @property
     def bytes_sent(self) -> int:
@@ -114,10 +140,14 @@ class ChocoSGD(_Wrapped):
 
     def step(self, closure=None):
         """Local optimizer step, then a gossip round every ``gossip_every`` steps."""
+        if self.qgm is not None:
+            self.qgm.before_step()
         loss = self.optimizer.step(closure)
         self.local_steps += 1
         if self.local_steps % self.gossip_every == 0:
             self.gossip_round()
+        if self.qgm is not None:
+            self.qgm.after_step()
         return loss
 
     def skip_step(self) -> None:
@@ -130,12 +160,35 @@ class ChocoSGD(_Wrapped):
     @torch.no_grad()
     def gossip_round(self) -> None:
         x = self.flat.buffer
+        if self.outer is not None:
+            self._outer_round(self.outer, x)
+            return
         if self.order == "sync" or self.gossip.synchronous:
             self.gossip.begin(x)
             self.gossip.finish(x)
             return
         if self.gossip.in_flight:
             self.gossip.finish(x)
+        self.gossip.begin(x)
+
+    def _outer_round(self, outer: OuterStep, x: torch.Tensor) -> None:
+        """Outer step on the anchor, x ← anchor, one averaging round, anchor ← result.
+
+        ``overlap``: the round posted at the previous outer step is finished first and its
+        correction (x after − x before) is added to the anchor too, so the pseudo-gradient
+        is the local progress alone; the new round stays in flight until the next one.
+        """
+        if self.order == "sync" or self.gossip.synchronous:
+            outer.apply(x)
+            self.gossip.begin(x)
+            self.gossip.finish(x)
+            outer.reset(x)
+            return
+        if self.gossip.in_flight:
+            outer.anchor.sub_(x)
+            self.gossip.finish(x)
+            outer.anchor.add_(x)
+        outer.apply(x)
         self.gossip.begin(x)
 
     def progress(self) -> None:
@@ -163,14 +216,27 @@ class ChocoSGD(_Wrapped):
 
     def state_dict(self) -> dict:
         """Optimizer state, gossip state (x̂, s, in-flight message, step) and step count."""
-        return {"optimizer": self.optimizer.state_dict(), "gossip": self.gossip.state_dict(),
-                "local_steps": self.local_steps}
+        sd = {"optimizer": self.optimizer.state_dict(), "gossip": self.gossip.state_dict(),
+              "local_steps": self.local_steps}
+        if self.outer is not None:
+            sd["outer"] = self.outer.state_dict()
+        if self.qgm is not None:
+            sd["qgm"] = self.qgm.state_dict()
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore :meth:`state_dict`; collective when a message was in flight."""
         self.optimizer.load_state_dict(sd["optimizer"])
         self.gossip.load_state_dict(sd["gossip"])
         self.local_steps = int(sd["local_steps"])
+        for name, part in (("outer", self.outer), ("qgm", self.qgm)):
+            if (name in sd) != (part is not None):
+                raise GossipError(
+                    f"the checkpoint {'has' if name in sd else 'lacks'} the {name} state but "
+                    f"this optimizer {'lacks' if part is None else 'has'} it; resume with the "
+                    "options the run was started with.")
+            if part is not None:
+                part.load_state_dict(sd[name])
 
 
 class AllReduceSGD(_Wrapped):

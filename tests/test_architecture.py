@@ -20,8 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("choco.wire",),
     ("choco.compress", "choco.comm", "choco.flat", "choco.data", "choco.models"),
     ("choco.neighbourhood", "choco.peerround"),
-    ("choco.gossip", "choco.baselines", "choco.timevarying"),
-    ("choco.optim", "choco.tuning"),
+    ("choco.gossip", "choco.baselines", "choco.timevarying", "choco.outer", "choco.qgm"),
+    ("choco.optim", "choco.tuning", "choco.tracking"),
     ("choco",),  # the package's own __init__ (lazy re-exports)
     ("topologies",),
     ("choco.run",),

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..comm.base import Communicator
     from ..compress.base import Compressor
     from ..optim import AllReduceSGD, Averager, ChocoSGD, Order
+    from ..outer import OuterFactory
+    from ..tracking import BEERTracking, ExactTracking, TrackingSGD
 
 #: what an algorithm sends: compressed messages, full vectors, a global all-reduce, nothing
 Traffic = Literal["compressed", "exact", "allreduce", "none"]
@@ -63,6 +65,11 @@ class Algorithm:
         Takes the consensus step γ (``--gamma``; ``auto`` runs the tuner).
     averager
         Builds the node's averager; ``None`` for all-reduce (it wraps the optimizer).
+    tracker
+        Builds the node's two-channel mixer of a gradient-tracking method (gt, beer), which
+        :class:`choco.tracking.TrackingSGD` drives; ``None`` for the others.
+    channels
+        Messages per round (2 for the tracking methods: model and tracker).
     """
 
     name: str
@@ -71,6 +78,8 @@ class Algorithm:
     unbiased: bool = False
     uses_gamma: bool = False
     averager: Callable[[AveragerArgs], Averager] | None = None
+    tracker: Callable[[AveragerArgs], ExactTracking | BEERTracking] | None = None
+    channels: int = 1
     #: runs on time-varying graphs and with ``+pga:H`` (DCD/ECD keep exact neighbour
     #: replicas, which a changing graph or a global average would leave stale)
     schedules: bool = True
@@ -79,9 +88,11 @@ class Algorithm:
         """Refuse a schedule (time-varying, or ``+pga:H``) this algorithm cannot follow."""
         if self.schedules or not (topology.time_varying or topology.pga_every):
             return
-        raise UsageError(f"--algorithm {self.name} keeps exact replicas of its neighbours, "
-                         f"which go stale on the schedule {topology.spec}; use a static "
-                         "topology without +pga, or --algorithm choco/exact.")
+        why = ("keeps exact replicas of its neighbours, which go stale on a schedule"
+               if self.averager is not None else
+               "tracks gradients over a fixed mixing matrix (not built for schedules)")
+        raise UsageError(f"--algorithm {self.name} {why}, got --topology {topology.spec}; "
+                         "use a static topology without +pga, or --algorithm choco/exact.")
 
     @property
     def needs_compressor(self) -> bool:
@@ -105,28 +116,111 @@ class Algorithm:
 
     def message_bytes(self, compressor: Compressor | None, numel: int,
                       dtype: torch.dtype) -> int:
-        """Bytes of the one message a node sends to each neighbour per round (0: none)."""
+        """Bytes a node sends to each neighbour per round, all channels (0: none)."""
         if self.traffic == "compressed":
-            return _compressor_of(self.name, compressor).nbytes(numel, dtype)
+            return self.channels * _compressor_of(self.name, compressor).nbytes(numel, dtype)
         if self.traffic == "exact":
             from ..compress.identity import Identity
 
-            return Identity().nbytes(numel, dtype)
+            return self.channels * Identity().nbytes(numel, dtype)
         return 0
 
-    def wrap(self, optimizer: torch.optim.Optimizer, args: AveragerArgs, *, order: str,
-             gossip_every: int) -> ChocoSGD | AllReduceSGD:
-        """The node's optimizer: the local ``optimizer`` plus this algorithm's communication."""
-        from ..optim import AllReduceSGD, ChocoSGD
+    def check_options(self, *, gossip_every: int, outer: str, momentum_mode: str) -> None:
+        """Refuse the combinations this algorithm does not run (before anything runs)."""
+        if momentum_mode not in ("local", "quasi-global"):
+            raise UsageError(f"--momentum-mode must be local or quasi-global, got "
+                             f"{momentum_mode!r}.")
+        parse_outer(outer)
+        if self.averager is None and self.tracker is None and (
+                outer or momentum_mode != "local"):
+            raise UsageError(
+                f"--algorithm {self.name} averages gradients every step, so it takes no "
+                "--outer and no --momentum-mode quasi-global; for an exact model average use "
+                "--algorithm exact on a complete graph (e.g. --topology complete:8).")
+        if self.tracker is not None and (outer or gossip_every != 1):
+            raise UsageError(
+                f"--algorithm {self.name} tracks gradients with one exchange per step; it "
+                f"takes no --outer and --gossip-every 1, got --outer {outer!r} and "
+                f"--gossip-every {gossip_every}.")
 
+    def wrap(self, optimizer: torch.optim.Optimizer, args: AveragerArgs, *, order: str,
+             gossip_every: int, outer: str = "", momentum_mode: str = "local",
+             ) -> ChocoSGD | AllReduceSGD | TrackingSGD:
+        """The node's optimizer: the local ``optimizer`` plus this algorithm's communication.
+
+        ``outer``: an ``--outer`` spec (:func:`parse_outer`); ``momentum_mode``: ``local`` or
+        ``quasi-global``.
+        """
+        from ..optim import AllReduceSGD, ChocoSGD
+        from ..tracking import TrackingSGD
+
+        self.check_options(gossip_every=gossip_every, outer=outer,
+                           momentum_mode=momentum_mode)
+        if self.tracker is not None:
+            return TrackingSGD(optimizer, self.tracker(args), momentum_mode=momentum_mode)
         if self.averager is None:
             return AllReduceSGD(optimizer, args.comm)
         # ChocoSGD refuses any other order than its Literal's values
         opt = ChocoSGD(optimizer, self.averager(args), order=cast("Order", order),
-                       gossip_every=gossip_every)
+                       gossip_every=gossip_every, outer=parse_outer(outer),
+                       momentum_mode=momentum_mode)
         if order == "overlap":  # the exchange moves during the backward pass (MPI)
             opt.progress_hooks()
         return opt
+
+
+#: ``--outer`` names: the torch optimizer and the options it fixes
+_OUTER_KINDS = {"nesterov": ("SGD", {"nesterov": True, "momentum": 0.9}),
+                "sgd": ("SGD", {}), "adam": ("Adam", {})}
+_OUTER_KEYS = {"SGD": ("lr", "momentum", "nesterov", "dampening", "weight_decay"),
+               "Adam": ("lr", "beta1", "beta2", "eps", "weight_decay")}
+
+
+def parse_outer(spec: str) -> OuterFactory | None:
+    """``--outer``: ``""`` (none), ``nesterov:lr=0.7,momentum=0.9``, ``sgd:lr=1``,
+    ``adam:lr=1e-3,beta1=0.9,beta2=0.99`` → a factory of the outer ``torch.optim``
+    optimizer (:class:`choco.outer.OuterStep`). ``nesterov`` is ``SGD(nesterov=True)`` with
+    momentum 0.9 unless given; ``lr`` is required."""
+    import torch
+
+    text = spec.strip()
+    if not text:
+        return None
+    kind, _, rest = text.partition(":")
+    fix = "e.g. nesterov:lr=0.7,momentum=0.9, sgd:lr=1 or adam:lr=0.001"
+    if kind.strip().lower() not in _OUTER_KINDS:
+        raise UsageError(f"--outer must start with {', '.join(_OUTER_KINDS)}, got {spec!r}; "
+                         f"{fix}.")
+    cls_name, fixed = _OUTER_KINDS[kind.strip().lower()]
+    options: dict = dict(fixed)
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = (v.strip() for v in item.partition("="))
+        if not sep or key not in _OUTER_KEYS[cls_name]:
+            raise UsageError(f"--outer {kind}: options are {', '.join(_OUTER_KEYS[cls_name])} "
+                             f"as key=value, got {item!r}; {fix}.")
+        if key == "nesterov":
+            options[key] = value.lower() in ("1", "true", "yes")
+            continue
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--outer {kind}: {key} must be a number, got {value!r}.") \
+                from None
+    if "lr" not in options or not options["lr"] > 0:
+        raise UsageError(f"--outer {spec!r} needs a learning rate lr > 0; {fix}.")
+    if cls_name == "Adam":
+        betas = (options.pop("beta1", 0.9), options.pop("beta2", 0.999))
+        options["betas"] = betas
+    try:  # build once now: torch checks the values (momentum >= 0, betas in [0, 1), ...)
+        getattr(torch.optim, cls_name)([torch.zeros(1)], **options)
+    except ValueError as exc:
+        raise UsageError(f"--outer {spec!r}: {exc}; {fix}.") from None
+    optimizer_class = getattr(torch.optim, cls_name)
+
+    def factory(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return optimizer_class(params, **options)
+
+    return factory
 
 
 def _compressor_of(name: str, compressor: Compressor | None) -> Compressor:
@@ -183,6 +277,20 @@ def _ecd(a: AveragerArgs) -> Averager:
     return ECDGossip(a.comm, a.row, _compressor_of("ecd", a.compressor), a.seed)
 
 
+def _gt(a: AveragerArgs) -> ExactTracking:
+    from ..tracking import ExactTracking
+
+    return ExactTracking(a.comm, a.row)
+
+
+def _beer(a: AveragerArgs) -> BEERTracking:
+    from ..gossip import check_gamma
+    from ..tracking import BEERTracking
+
+    gamma = check_gamma(a.gamma if a.gamma is not None else float("nan"), "--gamma")
+    return BEERTracking(a.comm, a.row, _compressor_of("beer", a.compressor), gamma, a.seed)
+
+
 def _local(a: AveragerArgs) -> Averager:
     from ..baselines import NoGossip
 
@@ -201,6 +309,11 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ecd", "ECD-PSGD: compressed extrapolations (arXiv:1803.06443, Alg. 2)",
               "compressed", unbiased=True, averager=_ecd, schedules=False),
     Algorithm("local", "local SGD: no communication at all", "none", averager=_local),
+    Algorithm("gt", "exact gradient tracking (DIGing): model and tracker to neighbours",
+              "exact", tracker=_gt, channels=2, schedules=False),
+    Algorithm("beer", "BEER: gradient tracking, compressed model and tracker channels "
+              "(arXiv:2201.13320)", "compressed", uses_gamma=True, tracker=_beer, channels=2,
+              schedules=False),
 )}
 
 

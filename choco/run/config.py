@@ -47,6 +47,13 @@ class TrainConfig:
     order: str = field(default="overlap", metadata={
         "help": "overlap (ICLR Alg. 1, exchange in flight during the next step) | sync"})
     gossip_every: int = field(default=1, metadata={"help": "local steps between gossip rounds"})
+    outer: str = field(default="", metadata={
+        "help": "outer optimizer on the pseudo-gradient anchor - x before every gossip round "
+        "(DiLoCo-style, with --gossip-every H): nesterov:lr=0.7,momentum=0.9 | sgd:lr=1 | "
+        "adam:lr=0.001; empty: none"})
+    momentum_mode: str = field(default="local", metadata={
+        "help": "local | quasi-global (momentum from the model's displacement, "
+        "arXiv:2102.04761; choco, exact, gt, beer)"})
     per_tensor: bool = field(default=True, metadata={
         "help": "compress each parameter tensor separately (the paper), else the flat vector"})
     # --- model and data

@@ -176,6 +176,11 @@ def make_plan(cfg: TrainConfig, n: int | None, share: Share | None = None) -> Pl
     """
     _check_numbers(cfg)
     algorithm = get_algorithm(cfg.algorithm)
+    algorithm.check_options(gossip_every=cfg.gossip_every, outer=cfg.outer,
+                            momentum_mode=cfg.momentum_mode)
+    if cfg.momentum_mode == "quasi-global" and cfg.momentum <= 0:
+        raise UsageError(f"--momentum-mode quasi-global needs --momentum > 0, got "
+                         f"{cfg.momentum}.")
     topo = resolve_topology(cfg.topology, cfg.mixing, n, mpi=share is not None)
     options = parse_model_args(cfg.model_args)
     data = make_dataset(cfg.dataset, cfg.data_dir or None)

@@ -73,7 +73,8 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
     topo = plan.topology
     row = None if topo.time_varying else topo.W[comm.rank]
     args = AveragerArgs(comm, row, plan.compressor, plan.gamma, cfg.seed, schedule=topo)
-    return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every)
+    return plan.algorithm.wrap(sgd, args, order=cfg.order, gossip_every=cfg.gossip_every,
+                               outer=cfg.outer, momentum_mode=cfg.momentum_mode)
 
 
 #: what a run folder holds; any of them means the folder holds a run
@@ -88,7 +89,10 @@ def run_identity(plan: Plan) -> dict[str, object]:
             "compressor": cfg.compressor if plan.algorithm.needs_compressor else None,
             "per_tensor": cfg.per_tensor, "model": cfg.model, "model_args": cfg.model_args,
             "dataset": cfg.dataset, "partition": cfg.partition, "batch_size": cfg.batch_size,
-            "seed": cfg.seed, "version": __version__}
+            "seed": cfg.seed, "version": __version__,
+            # the newer options, only when set: older checkpoints keep resuming
+            **({"outer": cfg.outer} if cfg.outer else {}),
+            **({"momentum_mode": cfg.momentum_mode} if cfg.momentum_mode != "local" else {})}
 
 
 def check_out(plan: Plan) -> checkpoint.Generation | None:
