@@ -55,7 +55,8 @@ def train_series(run: dict[str, Any]) -> dict[str, list[Any]]:
             "perplexity": [r.get("test_perplexity") for r in rows],
             "consensus": [r.get("consensus_distance") for r in rows],
             "bytes": [r["bytes_sent"] for r in rows],
-            "time": [r["wall_time_s"] for r in rows]}
+            "time": [r["wall_time_s"] for r in rows],
+            "sim": [r.get("sim_time_s") for r in rows]}
 
 
 def consensus_series(run: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +66,8 @@ def consensus_series(run: dict[str, Any]) -> dict[str, Any]:
     steps = len(error) - 1
     per_step = float(data["bytes_sent"].mean()) / max(steps, 1)
     return {"step": np.arange(steps + 1), "error": error,
-            "bytes": np.arange(steps + 1) * per_step}
+            "bytes": np.arange(steps + 1) * per_step,
+            "sim": data["sim_time_s"] if "sim_time_s" in data.files else None}
 
 
 @dataclass

@@ -18,12 +18,13 @@ it finished before, so a second call only re-reports).
 
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from choco.run.cli import ArgumentParser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -59,7 +60,8 @@ def run(command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m experiments.readme_tables",
+                       description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="run only the blocks whose command contains this")
     p.add_argument("--dry-run", action="store_true", help="list the commands, run nothing")
     args = p.parse_args(argv)

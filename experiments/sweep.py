@@ -42,7 +42,6 @@ run I: what each task of the SLURM array (slurm/sweep.sbatch) does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -53,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from choco.errors import UsageError
-from choco.run.cli import DIVERGED_EXIT, HelpFormatter, add_version_argument, prog_name, run_local
+from choco.run.cli import DIVERGED_EXIT, ArgumentParser, prog_name, run_local
 
 from .sbatch import sbatch_command, submit, sweep_script
 from .sweepfile import (
@@ -228,9 +227,8 @@ def print_plan(sweep: Sweep, out: Path, mpi: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog=prog_name("choco-sweep", "experiments.sweep"),
-        description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = ArgumentParser(
+        prog=prog_name("choco-sweep", "experiments.sweep"), description=__doc__.splitlines()[0])
     p.add_argument("sweep", help="the sweep file (TOML), e.g. "
                    "experiments/configs/small_ring8.toml, or the name of a shipped one "
                    "(small_ring8)")
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="local: run here, in-process backend; slurm: submit a job array")
     p.add_argument("--out", default=None, help="output folder (default: runs/<sweep name>)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="runs at a time with --launcher local")
+                   help="runs at a time with --launcher local (default: the number of CPUs)")
     p.add_argument("--dry-run", action="store_true",
                    help="print every run and the exact command, run nothing")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -246,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
                    "--set data_dir=/scratch/data --set epochs=5")
     p.add_argument("--index", type=int, default=None,
                    help="run only run number INDEX (what each SLURM array task does)")
-    add_version_argument(p)
     args = p.parse_args(argv)
 
     def go() -> int:

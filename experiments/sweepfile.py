@@ -30,7 +30,7 @@ KINDS = ("train", "consensus")
 #: consensus options a sweep may set, with their types
 CONSENSUS_OPTIONS: dict[str, type] = {
     "topology": str, "mixing": str, "compressor": str, "gamma": str, "steps": int,
-    "dim": int, "seed": int, "init": str,
+    "dim": int, "seed": int, "init": str, "network": str,
 }
 #: choco-train options the sweep itself sets for every run
 RESERVED = {"out", "resume", "overwrite", "backend", "json", "quiet"}
@@ -77,6 +77,13 @@ def _check_option(kind: str, key: str, value: Any, where: str, path: Path) -> An
     if kind == "train":
         try:
             return _convert(name, value)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {where}: {exc}") from None
+    if name == "network":  # a string or a TOML table, checked now
+        from choco.sim.spec import network_text
+
+        try:
+            return network_text(value if isinstance(value, dict) else str(value))
         except UsageError as exc:
             raise UsageError(f"{path}: {where}: {exc}") from None
     if CONSENSUS_OPTIONS[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
