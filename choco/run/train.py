@@ -2,7 +2,7 @@
 
 With no options it trains an MLP on the embedded digits set with sign-compressed CHOCO-SGD
 on a ring of 8 nodes, all in one process; ``mpiexec -n 8 choco-train`` runs the same with one
-rank per node. See ``choco-train --help`` and the README for every option.
+rank per node. See ``choco-train --help`` and docs/usage.md for every option.
 
 Outputs in ``--out``: ``config.json`` (resolved configuration, version, n, spectral gap,
 γ used, per-node learning rates), ``metrics.jsonl`` (one row per epoch), ``model.pt`` (the
