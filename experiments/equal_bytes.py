@@ -17,12 +17,11 @@ MiB per node) into ``DIR``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
-from choco.run.cli import run_local
+from choco.run.cli import ArgumentParser, run_local
 
 from .report import MIB, load_runs, train_series
 
@@ -39,6 +38,8 @@ def method(options: dict[str, Any], epochs: int | None = None) -> str:
         name += f" H={options['gossip_every']}"
     if options.get("outer"):
         name += f" + outer {options['outer']}"
+    if any(k in str(options.get("topology", "")) for k in ("onepeer", "matching", "base:", "+pga")):
+        name += f" on {options['topology']}"  # a schedule (small_noloco.toml)
     if epochs is not None and options.get("epochs") not in (None, epochs):
         name += f" ({options['epochs']} epochs)"
     return name
@@ -133,8 +134,8 @@ def plot(series_by_part: dict[str, Series], folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.equal_bytes",
-                                description=__doc__.split("\n\n")[2])
+    p = ArgumentParser(prog="python -m experiments.equal_bytes",
+                       description=__doc__.split("\n\n")[2])
     p.add_argument("folder", type=Path, help="a sweep's output folder")
     p.add_argument("--budget-of", default="choco sign",
                    help="the run (method name as in the table) whose bytes are the budget "

@@ -61,7 +61,7 @@ from .files import (
     memory_limit,
     spec_file,
 )
-from .launch import World, mpi_world, refuse_local_under_mpi, run, torch_world
+from .launch import World, launch_command, mpi_world, refuse_local_under_mpi, run, torch_world
 from .plan import AUTO_DIM, resolve_gamma, tuning_target
 from .train import check_network_backend, refuse_network
 
@@ -207,8 +207,9 @@ def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = Non
     if ranks is not None and ranks != topology.n:
         n = topology.n
         raise UsageError(
-            f"the topology {args.topology} has n = {n} nodes, so mpiexec -n {n} is required; "
-            f"got {ranks} ranks; relaunch with mpiexec -n {n} or change --topology."
+            f"the topology {args.topology} has n = {n} nodes, so {launch_command(n)} is "
+            f"required; got {ranks} ranks; relaunch with {launch_command(n)} or change "
+            "--topology."
         )
     compressor = make_compressor(args.compressor)
     auto = str(args.gamma).strip().lower() == "auto"

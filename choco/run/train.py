@@ -2,7 +2,7 @@
 
 With no options it trains an MLP on the embedded digits set with sign-compressed CHOCO-SGD
 on a ring of 8 nodes, all in one process; ``mpiexec -n 8 choco-train`` runs the same with one
-rank per node. See ``choco-train --help`` and the README for every option.
+rank per node. See ``choco-train --help`` and docs/usage.md for every option.
 
 Outputs in ``--out``: ``config.json`` (resolved configuration, version, n, spectral gap,
 γ used, per-node learning rates), ``metrics.jsonl`` (one row per epoch), ``model.pt`` (the
@@ -41,6 +41,7 @@ from .launch import (
     USAGE_EXIT,
     World,
     choose_device,
+    interrupted,
     mpi_world,
     refuse_local_under_mpi,
     resolve_backend,
@@ -55,6 +56,7 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
+from .schedule_view import rate_keys
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -78,8 +80,78 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
                                outer=cfg.outer, momentum_mode=cfg.momentum_mode)
 
 
-#: what a run folder holds; any of them means the folder holds a run
+#: what a run folder holds
 RUN_FILES = ("config.json", "metrics.jsonl", "model.pt", checkpoint.FOLDER)
+
+
+def run_held(out: Path) -> list[str]:
+    """The files of ``out`` that make it hold a run (empty: nothing, or an unfinished
+    start: a ``config.json`` and an empty ``metrics.jsonl``, no model, no checkpoint)."""
+    held = []
+    metrics = out / "metrics.jsonl"
+    if metrics.exists() and (not metrics.is_file() or metrics.stat().st_size > 0):
+        held.append("metrics.jsonl")
+    if (out / "model.pt").exists():
+        held.append("model.pt")
+    folder = out / checkpoint.FOLDER
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        held.append(checkpoint.FOLDER)
+    if held and (out / "config.json").exists():
+        held.insert(0, "config.json")
+    return held
+
+
+def check_start(cfg: TrainConfig) -> None:
+    """Every refusal that depends only on the options and the file system, made before
+    the γ tuner, data loading or any write (each a :class:`UsageError`).
+
+    ``--out`` is a file; ``--resume`` with ``--overwrite``; ``--resume`` without a complete
+    checkpoint; a folder that holds a run without ``--resume``/``--overwrite``; a new
+    ``--out`` that cannot be created; ``--device cuda`` where torch sees no GPU; a data set
+    whose files are not in ``--data-dir``.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder, but {out} is a file; choose another --out.")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it; "
+                         "pass only one of them.")
+    if cfg.resume:
+        if checkpoint.find_latest(out) is None:
+            raise UsageError(f"--resume needs a complete checkpoint in {out / checkpoint.FOLDER}"
+                             ", but there is none; run with --checkpoint-every E first (same "
+                             "--out), or drop --resume.")
+    elif (held := run_held(out)) and not cfg.overwrite:
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); pass --resume "
+                         "to continue it, --overwrite to replace it, or choose another --out.")
+    if not out.exists():
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {out} cannot be created: {parent} is not a folder you can "
+                             "write to; choose another --out.")
+    choose_device(cfg.device)
+    check_data(cfg.dataset, cfg.data_dir)
+
+
+def check_data(name: str, data_dir: str | None) -> None:
+    """The files of a data set read from ``--data-dir`` are there (paths only, nothing read)."""
+    from ..data import REGISTRY
+    from ..data.images import cifar10_folder
+    from ..data.text import wikitext2_folder
+
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in REGISTRY or not REGISTRY[key][1]:
+        return  # an unknown name is refused by make_dataset, with the valid names
+    if not data_dir:
+        raise UsageError(f"data set {key} is read from local files: pass --data-dir DIR "
+                         f"(the folder holding {key}'s files).")
+    folders = {"cifar10": cifar10_folder, "wikitext2": wikitext2_folder}
+    if key in folders:
+        folders[key](data_dir)  # names the files it needs and where to put them
+    elif not Path(data_dir).expanduser().is_dir():
+        raise UsageError(f"--data-dir must be a folder holding the {key} files, got "
+                         f"{data_dir!r}, which is not a folder; pass the folder you "
+                         "extracted the data set into.")
 
 
 def run_identity(plan: Plan) -> dict[str, object]:
@@ -97,25 +169,51 @@ def run_identity(plan: Plan) -> dict[str, object]:
 
 
 def check_out(plan: Plan) -> checkpoint.Generation | None:
-    """Check ``--out`` before anything is written; the generation ``--resume`` will use.
+    """Check ``--out`` again once the plan is known; the generation ``--resume`` will use.
 
-    A folder that holds a run is refused unless ``--resume`` (the checkpoint must be of this
-    run) or ``--overwrite``. Reads only; :func:`prepare_out` then writes.
+    :func:`check_start` refused what needs no plan; this checks the checkpoint against the
+    run (topology, model, ...). Reads only; :func:`prepare_out` then writes.
     """
     cfg = plan.cfg
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out must be a folder, but {out} is a file; choose another --out.")
-    if cfg.resume and cfg.overwrite:
-        raise UsageError("--resume continues the run in --out and --overwrite replaces it; "
-                         "pass only one of them.")
     if cfg.resume:
         return checkpoint.check_resumable(out, run_identity(plan), plan.topology.n)
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    held = run_held(out)
     if held and not cfg.overwrite:
-        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); pass --resume "
-                         "to continue it, --overwrite to replace it, or choose another --out.")
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); "
+                         "pass --resume to continue it, --overwrite to replace it, or choose "
+                         "another --out.")
     return None
+
+
+class StartGuard:
+    """Undo what an unfinished start wrote: if the run ends by an exception (Ctrl-C, a
+    failure) before its first epoch is recorded, the files it created (``config.json``, the
+    empty ``metrics.jsonl``, an empty checkpoint folder) are removed, and so is the folder
+    itself if the start created it, so ``--out`` is left as it was found."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        #: the folders the start will create (``--out`` and missing parents), deepest first
+        self.created = [p for p in (out, *out.parents) if not p.exists()]
+        self.had = {name for name in RUN_FILES if (out / name).exists()}
+
+    def undo(self) -> None:
+        if run_held(self.out):
+            return  # the run really started: its files stay (for --resume)
+        try:
+            for name in RUN_FILES:
+                path = self.out / name
+                if name in self.had or not path.exists():
+                    continue
+                if path.is_dir():
+                    path.rmdir()  # empty, or run_held would have named it
+                else:
+                    path.unlink()
+            for folder in self.created:
+                folder.rmdir()  # fails (and stops) at one that is not empty
+        except OSError:
+            pass
 
 
 def prepare_out(plan: Plan) -> None:
@@ -308,7 +406,8 @@ def _write_config(plan: Plan, backend: str, vendor: str,
     info = {
         "config": cfg.to_dict(), "version": __version__, "backend": backend,
         "n": plan.topology.n, "topology": plan.topology.spec,
-        "spectral_gap": plan.topology.spectral_gap, "gamma": plan.gamma,
+        "spectral_gap": plan.topology.spectral_gap, **rate_keys(plan.topology),
+        "gamma": plan.gamma,
         "gamma_source": plan.gamma_source, "lr_peak_per_node": plan.lr_peaks,
         "steps_per_epoch": plan.steps_per_epoch, "parameters": plan.num_params,
         "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,
@@ -347,6 +446,7 @@ def train_local(cfg: TrainConfig) -> int:
     refuse_local_under_mpi()
     from ..comm.local import LocalNetwork
 
+    check_start(cfg)
     plan = make_plan(cfg, cfg.nodes or None)
     resume = check_out(plan)
     # a bad --network (a node outside the graph, a link that is no edge) fails before writing
@@ -356,13 +456,17 @@ def train_local(cfg: TrainConfig) -> int:
         print("network compute=measured: simulated times include this host's step times, "
               "so they differ from run to run", flush=True)
     _announce(plan)
-    prepare_out(plan)
-    _write_config(plan, "local", "none", None if net.clock is None
-                  else net.clock.spec.to_dict())
+    guard = StartGuard(Path(cfg.out))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one Python thread per node already
     try:
+        prepare_out(plan)
+        _write_config(plan, "local", "none", None if net.clock is None
+                      else net.clock.spec.to_dict())
+        torch.set_num_threads(1)  # one Python thread per node already
         rows = net.run(lambda comm: train_node(comm, plan, resume))
+    except BaseException:
+        guard.undo()
+        raise
     finally:
         torch.set_num_threads(threads)
     return _finish(plan, rows[0])
@@ -395,6 +499,7 @@ def train_world(cfg: TrainConfig, world: World) -> int:
     # one collective before anything else: ranks started with other options stop here, on
     # every rank, before any of them enters a collective the others never reach
     check_agreement(world.comm, config=cfg.to_dict(), what="run")
+    _on_every_rank(world.comm, lambda: check_start(cfg))
     plan = make_plan(cfg, size, share=(rank, size, world.comm.allgather_object))
     if not cfg.resume:  # the initial model (on resume, the checkpoint's per-rank states)
         check_agreement(world.comm, tensors=plan.template.state_dict(), what="run")
@@ -402,13 +507,20 @@ def train_world(cfg: TrainConfig, world: World) -> int:
     # error on any rank is raised on every rank
     resume = _on_every_rank(world.comm, lambda: check_out(plan))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    guard = StartGuard(Path(cfg.out)) if rank == 0 else None
     if rank == 0:
         _announce(plan)
-        prepare_out(plan)
-        _write_config(plan, world.backend, world.vendor)
-    world.comm.barrier()
-    device = node_device(cfg.device, world.local_rank)
-    row = train_node(world.node(plan.topology.neighbors(rank)), plan, resume, device)
+    try:
+        if rank == 0:
+            prepare_out(plan)
+            _write_config(plan, world.backend, world.vendor)
+        world.comm.barrier()
+        device = node_device(cfg.device, world.local_rank)
+        row = train_node(world.node(plan.topology.neighbors(rank)), plan, resume, device)
+    except BaseException:
+        if guard is not None:
+            guard.undo()
+        raise
     if rank == 0:
         return _finish(plan, row)
     return DIVERGED_EXIT if row.get("diverged") else 0
@@ -449,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
+    except KeyboardInterrupt:
+        return interrupted()
 
     def start(backend: str) -> int:
         resolved = replace(cfg, backend=backend)

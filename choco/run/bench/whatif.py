@@ -248,7 +248,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="ring", help="topology family sized by n")
     p.add_argument("--bandwidths", default="1,10,100", help="Gbit/s")
     p.add_argument("--latencies", default="1,10,50", help="µs per message")
-    p.add_argument("--order", choices=("overlap", "sync"), default="overlap")
+    p.add_argument("--order", choices=("overlap", "sync"), default="overlap",
+                   help="overlap: the exchange is in flight during the next step; sync: "
+                   "the step waits for it")
     p.add_argument("--link", choices=("nic", "shared"), default="nic",
                    help="nic: one NIC per node; shared: one link for all traffic")
     p.add_argument("--codec-rounds", type=int, default=5, help="rounds to time the codec")
@@ -258,7 +260,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", action="append", default=[], metavar="SPEC=PATH",
                    help="metrics.jsonl of a run with compressor SPEC (or allreduce=PATH)")
     p.add_argument("--target", type=float, default=None, help="test accuracy to reach")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="steps per epoch of the --metrics runs (default: read from the "
+                   "config.json beside each metrics.jsonl)")
     p.add_argument("--validate", default=None, metavar="SHAPED.json",
                    help="compare with a `choco.bench gossip --json` run on a shaped link")
     p.add_argument("--calibrate", default=None, metavar="UNSHAPED.json",
