@@ -97,7 +97,7 @@ def frame(
     tensor payload is copied behind the header.
     """
     if isinstance(payload, Reserved):  # the header is written into the buffer in place
-        HEADER.pack_into(payload.buffer, 0, MAGIC, codec, flags, numel, seed)
+        HEADER.pack_into(payload.buffer.data, 0, MAGIC, codec, flags, numel, seed)
         return torch.from_numpy(payload.buffer)
     header = torch.frombuffer(bytearray(pack_header(codec, flags, numel, seed)),
                               dtype=torch.uint8)
@@ -133,7 +133,7 @@ def parse_header(buf: torch.Tensor, spec: str = "message") -> Header:
             f"got dtype {buf.dtype} shape {tuple(buf.shape)}."
         )
     head = buf.numpy() if buf.is_contiguous() else buf[:HEADER_SIZE].contiguous().numpy()
-    magic, codec, flags, numel, seed = HEADER.unpack_from(head)  # no copy of the message
+    magic, codec, flags, numel, seed = HEADER.unpack_from(head.data)  # no copy of the message
     if magic != MAGIC:
         raise CompressionError(f"{spec}: bad magic byte {magic:#x}; not a choco message")
     return Header(codec, flags, numel, seed)

@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["what"] == "consensus":
-            before = "" if r["before_s"] is None else f"{r['before_s']:.1f}"
+            was = "" if r["before_s"] is None else f"{r['before_s']:.1f}"
             lines.append(f"| consensus ring sign d={args.dim}, {args.rounds} rounds | {r['n']} "
-                         f"| {before} | {r['threads_s']:.1f} | {r['plain_s']:.1f} | "
+                         f"| {was} | {r['threads_s']:.1f} | {r['plain_s']:.1f} | "
                          f"×{r['threads_s'] / r['plain_s']:.1f} | {r['clocked_s']:.1f} | "
                          f"{100 * r['overhead']:+.0f}% | {r['peak_mib']:.0f} |")
         else:
