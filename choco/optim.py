@@ -47,6 +47,7 @@ from .errors import GossipError
 from .flat import FlatParameters
 from .outer import OuterFactory, OuterStep
 from .qgm import QuasiGlobalMomentum, check_momentum_mode
+from .sim import allreduce_next, local_step
 
 Order = Literal["overlap", "sync"]
 
@@ -143,6 +144,7 @@ class ChocoSGD(_Wrapped):
         if self.qgm is not None:
             self.qgm.before_step()
         loss = self.optimizer.step(closure)
+        local_step()  # the simulated clock, if this node runs under one
         self.local_steps += 1
         if self.local_steps % self.gossip_every == 0:
             self.gossip_round()
@@ -253,6 +255,8 @@ class AllReduceSGD(_Wrapped):
 
     def step(self, closure=None):
         grad = self.flat.grad_buffer()
+        local_step()  # the simulated clock, if this node runs under one
+        allreduce_next(grad.numel() * grad.element_size())
         total = self.comm.allreduce(grad.detach().cpu().numpy())
         mean = torch.from_numpy(np.asarray(total) / self.comm.size).to(grad)
         self.flat.set_grads(mean)
@@ -263,6 +267,7 @@ class AllReduceSGD(_Wrapped):
 
     def skip_step(self) -> None:
         """No step of its own, but the all-reduce the other nodes wait for (a zero gradient)."""
+        allreduce_next(self.flat.buffer.numel() * self.flat.buffer.element_size())
         self.comm.allreduce(torch.zeros_like(self.flat.buffer).cpu().numpy())
         n = self.comm.size
         self.bytes_sent += round(2 * (n - 1) / n * self.flat.buffer.numel()

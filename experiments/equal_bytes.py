@@ -17,12 +17,11 @@ MiB per node) into ``DIR``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
-from choco.run.cli import run_local
+from choco.run.cli import ArgumentParser, run_local
 
 from .report import MIB, load_runs, train_series
 
@@ -133,8 +132,8 @@ def plot(series_by_part: dict[str, Series], folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.equal_bytes",
-                                description=__doc__.split("\n\n")[2])
+    p = ArgumentParser(prog="python -m experiments.equal_bytes",
+                       description=__doc__.split("\n\n")[2])
     p.add_argument("folder", type=Path, help="a sweep's output folder")
     p.add_argument("--budget-of", default="choco sign",
                    help="the run (method name as in the table) whose bytes are the budget "

@@ -16,12 +16,13 @@ blocks whose command contains NAME; ``--dry-run`` lists the commands. Takes seve
 
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from choco.run.cli import ArgumentParser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -51,7 +52,8 @@ def run(command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m experiments.readme_tables",
+                       description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="run only the blocks whose command contains this")
     p.add_argument("--dry-run", action="store_true", help="list the commands, run nothing")
     args = p.parse_args(argv)

@@ -14,12 +14,14 @@
 * plots (matplotlib, ``pip install -e '.[plots]'``): ``accuracy_vs_epoch.png`` and
   ``accuracy_vs_bytes.png`` for training, ``error_vs_steps.png`` and ``error_vs_bytes.png``
   for consensus (log scales), one panel per topology, one line per compressor or algorithm;
-  ``plots.json`` lists every figure's panels and series.
+  ``plots.json`` lists every figure's panels and series;
+* runs made with ``--network`` (a simulated network, docs/simulation.md) add the columns
+  "sim. s" and "sim. s to target" (simulated time of the run and to the target) and the plot
+  ``accuracy_vs_sim_time.png`` / ``error_vs_sim_time.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from choco.errors import UsageError
-from choco.run.cli import run_local
+from choco.run.cli import ArgumentParser, prog_name, run_local
 
 #: options that pick a plot panel rather than a line
 PANEL_KEYS = ("topology", "mixing")
@@ -89,7 +91,8 @@ def train_series(run: dict[str, Any]) -> dict[str, list[float]]:
             "perplexity": [r.get("test_perplexity") for r in rows],
             "consensus": [r.get("consensus_distance") for r in rows],
             "bytes": [r["bytes_sent"] for r in rows],
-            "time": [r["wall_time_s"] for r in rows]}
+            "time": [r["wall_time_s"] for r in rows],
+            "sim": [r.get("sim_time_s") for r in rows]}
 
 
 def consensus_series(run: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +101,8 @@ def consensus_series(run: dict[str, Any]) -> dict[str, Any]:
     steps = len(error) - 1
     per_step = float(data["bytes_sent"].mean()) / max(steps, 1)
     return {"step": np.arange(steps + 1), "error": error,
-            "bytes": np.arange(steps + 1) * per_step}
+            "bytes": np.arange(steps + 1) * per_step,
+            "sim": data["sim_time_s"] if "sim_time_s" in data.files else None}
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -138,8 +142,72 @@ def summarize(runs: list[dict[str, Any]], varying: list[str], target_accuracy: f
                 "bytes_per_node": float(s["bytes"][-1]),
                 "bytes_to_target": float(s["bytes"][hit[0]]) if hit.size else None,
                 "steps_to_target": int(hit[0]) if hit.size else None})
+        rec.update(simulated_record(run, s, target_accuracy, target_reduction))
         records.append(rec)
     return records
+
+
+# ---------------------------------------------------------------------------- simulated time
+def simulated_record(run: dict[str, Any], s: dict[str, Any], target_accuracy: float,
+                     target_reduction: float) -> dict[str, Any]:
+    """``sim_time_s`` (simulated seconds of the whole run) and ``sim_s_to_target`` (when x̄
+    first reached the target accuracy, or the error its target reduction) of a run made with
+    ``--network`` (docs/simulation.md); nothing for other runs."""
+    sim = s.get("sim")
+    if sim is None or (run["kind"] == "train" and any(t is None for t in sim)):
+        return {}
+    if run["kind"] == "train":
+        reach = next((t for a, t in zip(s["accuracy"], sim, strict=True)
+                      if a is not None and a >= target_accuracy), None)
+    else:
+        error = s["error"]
+        hit = np.flatnonzero(error <= error[0] / target_reduction)
+        reach = float(sim[hit[0]]) if hit.size else None
+    return {"sim_time_s": float(sim[-1]), "sim_s_to_target": reach}
+
+
+def simulated_columns(records: list[dict[str, Any]], target: str) -> list[tuple]:
+    """The report's simulated-time columns, when any run has a simulated time."""
+    if not any("sim_time_s" in rec for rec in records):
+        return []
+    return [("sim. s", "sim_time_s", lambda v: _fmt(v, ".4g")),
+            (f"sim. s to {target}", "sim_s_to_target",
+             lambda v: _fmt(v, ".4g") if v is not None else "not reached")]
+
+
+def plot_simulated(runs: list[dict[str, Any]], varying: list[str], folder: Path) -> list[str]:
+    """``accuracy_vs_sim_time.png`` / ``error_vs_sim_time.png`` for runs with a simulated
+    time; the names of the figures written."""
+    timed = [r for r in runs if simulated_record(r, train_series(r) if r["kind"] == "train"
+                                                 else consensus_series(r), 0.0, 1.0)]
+    if not timed:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = timed[0]["kind"] == "train"
+    name = "accuracy_vs_sim_time.png" if train else "error_vs_sim_time.png"
+    panels = sorted({panel(r) for r in timed})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, title in zip(axes[0], panels, strict=True):
+        for run in (r for r in timed if panel(r) == title):
+            s = train_series(run) if train else consensus_series(run)
+            ys = ([np.nan if a is None else a for a in s["accuracy"]] if train
+                  else s["error"])
+            ax.plot(s["sim"], ys, label=label(run, varying), marker="." if train else None)
+        ax.set_title(title)
+        ax.set_xlabel("simulated seconds (last node)")
+        ax.set_ylabel("test accuracy of x̄" if train else "(1/n) Σ‖x_i − x̄⁰‖²")
+        if not train:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=110)
+    plt.close(fig)
+    return [name]
 
 
 def add_factor(records: list[dict[str, Any]], baseline: str) -> None:
@@ -174,6 +242,7 @@ def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
         if any("factor" in rec for rec in records):
             cols.insert(-1, ("× fewer bytes to target", "factor",
                              lambda v: _fmt(v, ".1f") if v is not None else ""))
+        cols += simulated_columns(records, f"{100 * target_accuracy:g} %")
     else:
         cols = [("γ", "gamma_used", lambda v: _fmt(v, ".3g")),
                 ("error₀", "error_initial", lambda v: _fmt(v, ".3g")),
@@ -181,7 +250,8 @@ def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
                 ("reduction", "reduction", lambda v: _fmt(v, ".3g")),
                 ("bytes/node", "bytes_per_node", lambda v: _fmt(v, ".0f")),
                 (f"bytes/node to ×{target_reduction:g}", "bytes_to_target",
-                 lambda v: _fmt(v, ".0f") if v is not None else "not reached")]
+                 lambda v: _fmt(v, ".0f") if v is not None else "not reached"),
+                *simulated_columns(records, f"×{target_reduction:g}")]
     lines = ["| " + " | ".join([*head, *(c[0] for c in cols)]) + " |",
              "|" + "---|" * (len(head) + len(cols))]
     for rec in records:
@@ -251,9 +321,8 @@ def plot(runs: list[dict[str, Any]], varying: list[str], folder: Path) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report",
-                                description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog=prog_name("choco-report", "experiments.report"),
+                       description=__doc__.splitlines()[0])
     p.add_argument("folder", help="a sweep's output folder")
     p.add_argument("--target-accuracy", type=float, default=0.9,
                    help="accuracy of x̄ for the 'MiB to target' column (training)")
@@ -288,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "report.md").write_text(table)
         if not args.no_plots:
             index = plot(runs, varying, folder)
+            index.update({png: {} for png in plot_simulated(runs, varying, folder)})
             if args.copy_plots:
                 target = Path(args.copy_plots)
                 target.mkdir(parents=True, exist_ok=True)

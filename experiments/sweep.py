@@ -35,7 +35,6 @@ I: what each task of the SLURM array (slurm/sweep.sbatch) does.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import hashlib
 import itertools
@@ -53,7 +52,7 @@ from typing import Any
 
 from choco.errors import UsageError
 from choco.run.algorithms import ALGORITHMS
-from choco.run.cli import DIVERGED_EXIT, run_local
+from choco.run.cli import DIVERGED_EXIT, ArgumentParser, prog_name, run_local
 from choco.run.config import FIELDS, _convert
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +60,7 @@ KINDS = ("train", "consensus")
 #: consensus options a sweep may set, with their types
 CONSENSUS_OPTIONS: dict[str, type] = {
     "topology": str, "mixing": str, "compressor": str, "gamma": str, "steps": int,
-    "dim": int, "seed": int, "init": str,
+    "dim": int, "seed": int, "init": str, "network": str,
 }
 #: choco-train options the sweep itself sets for every run
 RESERVED = {"out", "resume", "overwrite", "backend", "json", "quiet"}
@@ -108,6 +107,13 @@ def _check_option(kind: str, key: str, value: Any, where: str, path: Path) -> An
     if kind == "train":
         try:
             return _convert(name, value)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {where}: {exc}") from None
+    if name == "network":  # a string or a TOML table, checked now
+        from choco.sim.spec import network_text
+
+        try:
+            return network_text(value if isinstance(value, dict) else str(value))
         except UsageError as exc:
             raise UsageError(f"{path}: {where}: {exc}") from None
     if CONSENSUS_OPTIONS[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -367,15 +373,15 @@ def launch_slurm(sweep: Sweep, out: Path, dry_run: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.sweep", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("sweep", help="the sweep file (TOML), e.g. experiments/configs/small.toml")
+    p = ArgumentParser(
+        prog=prog_name("choco-sweep", "experiments.sweep"), description=__doc__.splitlines()[0])
+    p.add_argument("sweep", help="the sweep file (TOML), e.g. "
+                   "experiments/configs/small_ring8.toml")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local: run here, in-process backend; slurm: submit a job array")
     p.add_argument("--out", default=None, help="output folder (default: runs/<sweep name>)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="runs at a time with --launcher local")
+                   help="runs at a time with --launcher local (default: the number of CPUs)")
     p.add_argument("--dry-run", action="store_true",
                    help="print every run and the exact command, run nothing")
     p.add_argument("--index", type=int, default=None,

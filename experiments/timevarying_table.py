@@ -13,12 +13,13 @@ schedule but ``+pga:H``, whose all-reduce is spread over its H rounds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from choco.run.cli import ArgumentParser
 
 #: the order of the rows: compressor, then topology in this order (others after, by name)
 TOPOLOGY_ORDER = ("ring", "exponential", "onepeer", "base", "matching")
@@ -76,8 +77,8 @@ def markdown(records: list[dict], target: float, rounds: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.timevarying_table",
-                                description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m experiments.timevarying_table",
+                       description=__doc__.split("\n\n")[0])
     p.add_argument("runs", type=Path, help="the sweep's output folder")
     p.add_argument("--target", type=float, default=1e6, help="error reduction to reach")
     p.add_argument("--rounds", default="100,500", help="rounds at which to show the reduction")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
     ("choco.errors",),
-    ("choco.wire",),
+    ("choco.wire", "choco.sim"),
     ("choco.compress", "choco.comm", "choco.flat", "choco.data", "choco.models"),
     ("choco.neighbourhood", "choco.peerround"),
     ("choco.gossip", "choco.baselines", "choco.timevarying", "choco.outer", "choco.qgm"),

@@ -15,6 +15,7 @@ mixing matrix saved with ``numpy.save`` that is used as is (its mixing is report
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import warnings
@@ -300,9 +301,11 @@ def parse_topology(spec: str, mixing: str = "metropolis") -> Topology | Schedule
             f"topology spec must be a string such as 'ring:8', got {type(spec).__name__}"
         )
     if mixing not in MIXING_RULES:
+        close = difflib.get_close_matches(str(mixing), MIXING_RULES, n=1)
+        fix = f"did you mean {close[0]}? (metropolis is valid on every graph)" if close \
+            else "use metropolis (valid on every graph)"
         raise TopologyError(
-            f"mixing rule must be one of {', '.join(MIXING_RULES)}, got {mixing!r}; "
-            "use metropolis (valid on every graph)"
+            f"mixing rule must be one of {', '.join(MIXING_RULES)}, got {mixing!r}; {fix}"
         )
     text = spec.strip()
     if "+" in text:
@@ -315,9 +318,11 @@ def parse_topology(spec: str, mixing: str = "metropolis") -> Topology | Schedule
         return _from_file(rest, text, mixing)
     parser = _PARSERS.get(name)
     if parser is None:
+        close = difflib.get_close_matches(name, [*_PARSERS, "file"], n=1)
+        hint = f"did you mean {close[0]}{colon}{rest}? " if close else ""
         raise TopologyError(
             f"topology spec must be one of {', '.join(SPEC_FORMS)}, got {spec!r}; "
-            "e.g. ring:16, torus:4x4, social, er:64:0.1:seed=3"
+            f"{hint}e.g. ring:16, torus:4x4, social, er:64:0.1:seed=3"
         )
     graph = parser(rest.split(":") if colon else [], text)
     return Topology(text, graph, mixing_matrix(graph, mixing), mixing)

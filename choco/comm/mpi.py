@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from .abort import abort_wanted, install_abort_hook
 from .base import (
     SAME_LENGTH_FIX,
     CommError,
@@ -34,6 +35,13 @@ from .base import (
     format_ranks,
 )
 from .peers import MPIPeerExchange, check_sends
+
+
+def _world_place() -> tuple[int, int]:
+    """``(rank, size)`` in ``MPI.COMM_WORLD``; size 1 once MPI is finalized (nothing to end)."""
+    if MPI.Is_finalized():
+        return 0, 1
+    return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
 
 
 class _MPIExchange(Exchange):
@@ -83,6 +91,10 @@ class MPICommunicator(ProcessCommunicator):
         Ranks this rank exchanges with; must be symmetric across ranks.
     comm
         The parent communicator, ``MPI.COMM_WORLD`` by default.
+    abort_on_error
+        End the whole job (``MPI_Abort``) when an exception escapes on this rank, after its
+        traceback, as ``python -m mpi4py`` does (see :mod:`choco.comm.abort`). ``None``
+        (the default) means yes unless the environment sets ``CHOCO_NO_ABORT=1``.
 
     Attributes
     ----------
@@ -90,7 +102,10 @@ class MPICommunicator(ProcessCommunicator):
         Every rank's (sorted) neighbour list, in rank order, as gathered at construction.
     """
 
-    def __init__(self, neighbors: Sequence[int], comm: MPI.Intracomm | None = None) -> None:
+    def __init__(self, neighbors: Sequence[int], comm: MPI.Intracomm | None = None, *,
+                 abort_on_error: bool | None = None) -> None:
+        if abort_wanted(abort_on_error):
+            install_abort_hook(_world_place, MPI.COMM_WORLD.Abort, "MPI_Abort")
         self.world = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
@@ -122,8 +137,6 @@ class MPICommunicator(ProcessCommunicator):
             return _MPIExchange(None, buf, self._recv, self)
         request = self.graph.Ineighbor_allgather([buf, MPI.BYTE], [self._recv, MPI.BYTE])
         return _MPIExchange(request, buf, self._recv, self)
-
-
 
     def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
         """This round's peers only: ``Isend``/``Irecv`` on the graph communicator

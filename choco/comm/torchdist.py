@@ -29,12 +29,14 @@ rank fails.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from .abort import abort_wanted, install_abort_hook
 from .base import (
     CommError,
     Exchange,
@@ -43,6 +45,13 @@ from .base import (
 from .peers import check_sends
 
 __all__ = ["TorchCommunicator"]
+
+
+def _default_place() -> tuple[int, int]:
+    """``(rank, size)`` in the default process group; size 1 when there is none."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
 # ---------------------------------------------------------------------------- communicator
@@ -70,6 +79,11 @@ class TorchCommunicator(ProcessCommunicator):
         With a CUDA ``device``, return the received messages as device tensors instead of
         copying them to host buffers (the decoders of ``choco.compress`` read the header
         on the host, so leave this off for them).
+    abort_on_error
+        End this process (``os._exit(1)`` after its traceback) when an exception escapes
+        on it, so its peers' exchanges fail instead of waiting and torchrun stops the job
+        (see :mod:`choco.comm.abort`). ``None`` (the default) means yes unless the
+        environment sets ``CHOCO_NO_ABORT=1``.
 
     Attributes
     ----------
@@ -81,7 +95,7 @@ class TorchCommunicator(ProcessCommunicator):
 
     def __init__(self, neighbors: Sequence[int], group: dist.ProcessGroup | None = None,
                  device: torch.device | str | None = None, *,
-                 keep_on_device: bool = False) -> None:
+                 keep_on_device: bool = False, abort_on_error: bool | None = None) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise CommError(
                 "TorchCommunicator needs an initialized torch.distributed process group, "
@@ -89,6 +103,8 @@ class TorchCommunicator(ProcessCommunicator):
                 "script.py) and initialize the process group first (torch.distributed."
                 "init_process_group, or choco.run.launch.init_from_env)."
             )
+        if abort_wanted(abort_on_error):
+            install_abort_hook(_default_place, os._exit, "os._exit, torchrun stops the rest")
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)

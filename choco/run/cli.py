@@ -11,12 +11,13 @@ its names used by every program are re-exported here.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
 import sys
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import UsageError
@@ -63,13 +64,31 @@ def prog_name(script: str, module: str) -> str:
     return script if argv0 == script else f"python -m {module}"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with every option's default shown (``(default: ...)``)."""
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` in the one style of every program: each option's default shown once, as
+    ``(default: X)``, and only where there is one to show.
+
+    Nothing is added when the help text already names its default (``default``
+    appears in it), for a required option or a positional, for a flag (``store_true``),
+    or when the default is ``None``, ``False``, empty text or an empty list.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or action.required or not action.option_strings
+                or default is None or default is False or default is argparse.SUPPRESS
+                or default in ("", []) or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_version_argument(parser: argparse.ArgumentParser) -> None:
-    """``--version``: the program name and choco's version."""
-    parser.add_argument("--version", action="version", version=f"%(prog)s (choco {__version__})")
+    """``--version``: the program name and choco's version (once per parser)."""
+    if "--version" in parser._option_string_actions:
+        return
+    parser.add_argument("--version", action="version", version=f"%(prog)s (choco {__version__})",
+                        help="print the program name and choco's version, then exit")
 
 
 def add_gossip_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,15 +134,49 @@ _KINDS = {"int": "an integer", "float": "a number"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-paragraph errors on stderr and exit status 2, without the usage.
+    """The parser of every choco program: one style of ``--help`` (:class:`HelpFormatter`),
+    ``--version``, and one-paragraph errors on stderr with exit status 2, without the usage.
 
     ``--dim abc`` gives ``error: --dim must be an integer, got 'abc'; write e.g. --dim 1000
-    (python -m choco.tuning --help lists every option)``. Subcommand parsers made by
-    ``add_subparsers`` are of this class too.
+    (python -m choco.tuning --help lists every option)``; a misspelt option gives ``error:
+    every argument must be an option of choco-train, got the unknown '--topolgy ring:8';
+    did you mean --topology? (...)``. Subcommand
+    parsers made by ``add_subparsers`` are of this class too.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        add_version_argument(self)
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_EXIT, f"error: {self.explain(message)}\n")
+
+    def _option_names(self) -> list[str]:
+        """Every ``--option`` of this parser and of its subcommands' parsers (argparse
+        reports a subcommand's unknown option from the main parser)."""
+        names = []
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    if isinstance(sub, ArgumentParser):
+                        names += sub._option_names()
+            elif action.help is not argparse.SUPPRESS:
+                names += [o for o in action.option_strings if o.startswith("--")]
+        return list(dict.fromkeys(names))
+
+    def _unknown(self, got: str, help_hint: str) -> str:
+        """The unknown arguments, with the closest option for each misspelt one."""
+        options = [t.split("=", 1)[0] for t in got.split() if t.startswith("-")]
+        guesses = []
+        for name in options:
+            close = difflib.get_close_matches(name, self._option_names(), n=1)
+            if close:
+                prefix = f"for {name} " if len(options) > 1 else ""
+                guesses.append(f"{prefix}did you mean {close[0]}?")
+        fix = " ".join(guesses) if guesses else "check the spelling"
+        return (f"every argument must be an option of {self.prog}, got the unknown "
+                f"{got!r}; {fix} ({help_hint})")
 
     def _default(self, option: str) -> str | None:
         for action in self._actions:
@@ -145,8 +198,10 @@ class ArgumentParser(argparse.ArgumentParser):
             return f"{opt} must be {kind}, got {m['got']}; {example}"
         if m := _INVALID_CHOICE.fullmatch(message):
             opt = m["opt"].split("/")[0]
-            return (f"{opt} must be one of {m['choices']}, got {m['got']}; pick one of them "
-                    f"({help_hint})")
+            choices = [c.strip(" '") for c in m["choices"].split(",")]
+            close = difflib.get_close_matches(m["got"].strip("'"), choices, n=1)
+            pick = f"did you mean {close[0]}?" if close else "pick one of them"
+            return f"{opt} must be one of {m['choices']}, got {m['got']}; {pick} ({help_hint})"
         if m := _EXPECTED.fullmatch(message):
             opt = m["opt"].split("/")[0]
             default = self._default(opt)
@@ -159,8 +214,7 @@ class ArgumentParser(argparse.ArgumentParser):
                     f"{'them' if verb == 'are' else 'it'}; add {'them' if verb == 'are' else 'it'}"
                     f" ({help_hint})")
         if m := _UNKNOWN.fullmatch(message):
-            return (f"every argument must be an option of {self.prog}, got the unknown "
-                    f"{m['got']!r}; check the spelling ({help_hint})")
+            return self._unknown(m["got"], help_hint)
         if m := _AMBIGUOUS.fullmatch(message):
             return (f"an abbreviated option must match one option, got {m['got']}, which "
                     f"could be {m['options']}; write the option in full")

@@ -37,7 +37,7 @@ from ..compress.base import Compressor, decode, is_raw
 from ..compress.stateful import prepare_alone, state_of
 from ..errors import UsageError
 from ..wire.framing import parse_header
-from .cli import HelpFormatter, add_version_argument, run_local, setup_output
+from .cli import run_local, setup_output
 from .files import ArgumentParser, atomic_write, check_memory, check_output_file, load_npy
 
 #: memory per input element: x, Q(x) in torch and numpy, float64 copies for the error
@@ -49,15 +49,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(
         prog="python -m choco.compress",
         description="Compress a 1-D array with a choco compressor and write Q(x) decoded "
-        "(same shape and dtype); the last stdout line is a JSON summary (spec, numel, nbytes, "
-        "delta, error, ...).",
-        epilog="specs: " + ", ".join(available()), formatter_class=HelpFormatter,
+        "(same shape and dtype); prints one readable line, then, last on stdout, a JSON "
+        "summary (spec, numel, nbytes, delta, error, ...); --json prints the JSON line only.",
+        epilog="specs: " + ", ".join(available()),
     )
-    add_version_argument(p)
     p.add_argument("spec", help="compressor spec, e.g. sign, topk:0.01, qsgd:16, "
                                 "topk:0.01+natural, scaled(randk:0.1:raw)")
-    p.add_argument("--in", dest="inp", required=True, help="input .npy, a 1-D float array")
-    p.add_argument("--out", required=True, help="output .npy: Q(x), same shape and dtype")
+    p.add_argument("--in", dest="inp", required=True, metavar="X.npy",
+                   help="input .npy, a 1-D float array")
+    p.add_argument("--out", required=True, metavar="Y.npy",
+                   help="output .npy: Q(x), same shape and dtype")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists (default: refuse an existing file)")
     p.add_argument("--seed", type=int, default=0, help="64-bit seed of the randomness")
@@ -66,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unbiased", action="store_true",
                    help="use the unscaled unbiased form (same as the :raw suffix)")
     p.add_argument("--json", action="store_true",
-                   help="accepted for uniformity: the JSON line is always printed last")
+                   help="print only the JSON summary, as exactly one line (without it, a "
+                   "readable line comes first and the JSON line is still last)")
     return p.parse_args(argv)
 
 
@@ -130,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             result["learned"] = counts["learned"] == 1  # else the top-k' fallback was sent
         if args.sizes is not None:
             result["sizes"] = q.sizes  # type: ignore[attr-defined]
+        if not args.json:
+            error = "n/a" if result["error"] is None else f"{result['error']:.4g}"
+            print(f"{q.spec}: {x.size:,} {x.dtype} elements -> {result['nbytes']:,} bytes "
+                  f"({result['bits_per_element']:.3g} bits/element), relative error "
+                  f"{error}; wrote {out}", flush=True)
         print(json.dumps(result), flush=True)
         return 0
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .algorithms import ALGORITHMS
-from .cli import add_version_argument, prog_name
+from .cli import ArgumentParser, prog_name
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class TrainConfig:
         "help": "cpu | cuda (one GPU per local rank) | auto (cuda when available)"})
     nodes: int = field(default=0, metadata={
         "help": "nodes for --backend local (0: the topology's size)"})
+    network: str = field(default="", metadata={
+        "help": "simulate this network in process (--backend local): key=value,... with "
+        "bandwidth (bit/s, k/m/g), latency (us/ms), compute (per step, or measured), encode, "
+        "decode, slow=NODE:FACTOR;..., jitter, seed, file=NET.toml; adds sim_time_s to every "
+        "metrics row (docs/simulation.md); empty: none"})
     # --- algorithm
     algorithm: str = field(default="choco", metadata={"help": " | ".join(ALGORITHMS)})
     compressor: str = field(default="sign", metadata={
@@ -133,6 +138,10 @@ def _convert(name: str, value: Any) -> Any:
         raise UsageError(f"{option} must be true or false, got {value!r}.")
     if name == "gamma":
         return str(value)
+    if name == "network":  # a string, or a TOML table in a config or sweep file
+        from ..sim.spec import network_text
+
+        return network_text(value if isinstance(value, dict) else str(value))
     kind: type = type(default)
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():
@@ -203,32 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``choco-train`` parser: one option per :class:`TrainConfig` field."""
     from ..models import available_models
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog_name("choco-train", "choco.train"),
         description="Decentralized training with CHOCO-SGD (arXiv:1907.09356). With no "
         "options: sign-compressed CHOCO on a ring of 8 nodes, MLP on the embedded digits set. "
         "Options can also come from a TOML file (--config); the command line overrides it.",
     )
-    add_version_argument(p)
     p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file of options, keys as below with '_' or '-' (default: none)")
+                   help="TOML file of options, keys as below with '_' or '-'")
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        kind = "bool" if name in _BOOL else type(f.default).__name__
-        kind = "E1,E2" if isinstance(f.default, tuple) else kind
         text = f.metadata["help"]
         if text == "MODELS":
             text = " | ".join(available_models())
         if name in _BOOL:
             p.add_argument(flag, dest=name, default=None, nargs="?", const="true",
-                           metavar="true|false", help=f"{text} (default {f.default})")
+                           metavar="true|false",
+                           help=f"{text} (default: {str(f.default).lower()})")
             if f.default:
                 p.add_argument("--no-" + name.replace("_", "-"), dest=name,
                                action="store_const", const="false", help=argparse.SUPPRESS)
         else:
             default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-            p.add_argument(flag, dest=name, default=None, metavar=kind.upper(),
-                           help=f"{text} (default {default!r})")
+            metavar = "E1,E2" if isinstance(f.default, tuple) else name.upper()
+            shown = f" (default: {default})" if default not in ("", None) else ""
+            p.add_argument(flag, dest=name, default=None, metavar=metavar,
+                           help=f"{text}{shown}")
     return p
 
 

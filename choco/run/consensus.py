@@ -35,6 +35,7 @@ import torch
 
 from topologies import Schedule, Topology, parse_topology
 
+from .. import sim
 from ..comm.base import Communicator
 from ..compress import available, make_compressor
 from ..compress.base import Compressor
@@ -59,8 +60,9 @@ from .files import (
     memory_limit,
     spec_file,
 )
-from .launch import World, mpi_world, refuse_local_under_mpi, run, torch_world
+from .launch import World, launch_command, mpi_world, refuse_local_under_mpi, run, torch_world
 from .plan import AUTO_DIM, resolve_gamma, tuning_target
+from .train import check_network_backend, refuse_network
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,8 @@ class NodeResult:
     x: np.ndarray
     error: np.ndarray  # ||x_i^t - x̄⁰||², t = 0..T
     bytes_sent: int
+    #: simulated seconds at which this node finished round t, t = 0..T (None: no network)
+    sim_time: np.ndarray | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,6 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_backend_argument(p)
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of the compressors (and of the generated X0)")
+    p.add_argument("--network", default="", metavar="SPEC",
+                   help="simulate this network in process (--backend local), e.g. "
+                   "bandwidth=1g,latency=50us (keys: bandwidth, latency, compute, encode, "
+                   "decode, slow, jitter, seed, file; docs/simulation.md); adds sim_time_s to "
+                   "the .npz and the JSON line")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p.parse_args(argv)
@@ -193,8 +202,9 @@ def load_problem(args: argparse.Namespace, report: bool, ranks: int | None = Non
     if ranks is not None and ranks != topology.n:
         n = topology.n
         raise UsageError(
-            f"the topology {args.topology} has n = {n} nodes, so mpiexec -n {n} is required; "
-            f"got {ranks} ranks; relaunch with mpiexec -n {n} or change --topology."
+            f"the topology {args.topology} has n = {n} nodes, so {launch_command(n)} is "
+            f"required; got {ranks} ranks; relaunch with {launch_command(n)} or change "
+            "--topology."
         )
     compressor = make_compressor(args.compressor)
     auto = str(args.gamma).strip().lower() == "auto"
@@ -213,10 +223,13 @@ def progress_points(steps: int, count: int = 10) -> set[int]:
     return {round(steps * k / count) for k in range(1, count + 1)} - {0}
 
 
-def progress_line(t: int, steps: int, error: float, error0: float) -> str:
-    """One progress line: round, mean error over nodes, reduction since round 0."""
+def progress_line(t: int, steps: int, error: float, error0: float,
+                  sim_time: float | None = None) -> str:
+    """One progress line: round, mean error over nodes, reduction since round 0, and the
+    simulated time with ``--network``."""
+    simulated = "" if sim_time is None else f"  simulated {sim_time:.4f}s"
     return (f"step {t:>6}/{steps}  error {error:.4e}  "
-            f"(x{error0 / max(error, 1e-300):.3g} reduction)")
+            f"(x{error0 / max(error, 1e-300):.3g} reduction){simulated}")
 
 
 def summary_line(compressor: str, topology: str, gamma: float, steps: int, error0: float,
@@ -237,26 +250,40 @@ def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
     gossip = make_choco_gossip(comm, topo, problem.compressor, problem.gamma, problem.seed)
     error = np.empty(problem.steps + 1)
     error[0] = float(((x - xbar0) ** 2).sum())
+    clocked = sim.now() is not None
+    times = np.zeros(problem.steps + 1) if clocked else None
     points = progress_points(problem.steps)
     for t in range(1, problem.steps + 1):
+        sim.local_step()  # the simulated compute of a round (0 unless --network compute=)
         gossip.step(x)
         error[t] = float(((x - xbar0) ** 2).sum())
+        if times is not None:
+            times[t] = sim.now()
         if t in points:
             total = comm.allreduce(np.array([error[t], error[0]]))
+            latest = None if times is None else float(comm.allgather(times[t:t + 1]).max())
             if report and comm.rank == 0:
                 print(progress_line(t, problem.steps, total[0] / comm.size,
-                                    total[1] / comm.size), flush=True)
-    return NodeResult(x.numpy(), error, gossip.bytes_sent)
+                                    total[1] / comm.size, latest), flush=True)
+    return NodeResult(x.numpy(), error, gossip.bytes_sent, times)
 
 
-def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: bool) -> None:
+def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: bool,
+              network: str | None = None) -> None:
     x = np.stack([r.x for r in results])
     error = np.sum(np.stack([r.error for r in results]), axis=0) / len(results)
     bytes_sent = np.array([r.bytes_sent for r in results], dtype=np.int64)
-    atomic_savez(out, x=x, error=error, bytes_sent=bytes_sent)
+    arrays = {"x": x, "error": error, "bytes_sent": bytes_sent}
+    sim_time = None
+    if results[0].sim_time is not None:  # when the last node finished round t
+        arrays["sim_time_s"] = sim_time = np.max(
+            np.stack([r.sim_time for r in results if r.sim_time is not None]), 0)
+    atomic_savez(out, **arrays)
     reduction = error[0] / error[-1] if error[-1] > 0 else float("inf")
     print(summary_line(problem.compressor.spec, problem.topology.spec, problem.gamma,
                        problem.steps, error[0], error[-1], bytes_sent.mean(), out), flush=True)
+    if sim_time is not None:
+        print(f"simulated time {sim_time[-1]:.4f}s on {network}", flush=True)
     if as_json:
         print(json.dumps({
             "topology": problem.topology.spec,
@@ -265,19 +292,27 @@ def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: b
             "steps": problem.steps, "error_initial": float(error[0]),
             "error_final": float(error[-1]), "reduction": float(reduction),
             "bytes_per_node": float(bytes_sent.mean()), "out": str(out),
+            **({} if sim_time is None else {"sim_time_s": float(sim_time[-1]),
+                                            "network": network}),
         }))
 
 
 def main_local(args: argparse.Namespace) -> int:
     refuse_local_under_mpi()
-    problem = load_problem(args, report=not args.quiet)
     from ..comm.local import LocalNetwork
+    from ..sim.spec import parse_network
 
+    network = parse_network(args.network) if args.network else None  # before the tuner
+    problem = load_problem(args, report=not args.quiet)
     topo = problem.topology
-    net = LocalNetwork([topo.neighbors(i) for i in range(topo.n)])
+    net = LocalNetwork([topo.neighbors(i) for i in range(topo.n)], network=network)
+    if network is not None and network.measured and not args.quiet:
+        print("network compute=measured: simulated times include this host's round times, "
+              "so they differ from run to run", flush=True)
     torch.set_num_threads(1)  # one thread per node already
     results = net.run(lambda comm: run_node(comm, problem, report=not args.quiet))
-    summarize(problem, results, Path(args.out), args.json)
+    summarize(problem, results, Path(args.out), args.json,
+              None if network is None else network.text)
     return 0
 
 
@@ -286,6 +321,8 @@ def main_world(args: argparse.Namespace, world: World) -> int:
     from ..comm import check_agreement
 
     rank, size = world.rank, world.size
+    if args.network:  # (main refuses it first; this keeps main_world safe when called alone)
+        raise UsageError(refuse_network("--backend " + world.backend))
     # one collective first: ranks started with other options stop here, on every rank
     check_agreement(world.comm, config=vars(args), what="consensus")
     problem = load_problem(args, report=not args.quiet and rank == 0, ranks=size,
@@ -307,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m choco.consensus`` / ``choco-consensus``."""
     setup_output()
     args = parse_args(argv)
+    try:
+        check_network_backend(args.network, args.backend)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     def start(backend: str) -> int:
         if backend == "mpi":
             return main_world(args, mpi_world())

@@ -29,6 +29,7 @@ from ..gossip import check_gamma
 from ..models import param_groups
 from .algorithms import Algorithm, get_algorithm
 from .config import TrainConfig, parse_model_args
+from .launch import launch_command
 from .schedule import LRSchedule, peak_lrs
 from .tasks import Task, make_task
 
@@ -90,14 +91,16 @@ def resolve_topology(spec: str, mixing: str, n: int | None,
                              "pass --nodes N (local) / launch with mpiexec -n N.")
         spec = f"{head.strip()}:{n}{plus}{tail}"
     topo = parse_topology(spec, mixing)
+    start = launch_command(topo.n)
     if mpi and n == 1 and topo.n != 1:
         raise UsageError(f"--topology {spec} has {topo.n} nodes but this run has a single "
-                         f"MPI rank (--backend mpi without a launcher?); start it with "
-                         f"mpiexec -n {topo.n}, or use --backend local (or auto).")
+                         f"rank (--backend mpi or torch without a launcher?); start it with "
+                         f"{start}, or use --backend local (or auto).")
     if n is not None and topo.n != n:
+        ranks = "the number of ranks" if mpi else "--nodes"
+        fix = f"launch {start}" if mpi else f"pass --nodes {topo.n}"
         raise UsageError(f"--topology {spec} has {topo.n} nodes but the run has {n} (from "
-                         f"--nodes or the number of MPI ranks); make them agree: launch "
-                         f"mpiexec -n {topo.n} / pass --nodes {topo.n}, or use a topology "
+                         f"{ranks}); make them agree: {fix}, or use a topology "
                          f"of {n} nodes (e.g. ring:{n}, or just 'ring').")
     return topo
 

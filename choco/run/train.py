@@ -27,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, sim
 from ..comm.base import Communicator
 from ..errors import UsageError
 from ..models import param_groups
@@ -41,8 +41,10 @@ from .launch import (
     USAGE_EXIT,
     World,
     choose_device,
+    interrupted,
     mpi_world,
     refuse_local_under_mpi,
+    resolve_backend,
     run,
     torch_world,
 )
@@ -77,8 +79,78 @@ def build_optimizer(plan: Plan, comm: Communicator, model: torch.nn.Module):
                                outer=cfg.outer, momentum_mode=cfg.momentum_mode)
 
 
-#: what a run folder holds; any of them means the folder holds a run
+#: what a run folder holds
 RUN_FILES = ("config.json", "metrics.jsonl", "model.pt", checkpoint.FOLDER)
+
+
+def run_held(out: Path) -> list[str]:
+    """The files of ``out`` that make it hold a run (empty: nothing, or an unfinished
+    start: a ``config.json`` and an empty ``metrics.jsonl``, no model, no checkpoint)."""
+    held = []
+    metrics = out / "metrics.jsonl"
+    if metrics.exists() and (not metrics.is_file() or metrics.stat().st_size > 0):
+        held.append("metrics.jsonl")
+    if (out / "model.pt").exists():
+        held.append("model.pt")
+    folder = out / checkpoint.FOLDER
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        held.append(checkpoint.FOLDER)
+    if held and (out / "config.json").exists():
+        held.insert(0, "config.json")
+    return held
+
+
+def check_start(cfg: TrainConfig) -> None:
+    """Every refusal that depends only on the options and the file system, made before
+    the γ tuner, data loading or any write (each a :class:`UsageError`).
+
+    ``--out`` is a file; ``--resume`` with ``--overwrite``; ``--resume`` without a complete
+    checkpoint; a folder that holds a run without ``--resume``/``--overwrite``; a new
+    ``--out`` that cannot be created; ``--device cuda`` where torch sees no GPU; a data set
+    whose files are not in ``--data-dir``.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder, but {out} is a file; choose another --out.")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it; "
+                         "pass only one of them.")
+    if cfg.resume:
+        if checkpoint.find_latest(out) is None:
+            raise UsageError(f"--resume needs a complete checkpoint in {out / checkpoint.FOLDER}"
+                             ", but there is none; run with --checkpoint-every E first (same "
+                             "--out), or drop --resume.")
+    elif (held := run_held(out)) and not cfg.overwrite:
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); pass --resume "
+                         "to continue it, --overwrite to replace it, or choose another --out.")
+    if not out.exists():
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {out} cannot be created: {parent} is not a folder you can "
+                             "write to; choose another --out.")
+    choose_device(cfg.device)
+    check_data(cfg.dataset, cfg.data_dir)
+
+
+def check_data(name: str, data_dir: str | None) -> None:
+    """The files of a data set read from ``--data-dir`` are there (paths only, nothing read)."""
+    from ..data import REGISTRY
+    from ..data.images import cifar10_folder
+    from ..data.text import wikitext2_folder
+
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in REGISTRY or not REGISTRY[key][1]:
+        return  # an unknown name is refused by make_dataset, with the valid names
+    if not data_dir:
+        raise UsageError(f"data set {key} is read from local files: pass --data-dir DIR "
+                         f"(the folder holding {key}'s files).")
+    folders = {"cifar10": cifar10_folder, "wikitext2": wikitext2_folder}
+    if key in folders:
+        folders[key](data_dir)  # names the files it needs and where to put them
+    elif not Path(data_dir).expanduser().is_dir():
+        raise UsageError(f"--data-dir must be a folder holding the {key} files, got "
+                         f"{data_dir!r}, which is not a folder; pass the folder you "
+                         "extracted the data set into.")
 
 
 def run_identity(plan: Plan) -> dict[str, object]:
@@ -96,25 +168,51 @@ def run_identity(plan: Plan) -> dict[str, object]:
 
 
 def check_out(plan: Plan) -> checkpoint.Generation | None:
-    """Check ``--out`` before anything is written; the generation ``--resume`` will use.
+    """Check ``--out`` again once the plan is known; the generation ``--resume`` will use.
 
-    A folder that holds a run is refused unless ``--resume`` (the checkpoint must be of this
-    run) or ``--overwrite``. Reads only; :func:`prepare_out` then writes.
+    :func:`check_start` refused what needs no plan; this checks the checkpoint against the
+    run (topology, model, ...). Reads only; :func:`prepare_out` then writes.
     """
     cfg = plan.cfg
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out must be a folder, but {out} is a file; choose another --out.")
-    if cfg.resume and cfg.overwrite:
-        raise UsageError("--resume continues the run in --out and --overwrite replaces it; "
-                         "pass only one of them.")
     if cfg.resume:
         return checkpoint.check_resumable(out, run_identity(plan), plan.topology.n)
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    held = run_held(out)
     if held and not cfg.overwrite:
-        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); pass --resume "
-                         "to continue it, --overwrite to replace it, or choose another --out.")
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); "
+                         "pass --resume to continue it, --overwrite to replace it, or choose "
+                         "another --out.")
     return None
+
+
+class StartGuard:
+    """Undo what an unfinished start wrote: if the run ends by an exception (Ctrl-C, a
+    failure) before its first epoch is recorded, the files it created (``config.json``, the
+    empty ``metrics.jsonl``, an empty checkpoint folder) are removed, and so is the folder
+    itself if the start created it, so ``--out`` is left as it was found."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        #: the folders the start will create (``--out`` and missing parents), deepest first
+        self.created = [p for p in (out, *out.parents) if not p.exists()]
+        self.had = {name for name in RUN_FILES if (out / name).exists()}
+
+    def undo(self) -> None:
+        if run_held(self.out):
+            return  # the run really started: its files stay (for --resume)
+        try:
+            for name in RUN_FILES:
+                path = self.out / name
+                if name in self.had or not path.exists():
+                    continue
+                if path.is_dir():
+                    path.rmdir()  # empty, or run_held would have named it
+                else:
+                    path.unlink()
+            for folder in self.created:
+                folder.rmdir()  # fails (and stops) at one that is not empty
+        except OSError:
+            pass
 
 
 def prepare_out(plan: Plan) -> None:
@@ -147,9 +245,8 @@ def train_node(comm: Communicator, plan: Plan,
     model = plan.new_model().to(device)
     _broadcast_model(comm, model)
     opt = build_optimizer(plan, comm, model)
-    # Dropout draws from torch's global generator: one stream per rank, checkpointed. (In the
-    # local backend all nodes share one process-wide generator, so dropout runs there are
-    # not bit-reproducible; models without dropout are.)
+    # Dropout draws from torch's global generator: one stream per rank, checkpointed (the
+    # local backend switches each node's own generator in and out, as separate processes).
     torch.manual_seed(cfg.seed * 1_000_003 + rank)
     start_epoch, elapsed0 = 0, 0.0
     every = cfg.checkpoint_every
@@ -159,6 +256,9 @@ def train_node(comm: Communicator, plan: Plan,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
+        node_clock = sim.clock.current()
+        if node_clock is not None and "sim" in state:
+            node_clock[0].load_state(node_clock[1], state["sim"])
         start_epoch, elapsed0 = state["epoch"], state["elapsed"]
     out = Path(cfg.out)
     writer = JsonlWriter(out / "metrics.jsonl", start_epoch if resume else None) \
@@ -169,12 +269,15 @@ def train_node(comm: Communicator, plan: Plan,
         train_loss = _train_epoch(plan, comm, model, opt, epoch)
         diverged = not math.isfinite(train_loss)
         x_bar = network_mean(comm, opt.x.detach())
+        sim_time = _sim_time(comm)  # before the metrics (they cost no simulated time)
         row = {"epoch": epoch + 1, "train_loss": train_loss,
                **({} if diverged else _evaluate(plan, comm, model)),
                "consensus_distance": consensus_distance(comm, opt.x.detach(), x_bar),
                "bytes_sent": mean_scalars(comm, [float(opt.bytes_sent)])[0],
                "wall_time_s": round(time.perf_counter() - t0, 3),
                "lr": plan.schedule.at(0, epoch, plan.steps_per_epoch - 1)}
+        if sim_time is not None:
+            row["sim_time_s"] = sim_time
         row.update(_coding_counters(comm, getattr(opt, "gossip", None)))
         row = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                for k, v in row.items()}
@@ -190,6 +293,9 @@ def train_node(comm: Communicator, plan: Plan,
             state = {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                      "elapsed": time.perf_counter() - t0, "n": comm.size,
                      "rng": torch.get_rng_state()}
+            node_clock = sim.clock.current()
+            if node_clock is not None:
+                state["sim"] = node_clock[0].state(node_clock[1])
             checkpoint.save_generation(comm, out, epoch + 1, state, run_identity(plan), every)
     opt.flush()  # no exchange may stay in flight at exit
     averaged = average_model(comm, model)
@@ -254,6 +360,15 @@ def _train_epoch(plan: Plan, comm: Communicator, model, opt, epoch: int) -> floa
     return float(total[0]) / comm.size / max(steps, 1)
 
 
+def _sim_time(comm: Communicator) -> float | None:
+    """Simulated seconds until the last node finished its part so far (``None``: no
+    simulated network); a collective."""
+    mine = sim.now()
+    if mine is None:
+        return None
+    return round(float(comm.allgather(np.array([mine])).max()), 6)
+
+
 @torch.no_grad()
 def _broadcast_model(comm: Communicator, model: torch.nn.Module) -> None:
     """All x_i start equal (arXiv:1907.09356, Alg. 1): rank 0's parameters and buffers."""
@@ -272,16 +387,19 @@ def progress_line(row: dict, epochs: int, quality: Callable[[dict], str]) -> str
     ``quality`` formats the test metrics (:meth:`choco.run.tasks.Task.quality`).
     """
     head = f"epoch {row['epoch']:>4}/{epochs}"
+    simulated = (f"  simulated {row['sim_time_s']:.3f}s" if row.get("sim_time_s") is not None
+                 else "")
     if row.get("diverged"):
         return (f"{head}  DIVERGED (non-finite loss)  sent {row['bytes_sent'] / 2**20:.3f} "
-                f"MiB/node  {row['wall_time_s']:.1f}s")
+                f"MiB/node  {row['wall_time_s']:.1f}s{simulated}")
     return (f"{head}  loss {row['train_loss']:.4f}  {quality(row)}  "
             f"consensus {row['consensus_distance']:.3e}  "
             f"sent {row['bytes_sent'] / 2**20:.3f} MiB/node  lr {row['lr']:.4g}  "
-            f"{row['wall_time_s']:.1f}s")
+            f"{row['wall_time_s']:.1f}s{simulated}")
 
 
-def _write_config(plan: Plan, backend: str, vendor: str) -> None:
+def _write_config(plan: Plan, backend: str, vendor: str,
+                  network: dict | None = None) -> None:
     cfg = plan.cfg
     out = Path(cfg.out)
     info = {
@@ -293,6 +411,8 @@ def _write_config(plan: Plan, backend: str, vendor: str) -> None:
         "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,
         "torch": torch.__version__, "python": platform.python_version(), "mpi": vendor,
     }
+    if network is not None:
+        info["network"] = network
     atomic_write_json(out / "config.json", info)
 
 
@@ -324,16 +444,27 @@ def train_local(cfg: TrainConfig) -> int:
     refuse_local_under_mpi()
     from ..comm.local import LocalNetwork
 
+    check_start(cfg)
     plan = make_plan(cfg, cfg.nodes or None)
     resume = check_out(plan)
+    # a bad --network (a node outside the graph, a link that is no edge) fails before writing
+    net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)],
+                       network=cfg.network or None)
+    if net.clock is not None and net.clock.measured and not cfg.quiet:
+        print("network compute=measured: simulated times include this host's step times, "
+              "so they differ from run to run", flush=True)
     _announce(plan)
-    prepare_out(plan)
-    _write_config(plan, "local", "none")
-    net = LocalNetwork([plan.topology.neighbors(i) for i in range(plan.topology.n)])
+    guard = StartGuard(Path(cfg.out))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one Python thread per node already
     try:
+        prepare_out(plan)
+        _write_config(plan, "local", "none", None if net.clock is None
+                      else net.clock.spec.to_dict())
+        torch.set_num_threads(1)  # one Python thread per node already
         rows = net.run(lambda comm: train_node(comm, plan, resume))
+    except BaseException:
+        guard.undo()
+        raise
     finally:
         torch.set_num_threads(threads)
     return _finish(plan, rows[0])
@@ -358,12 +489,15 @@ def train_world(cfg: TrainConfig, world: World) -> int:
     from ..comm import check_agreement
 
     size, rank = world.size, world.rank
+    if cfg.network:
+        raise UsageError(refuse_network("--backend " + world.backend))
     if cfg.nodes and cfg.nodes != size:
         raise UsageError(f"--nodes {cfg.nodes} but the launcher started {size} ranks; drop "
                          f"--nodes or start {cfg.nodes} ranks.")
     # one collective before anything else: ranks started with other options stop here, on
     # every rank, before any of them enters a collective the others never reach
     check_agreement(world.comm, config=cfg.to_dict(), what="run")
+    _on_every_rank(world.comm, lambda: check_start(cfg))
     plan = make_plan(cfg, size, share=(rank, size, world.comm.allgather_object))
     if not cfg.resume:  # the initial model (on resume, the checkpoint's per-rank states)
         check_agreement(world.comm, tensors=plan.template.state_dict(), what="run")
@@ -371,16 +505,44 @@ def train_world(cfg: TrainConfig, world: World) -> int:
     # error on any rank is raised on every rank
     resume = _on_every_rank(world.comm, lambda: check_out(plan))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    guard = StartGuard(Path(cfg.out)) if rank == 0 else None
     if rank == 0:
         _announce(plan)
-        prepare_out(plan)
-        _write_config(plan, world.backend, world.vendor)
-    world.comm.barrier()
-    device = node_device(cfg.device, world.local_rank)
-    row = train_node(world.node(plan.topology.neighbors(rank)), plan, resume, device)
+    try:
+        if rank == 0:
+            prepare_out(plan)
+            _write_config(plan, world.backend, world.vendor)
+        world.comm.barrier()
+        device = node_device(cfg.device, world.local_rank)
+        row = train_node(world.node(plan.topology.neighbors(rank)), plan, resume, device)
+    except BaseException:
+        if guard is not None:
+            guard.undo()
+        raise
     if rank == 0:
         return _finish(plan, row)
     return DIVERGED_EXIT if row.get("diverged") else 0
+
+
+def check_network_backend(network: str | None, backend: str) -> None:
+    """Refuse ``--network`` with a backend of one process per node (before any launch)."""
+    if not network:
+        return
+    try:
+        resolved = resolve_backend(backend)
+    except UsageError:
+        return  # the bad --backend is reported by the launch itself
+    if resolved != "local":
+        where = f"--backend {backend}" + (f" (resolved to {resolved})" if backend != resolved
+                                          else "")
+        raise UsageError(refuse_network(where))
+
+
+def refuse_network(where: str) -> str:
+    """The error for ``--network`` outside the in-process backend."""
+    return (f"--network simulates a network for an in-process run, but this run uses {where} "
+            "with one process per node, where real time is measured (wall_time_s); drop "
+            "--network, or run all nodes in one process with --backend local.")
 
 
 def node_device(name: str, local_rank: int = 0) -> torch.device:
@@ -393,9 +555,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_output()
     try:
         cfg = parse_config(argv)
+        check_network_backend(cfg.network, cfg.backend)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_EXIT
+    except KeyboardInterrupt:
+        return interrupted()
 
     def start(backend: str) -> int:
         resolved = replace(cfg, backend=backend)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..cli import HelpFormatter, add_version_argument, run_local, setup_output
 from ..files import ArgumentParser
-from . import compressors, delta, gossip, scaling, train, whatif
+from . import compressors, delta, gossip, scaling, simnet, train, whatif
 
 #: subcommand -> (help, add_arguments(parser), run(args) -> exit status)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "gossip": (gossip.HELP, gossip.add_arguments, gossip.run),
     "train": (train.HELP, train.add_arguments, train.run),
     "scaling": (scaling.HELP, scaling.add_arguments, scaling.run),
+    "simnet": (simnet.HELP, simnet.add_arguments, simnet.run),
     "whatif": (whatif.HELP, whatif.add_arguments, whatif.run),
 }
 

@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numel", type=int, default=11_000_000, help="vector length d")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:i] or auto")
     p.add_argument("--repeat", type=int, default=7, help="timed rounds per compressor")
-    p.add_argument("--stat", choices=("min", "median"), default="min")
+    p.add_argument("--stat", choices=("min", "median"), default="min",
+                   help="which of the timed rounds is reported")
     p.add_argument("--specs", default=",".join(specs.COMPRESSORS),
                    help="comma-separated compressor specs (default: all families)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -1,6 +1,7 @@
 """``python -m choco.bench whatif``: at which link speed does compression pay? An α–β model.
 
-The link model (docs/performance.md, "The whatif model"):
+The link model (docs/performance.md, "The whatif model"; the functions are the simulated
+clock's, :mod:`choco.sim.model`, docs/simulation.md):
 
 * every node has one full-duplex NIC of bandwidth ``β`` (bytes/s each way) into a
   non-blocking switch; a message of ``m`` bytes between two nodes costs ``α + m/β``
@@ -40,7 +41,6 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ import torch
 
 from ...compress import make_compressor, per_tensor
 from ...errors import UsageError
+from ...sim.model import Link, allreduce_time, gossip_time, step_time
 from .gossip import check_positive, machine_line
 from .specs import WHATIF, parse_specs
 
@@ -57,40 +58,8 @@ GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 
 
 # ---------------------------------------------------------------------------- the model
-@dataclass(frozen=True)
-class Link:
-    """``alpha`` seconds per message, ``beta`` bytes/s, ``shared`` one link for all nodes."""
-
-    alpha: float
-    beta: float
-    shared: bool = False
-
-
-def allreduce_time(n: int, nbytes: float, link: Link) -> float:
-    """Ring all-reduce of ``nbytes`` over ``n`` nodes (link time only)."""
-    if n <= 1:
-        return 0.0
-    stages = 2 * (n - 1)
-    per_node = 2 * (n - 1) / n * nbytes
-    if link.shared:
-        return stages * link.alpha + n * per_node / link.beta
-    return stages * link.alpha + per_node / link.beta
-
-
-def gossip_time(n: int, degree: int, message: float, link: Link) -> float:
-    """One gossip exchange: ``degree`` messages of ``message`` bytes per node (link time)."""
-    if link.shared:
-        return link.alpha + n * degree * message / link.beta
-    return degree * (link.alpha + message / link.beta)
-
-
-def step_time(compute: float, codec: float, comm: float, order: str) -> float:
-    """A gossip step: ``sync`` adds everything, ``overlap`` hides the link behind compute."""
-    if order == "sync":
-        return compute + codec + comm
-    return codec + max(compute, comm)
-
-
+# Link, message and all-reduce times and the per-step time: the simulated clock's model
+# (choco.sim.model, docs/simulation.md), one set of functions for both.
 #: bandwidth range searched for crossovers, bytes/s: 1 kbit/s .. 100 Tbit/s
 BETA_RANGE = (1e3 / 8, 1e14 / 8)
 
@@ -279,7 +248,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="ring", help="topology family sized by n")
     p.add_argument("--bandwidths", default="1,10,100", help="Gbit/s")
     p.add_argument("--latencies", default="1,10,50", help="µs per message")
-    p.add_argument("--order", choices=("overlap", "sync"), default="overlap")
+    p.add_argument("--order", choices=("overlap", "sync"), default="overlap",
+                   help="overlap: the exchange is in flight during the next step; sync: "
+                   "the step waits for it")
     p.add_argument("--link", choices=("nic", "shared"), default="nic",
                    help="nic: one NIC per node; shared: one link for all traffic")
     p.add_argument("--codec-rounds", type=int, default=5, help="rounds to time the codec")
@@ -289,7 +260,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", action="append", default=[], metavar="SPEC=PATH",
                    help="metrics.jsonl of a run with compressor SPEC (or allreduce=PATH)")
     p.add_argument("--target", type=float, default=None, help="test accuracy to reach")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="steps per epoch of the --metrics runs (default: read from the "
+                   "config.json beside each metrics.jsonl)")
     p.add_argument("--validate", default=None, metavar="SHAPED.json",
                    help="compare with a `choco.bench gossip --json` run on a shaped link")
     p.add_argument("--calibrate", default=None, metavar="UNSHAPED.json",

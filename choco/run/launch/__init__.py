@@ -3,11 +3,13 @@
 Everything the command-line programs (and scripts that run the library under a launcher)
 need to know about the process they run in is here, each written once:
 
-* **exit codes**: :data:`USAGE_EXIT` (2, a user error, as argparse) and
-  :data:`DIVERGED_EXIT` (3, a training run whose loss stopped being finite);
+* **exit codes**: :data:`USAGE_EXIT` (2, a user error, as argparse),
+  :data:`DIVERGED_EXIT` (3, a training run whose loss stopped being finite) and
+  :data:`INTERRUPTED_EXIT` (130, Ctrl-C: one line, :func:`interrupted`);
 * **launcher detection** from the launchers' environment variables (one table of them,
   at the top of :mod:`.env`): :func:`launched_by_mpi` (mpiexec, srun with an MPI plugin),
-  :func:`launched_by_torchrun`, :func:`launcher_rank`, and :func:`resolve_backend`, which
+  :func:`launched_by_torchrun`, :func:`launcher_rank`, :func:`launch_command` (how to
+  start N ranks with the same launcher, for error hints), and :func:`resolve_backend`, which
   turns ``--backend auto`` into ``mpi``, ``torch`` or ``local``;
   :func:`refuse_local_under_mpi` stops a ``--backend local`` run started once per rank;
 * **the world** (:class:`World`): rank, size, a communicator without neighbours for the
@@ -46,13 +48,23 @@ from .env import (
     BACKENDS,
     DEVICES,
     choose_device,
+    launch_command,
     launched_by_mpi,
     launched_by_torchrun,
     launcher_rank,
     refuse_local_under_mpi,
     resolve_backend,
 )
-from .policy import DIVERGED_EXIT, USAGE_EXIT, run, run_local, run_mpi, run_torch
+from .policy import (
+    DIVERGED_EXIT,
+    INTERRUPTED_EXIT,
+    USAGE_EXIT,
+    interrupted,
+    run,
+    run_local,
+    run_mpi,
+    run_torch,
+)
 from .world import (
     DEFAULT_TIMEOUT_S,
     TorchLaunch,
@@ -68,11 +80,14 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEVICES",
     "DIVERGED_EXIT",
+    "INTERRUPTED_EXIT",
     "USAGE_EXIT",
     "TorchLaunch",
     "World",
     "choose_device",
     "init_from_env",
+    "interrupted",
+    "launch_command",
     "launched_by_mpi",
     "launched_by_torchrun",
     "launcher_rank",

@@ -45,6 +45,17 @@ def launched_by_mpi() -> bool:
     return any(env_int(var, 1) > 1 for var in MPI_SIZE_VARS)
 
 
+def launch_command(n: int) -> str:
+    """How to start ``n`` ranks, in the terms of the launcher that started this process:
+    ``torchrun --nproc-per-node n`` under torchrun, ``srun --ntasks n`` under srun (an srun
+    step without torchrun), else ``mpiexec -n n``. For the hints of error messages."""
+    if launched_by_torchrun():
+        return f"torchrun --nproc-per-node {n}"
+    if os.environ.get(SRUN_TASKS_VAR, "").strip():
+        return f"srun --ntasks {n}"
+    return f"mpiexec -n {n}"
+
+
 def launched_by_torchrun() -> bool:
     """Whether torchrun (or ``python -m torch.distributed.run``) started this process.
 

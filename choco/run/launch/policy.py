@@ -1,7 +1,8 @@
 """How a program ends: exit codes, and one failing rank ending the whole job.
 
 A user error (any :class:`~choco.errors.ChocoError`) is one paragraph ``error: ...`` on
-stderr and exit status :data:`USAGE_EXIT`; under MPI (:func:`run_mpi`) or torchrun
+stderr and exit status :data:`USAGE_EXIT`; Ctrl-C is one line and exit status
+:data:`INTERRUPTED_EXIT` (130); under MPI (:func:`run_mpi`) or torchrun
 (:func:`run_torch`) any exception on any rank ends every rank, so none is left waiting in a
 collective.
 """
@@ -22,6 +23,10 @@ from .env import resolve_backend
 USAGE_EXIT = 2
 #: exit status of a training run that diverged (non-finite loss); its last row is written
 DIVERGED_EXIT = 3
+#: exit status after Ctrl-C (SIGINT), as a shell reports a process killed by it (128 + 2)
+INTERRUPTED_EXIT = 130
+#: the one line printed on Ctrl-C instead of a KeyboardInterrupt traceback
+INTERRUPTED_LINE = "interrupted (Ctrl-C)\n"
 
 
 # ---------------------------------------------------------------------------- exit policy
@@ -55,12 +60,22 @@ def run(backend: str, main: Callable[[str], int]) -> int:
 
 
 def run_local(main: Callable[[], int]) -> int:
-    """Run ``main`` in a single process: user errors → ``error: ...``, exit 2."""
+    """Run ``main`` in a single process: user errors → ``error: ...``, exit 2; Ctrl-C →
+    one line, exit 130."""
     try:
         return main()
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return USAGE_EXIT
+    except KeyboardInterrupt:
+        return interrupted()
+
+
+def interrupted() -> int:
+    """Print the one Ctrl-C line; the exit status :data:`INTERRUPTED_EXIT`."""
+    sys.stderr.write(INTERRUPTED_LINE)
+    _flush()
+    return INTERRUPTED_EXIT
 
 
 def run_mpi(main: Callable[[], int]) -> int:
@@ -79,6 +94,8 @@ def run_mpi(main: Callable[[], int]) -> int:
         return main()
     except USER_ERRORS as exc:
         message, code = f"error: {exc}\n", USAGE_EXIT
+    except KeyboardInterrupt:  # mpiexec forwards Ctrl-C to every rank: rank 0 says it
+        message, code = INTERRUPTED_LINE if rank == 0 else "", INTERRUPTED_EXIT
     except SystemExit as exc:
         if exc.code in (0, None) or size == 1:
             raise
@@ -130,6 +147,9 @@ def run_torch(main: Callable[[], int]) -> int:
         code = main()
     except USER_ERRORS as exc:
         message, code = f"error: {exc}\n", USAGE_EXIT
+    except KeyboardInterrupt:  # torchrun forwards Ctrl-C to every worker: rank 0 says it
+        message = INTERRUPTED_LINE if _torch_place()[0] == 0 else ""
+        code = INTERRUPTED_EXIT
     except SystemExit as exc:
         if exc.code in (0, None) or _torch_place()[1] == 1:
             _destroy_group()
