@@ -16,7 +16,11 @@ H local steps a node computes::
 With an exact average and a linear outer optimizer (SGD with momentum) this is DiLoCo: the
 average of the outer steps is the outer step of the averaged pseudo-gradient. With
 ``SGD(lr=1)`` and no momentum the outer step is x_i ← θ_i − (θ_i − x_i) = x_i, i.e. plain
-local steps followed by averaging (to rounding).
+local steps followed by averaging (to rounding). With a time-varying averager
+(:mod:`choco.timevarying`, e.g. a ``matching`` schedule: one random peer per round, the
+NoLoCo-like configuration) the round is the schedule's round k at the k-th outer step: the
+schedule counts averaging rounds, not local steps. The outer optimizer is the plain one given
+by ``FACTORY`` (not NoLoCo's modified Nesterov step, arXiv:2506.10911).
 """
 
 from __future__ import annotations

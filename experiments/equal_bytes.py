@@ -38,6 +38,8 @@ def method(options: dict[str, Any], epochs: int | None = None) -> str:
         name += f" H={options['gossip_every']}"
     if options.get("outer"):
         name += f" + outer {options['outer']}"
+    if any(k in str(options.get("topology", "")) for k in ("onepeer", "matching", "base:", "+pga")):
+        name += f" on {options['topology']}"  # a schedule (small_noloco.toml)
     if epochs is not None and options.get("epochs") not in (None, epochs):
         name += f" ({options['epochs']} epochs)"
     return name

@@ -1,23 +1,27 @@
 """Aggregate a sweep's runs into ``runs.csv``, a Markdown table and PNG plots.
 
-    python -m experiments.report DIR [--target-accuracy 0.9] [--target-reduction 1e6]
-                                     [--no-plots] [--quiet]
+    choco-report DIR [--target-accuracy 0.9] [--target-reduction 1e6] [--baseline K=V]
+                     [--no-plots] [--copy-plots DIR2] [--quiet]
 
-``DIR`` is a sweep's output folder (``python -m experiments.sweep``). Writes, in ``DIR``:
+(``python -m experiments.report`` is the same program.) ``DIR`` is a sweep's output folder
+(``choco-sweep``). Writes, in ``DIR``, and names every file it wrote (``wrote PATH``, on
+stderr, so that stdout is the table alone):
 
 * ``runs.csv``: one row per run with its varying options and results;
-* ``report.md``: the Markdown table (also printed): training runs give the final and best
-  test accuracy of the network average x̄, the mean accuracy of the nodes' own models, the
-  consensus distance, MiB sent per node, MiB per node to reach ``--target-accuracy`` (x̄) and
-  the wall time; consensus runs give the error reduction after T steps and the bytes per
-  node to reduce the error ``--target-reduction`` times;
+* ``report.md``: the Markdown table (also printed), with notes under it: training runs give
+  the final and best test accuracy of the network average x̄ (%), the mean accuracy of the
+  nodes' own models (%), the consensus distance, MiB sent per node, MiB per node to reach
+  ``--target-accuracy`` (x̄) and two times: ``train loop s``, the epochs alone
+  (``wall_time_s`` of metrics.jsonl), and ``run s``, the whole process as the sweep timed it
+  (start-up, γ tuner, data loading, and the CPU shared with the sweep's other runs: the time
+  on the sweep's progress line); consensus runs give the error reduction after T steps and
+  the bytes per node to reduce the error ``--target-reduction`` times;
 * plots (matplotlib, ``pip install -e '.[plots]'``): ``accuracy_vs_epoch.png`` and
-  ``accuracy_vs_bytes.png`` for training, ``error_vs_steps.png`` and ``error_vs_bytes.png``
-  for consensus (log scales), one panel per topology, one line per compressor or algorithm;
-  ``plots.json`` lists every figure's panels and series;
-* runs made with ``--network`` (a simulated network, docs/simulation.md) add the columns
-  "sim. s" and "sim. s to target" (simulated time of the run and to the target) and the plot
-  ``accuracy_vs_sim_time.png`` / ``error_vs_sim_time.png``.
+  ``accuracy_vs_bytes.png`` for training (accuracy in %), ``error_vs_steps.png`` and
+  ``error_vs_bytes.png`` for consensus (log scales), titled with the sweep's name (and its
+  data partition), one panel per topology, one line per run; a run that sends nothing is a
+  dashed line at its final value on the bytes plots, a diverged run ends with an ×
+  (:mod:`experiments.plots`); ``plots.json`` lists every figure's panels and legend entries.
 """
 
 from __future__ import annotations
@@ -35,9 +39,14 @@ import numpy as np
 from choco.errors import UsageError
 from choco.run.cli import ArgumentParser, prog_name, run_local
 
-#: options that pick a plot panel rather than a line
-PANEL_KEYS = ("topology", "mixing")
-MIB = 2**20
+from .plots import MIB, consensus_series, draw, figure_specs, label, panel, train_series
+
+__all__ = ["add_factor", "consensus_series", "label", "load_runs", "main", "markdown", "notes",
+           "panel", "plot", "summarize", "train_series"]
+
+#: the time columns of training runs (see :func:`notes`)
+TRAIN_TIME = "train loop s"
+RUN_TIME = "run s"
 
 
 def load_runs(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -61,48 +70,6 @@ def load_runs(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
     keys = sorted({k for r in runs for k in r["options"]})
     varying = [k for k in keys if len({json.dumps(r["options"].get(k)) for r in runs}) > 1]
     return runs, varying
-
-
-def label(run: dict[str, Any], varying: list[str]) -> str:
-    """A line's legend: the varying options except the panel's, e.g. ``choco sign``."""
-    parts = []
-    for key in varying:
-        if key in PANEL_KEYS:
-            continue
-        value = run["options"].get(key)
-        if value is None:
-            continue
-        parts.append(f"γ={value}" if key == "gamma" else f"{key}={value}"
-                     if key in ("seed", "lr", "nodes", "partition") else str(value))
-    return " ".join(parts) or run["name"]
-
-
-def panel(run: dict[str, Any]) -> str:
-    opts = run["options"]
-    return " ".join(str(opts[k]) for k in PANEL_KEYS if k in opts) or "all"
-
-
-def train_series(run: dict[str, Any]) -> dict[str, list[float]]:
-    rows = [json.loads(x) for x in (run["folder"] / "metrics.jsonl").read_text().splitlines()
-            if x.strip()]
-    return {"epoch": [r["epoch"] for r in rows],
-            "accuracy": [r.get("test_accuracy") for r in rows],
-            "local": [r.get("test_accuracy_local") for r in rows],
-            "perplexity": [r.get("test_perplexity") for r in rows],
-            "consensus": [r.get("consensus_distance") for r in rows],
-            "bytes": [r["bytes_sent"] for r in rows],
-            "time": [r["wall_time_s"] for r in rows],
-            "sim": [r.get("sim_time_s") for r in rows]}
-
-
-def consensus_series(run: dict[str, Any]) -> dict[str, Any]:
-    data = np.load(run["folder"] / "consensus.npz")
-    error = data["error"]
-    steps = len(error) - 1
-    per_step = float(data["bytes_sent"].mean()) / max(steps, 1)
-    return {"step": np.arange(steps + 1), "error": error,
-            "bytes": np.arange(steps + 1) * per_step,
-            "sim": data["sim_time_s"] if "sim_time_s" in data.files else None}
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -130,7 +97,7 @@ def summarize(runs: list[dict[str, Any]], varying: list[str], target_accuracy: f
                 "consensus_distance": s["consensus"][-1],
                 "mib_per_node": s["bytes"][-1] / MIB,
                 "mib_to_target": None if reach is None else reach / MIB,
-                "wall_time_s": s["time"][-1]})
+                "wall_time_s": s["time"][-1], "run_seconds": run.get("seconds")})
         else:
             s = consensus_series(run)
             error = s["error"]
@@ -238,9 +205,10 @@ def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
                 ("MiB/node", "mib_per_node", lambda v: _fmt(v, ".3f")),
                 (f"MiB/node to {100 * target_accuracy:g} %", "mib_to_target",
                  lambda v: _fmt(v, ".3f") if v is not None else "not reached"),
-                ("time s", "wall_time_s", lambda v: _fmt(v, ".1f"))]
+                (TRAIN_TIME, "wall_time_s", lambda v: _fmt(v, ".1f")),
+                (RUN_TIME, "run_seconds", lambda v: _fmt(v, ".1f"))]
         if any("factor" in rec for rec in records):
-            cols.insert(-1, ("× fewer bytes to target", "factor",
+            cols.insert(-2, ("× fewer bytes to target", "factor",
                              lambda v: _fmt(v, ".1f") if v is not None else ""))
         cols += simulated_columns(records, f"{100 * target_accuracy:g} %")
     else:
@@ -258,66 +226,46 @@ def markdown(records: list[dict[str, Any]], varying: list[str], kind: str,
         cells = ["-" if rec.get(k) is None else str(rec.get(k)) for k in head]
         if rec["status"] == "diverged":
             cells += [f"diverged (epoch {rec.get('epochs')})"] + [""] * (len(cols) - 1)
-            cells[len(head) + 4] = _fmt(rec.get("mib_per_node"), ".3f")
+            for i, (_, key, fn) in enumerate(cols):
+                if key in ("mib_per_node", "wall_time_s", "run_seconds"):
+                    cells[len(head) + i] = fn(rec.get(key))
         else:
             cells += [fn(rec.get(key)) for _, key, fn in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    explained = notes(records, kind)
+    return text + ("\n" + "\n".join(f"- {n}" for n in explained) + "\n" if explained else "")
 
 
-def plot(runs: list[dict[str, Any]], varying: list[str], folder: Path) -> dict[str, Any]:
-    """Write the PNG plots; return ``{figure: {panel: [series labels]}}``."""
-    import matplotlib
+def notes(records: list[dict[str, Any]], kind: str) -> list[str]:
+    """What the table's columns and special rows mean (printed under the table)."""
+    if kind != "train":
+        return []
+    out = [f"{TRAIN_TIME}: the epochs of the run (training, evaluation, checkpoints: "
+           "metrics.jsonl's wall_time_s); "
+           f"{RUN_TIME}: the whole choco-train process as the sweep timed it, also start-up, "
+           "the γ tuner and data loading, with the sweep's other runs (--jobs) sharing the CPU "
+           "(the time on the sweep's progress line)."]
+    diverged = [r for r in records if r["status"] == "diverged"]
+    if diverged:
+        out.append("diverged (epoch N): the loss stopped being finite in epoch N, on every "
+                   "node; the plots end the run's line with × at its last finite point.")
+    if any(r.get("mib_per_node") == 0 for r in records):
+        out.append("MiB/node 0: the run sends nothing (no communication); the "
+                   "accuracy-vs-bytes plot shows its final accuracy as a dashed line.")
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    kind = runs[0]["kind"]
-    panels = sorted({panel(r) for r in runs})
-    if kind == "train":
-        figures = {"accuracy_vs_epoch.png": ("epoch", "test accuracy of x̄", False, False),
-                   "accuracy_vs_bytes.png": ("MiB sent per node", "test accuracy of x̄", True,
-                                             False)}
-    else:
-        figures = {"error_vs_steps.png": ("gossip round t", "(1/n) Σ‖x_i − x̄⁰‖²", False, True),
-                   "error_vs_bytes.png": ("bytes sent per node", "(1/n) Σ‖x_i − x̄⁰‖²", True,
-                                          True)}
-    index: dict[str, Any] = {}
-    for name, (xlabel, ylabel, logx, logy) in figures.items():
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2),
-                                 squeeze=False)
-        index[name] = {}
-        for ax, title in zip(axes[0], panels, strict=True):
-            index[name][title] = []
-            for run in (r for r in runs if panel(r) == title):
-                text = label(run, varying)
-                if kind == "train":
-                    s = train_series(run)
-                    ys = [np.nan if a is None else a for a in s["accuracy"]]
-                    xs = s["epoch"] if "epoch" in name else [b / MIB for b in s["bytes"]]
-                    if logx:  # no communication (bytes 0) has no place on a log axis
-                        ys = [y for x, y in zip(xs, ys, strict=True) if x > 0]
-                        xs = [x for x in xs if x > 0]
-                else:
-                    s = consensus_series(run)
-                    ys = s["error"]
-                    xs = s["step"] if "steps" in name else s["bytes"]
-                ax.plot(xs, ys, label=text, marker="." if kind == "train" else None)
-                index[name][title].append(text)
-            ax.set_title(title)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            if logx:
-                ax.set_xscale("log")
-            if logy:
-                ax.set_yscale("log")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
+def plot(runs: list[dict[str, Any]], varying: list[str], folder: Path,
+         sweep_name: str) -> tuple[dict[str, Any], list[Path]]:
+    """Write the PNG plots and ``plots.json``; return ``{figure: {panel: [legend entries]}}``
+    and the paths written."""
+    figures = figure_specs(runs, varying, sweep_name)
+    written = draw(figures, folder)
+    index = {f.file: {title: [s.label for s in series] for title, series in f.panels.items()}
+             for f in figures}
     (folder / "plots.json").write_text(json.dumps(index, indent=1) + "\n")
-    return index
+    return index, [*written, folder / "plots.json"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
     p.add_argument("--copy-plots", metavar="DIR", default=None,
                    help="also copy the PNG plots to DIR as <sweep name>_<plot>.png "
-                   "(e.g. docs/img for the README)")
+                   "(e.g. docs/img for docs/results.md)")
     p.add_argument("--quiet", action="store_true", help="do not print the table")
     args = p.parse_args(argv)
 
@@ -355,17 +303,24 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerows(records)
         table = markdown(records, varying, kind, args.target_accuracy, args.target_reduction)
         (folder / "report.md").write_text(table)
+        written = [folder / "runs.csv", folder / "report.md"]
         if not args.no_plots:
-            index = plot(runs, varying, folder)
-            index.update({png: {} for png in plot_simulated(runs, varying, folder)})
+            name = json.loads((folder / "sweep.json").read_text())["name"]
+            index, files = plot(runs, varying, folder, name)
+            written += files
+            simulated = plot_simulated(runs, varying, folder)
+            index.update({png: {} for png in simulated})
+            written += [folder / png for png in simulated]
             if args.copy_plots:
                 target = Path(args.copy_plots)
                 target.mkdir(parents=True, exist_ok=True)
-                name = json.loads((folder / "sweep.json").read_text())["name"]
                 for png in index:
                     shutil.copyfile(folder / png, target / f"{name}_{png}")
+                    written.append(target / f"{name}_{png}")
         if not args.quiet:
-            print(table, end="")
+            print(table, end="", flush=True)
+        for path in written:  # on stderr: stdout is the table alone (readme_tables.py)
+            print(f"wrote {path}", file=sys.stderr, flush=True)
         return 0
 
     return run_local(go)

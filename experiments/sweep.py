@@ -1,9 +1,10 @@
 """Sweeps: a base configuration × a grid of options, run locally or as a SLURM job array.
 
-    python -m experiments.sweep SWEEP.toml [--launcher local|slurm] [--out DIR] [--jobs J]
-                                           [--dry-run] [--index I]
+    choco-sweep SWEEP.toml [--launcher local|slurm] [--out DIR] [--jobs J] [--dry-run]
+                           [--set KEY=VALUE ...] [--index I]
 
-A sweep file (TOML)::
+(``python -m experiments.sweep`` is the same program.) ``SWEEP.toml`` is a path, or the name
+of a shipped sweep file in ``experiments/configs/`` (``small_ring8``). A sweep file (TOML)::
 
     kind = "train"                 # a choco-train run per grid point, or "consensus"
     [base]                         # options of every run (the program's option names)
@@ -22,215 +23,58 @@ A sweep file (TOML)::
     algorithm = "allreduce"
     [slurm]                        # optional: sbatch settings of --launcher slurm
     ntasks = 1                     # tasks per array task (> 1: each run under srun, MPI)
-    time = "01:00:00"
+    time = "01:00:00"              # also cpus_per_task, partition, mem, account, qos, gres,
+                                   # gpus_per_task, sbatch = [extra options] (experiments/sbatch.py)
 
 Options that an algorithm does not use (``compressor`` for exact, allreduce and local, γ for
 all but choco) are dropped, so a grid never runs the same run twice. Each run is named from
 the options that vary (``algorithm=choco,compressor=topk:0.01`` → ``choco_topk0.01``) plus an
 8-character hash of all its options: stable, so re-running a sweep finds its finished runs
 (``DIR/NAME/result.json``) and skips them, and resumes interrupted ones from their checkpoint.
-A diverged run (choco-train exit 3) is a result, not a failure. ``--index I`` runs only run
-I: what each task of the SLURM array (slurm/sweep.sbatch) does.
+``--set KEY=VALUE`` (repeatable) replaces a ``[base]`` option without editing the file (e.g.
+``--set data_dir=/scratch/cifar``); the value is read as a TOML value when it is one (``5``,
+``0.1``, ``true``, ``[150, 225]``), else as a string, and checked like the file's. It changes
+the runs' options and so their hashes and names. A diverged run (choco-train exit 3) is a
+result, not a failure. ``--dry-run`` prints every run and its exact command and runs nothing
+(a missing data folder is then a warning; a real run refuses it). ``--index I`` runs only
+run I: what each task of the SLURM array (slurm/sweep.sbatch) does.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import itertools
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from choco.errors import UsageError
-from choco.run.algorithms import ALGORITHMS
 from choco.run.cli import DIVERGED_EXIT, ArgumentParser, prog_name, run_local
-from choco.run.config import FIELDS, _convert
 
+from .sbatch import sbatch_command, submit, sweep_script
+from .sweepfile import (
+    CONFIGS,
+    CONSENSUS_OPTIONS,
+    KINDS,
+    RESERVED,
+    Run,
+    Sweep,
+    find_sweep_file,
+    load_sweep,
+    missing_data,
+    parse_overrides,
+    run_name,
+)
+
+__all__ = ["CONFIGS", "CONSENSUS_OPTIONS", "KINDS", "RESERVED", "Run", "Sweep", "command",
+           "execute", "find_sweep_file", "load_sweep", "main", "missing_data",
+           "parse_overrides", "run_name", "run_state"]
+
+#: the checkout (or site-packages) folder holding experiments/
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("train", "consensus")
-#: consensus options a sweep may set, with their types
-CONSENSUS_OPTIONS: dict[str, type] = {
-    "topology": str, "mixing": str, "compressor": str, "gamma": str, "steps": int,
-    "dim": int, "seed": int, "init": str, "network": str,
-}
-#: choco-train options the sweep itself sets for every run
-RESERVED = {"out", "resume", "overwrite", "backend", "json", "quiet"}
-SLURM_KEYS = {"ntasks": int, "cpus_per_task": int, "time": str, "partition": str,
-              "mem": str}
-TOP_KEYS = {"kind", "name", "base", "grid", "cases", "runs", "slurm", "description"}
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of a sweep: its index, stable name and options."""
-
-    index: int
-    name: str
-    options: dict[str, Any]
-
-
-@dataclass
-class Sweep:
-    """A parsed, validated sweep file."""
-
-    path: Path
-    kind: str
-    name: str
-    runs: list[Run]
-    slurm: dict[str, Any] = field(default_factory=dict)
-
-
-def _closest(key: str, valid: list[str], where: str, path: Path) -> UsageError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UsageError(f"{path}: unknown key {key!r} in {where}{hint}; valid keys: "
-                      f"{', '.join(sorted(valid))}.")
-
-
-def _check_option(kind: str, key: str, value: Any, where: str, path: Path) -> Any:
-    name = key.replace("-", "_")
-    valid = list(FIELDS) if kind == "train" else list(CONSENSUS_OPTIONS)
-    if name not in valid:
-        raise _closest(key, valid, where, path)
-    if name in RESERVED:
-        raise UsageError(f"{path}: {where} sets {key!r}, which the sweep sets for every run "
-                         "itself; remove it.")
-    if kind == "train":
-        try:
-            return _convert(name, value)
-        except UsageError as exc:
-            raise UsageError(f"{path}: {where}: {exc}") from None
-    if name == "network":  # a string or a TOML table, checked now
-        from choco.sim.spec import network_text
-
-        try:
-            return network_text(value if isinstance(value, dict) else str(value))
-        except UsageError as exc:
-            raise UsageError(f"{path}: {where}: {exc}") from None
-    if CONSENSUS_OPTIONS[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UsageError(f"{path}: {where}.{key} must be a whole number, got {value!r}.")
-    return str(value) if CONSENSUS_OPTIONS[name] is str else value
-
-
-def _normalize(kind: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Drop what the run's algorithm does not use (so the grid has no duplicates)."""
-    if kind != "train":
-        return options
-    algorithm = ALGORITHMS.get(str(options.get("algorithm", "choco")))
-    if algorithm is None:
-        raise UsageError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got "
-                         f"{options.get('algorithm')!r}.")
-    out = dict(options)
-    if not algorithm.needs_compressor:
-        out.pop("compressor", None)
-    if not algorithm.uses_gamma:
-        out.pop("gamma", None)
-    return out
-
-
-def _short(value: Any) -> str:
-    text = ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
-    return re.sub(r"[^A-Za-z0-9.+-]+", "", text.replace(":", "").replace("/", "-"))[:40]
-
-
-def run_name(options: dict[str, Any], varying: list[str]) -> str:
-    """``algo_spec..._HASH``: readable varying values and a hash of every option."""
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
-    parts = [_short(options[k]) for k in varying if k in options]
-    return "_".join([*(p for p in parts if p), digest.hexdigest()[:8]])
-
-
-def load_sweep(path: Path) -> Sweep:
-    """Parse and validate a sweep file; every error names the file, the key and the fix."""
-    import tomllib
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"the sweep file must exist, got {path} (not found); see "
-                         "experiments/configs/ for examples.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML ({exc}); fix the line it names.") from None
-    for key in data:
-        if key not in TOP_KEYS:
-            raise _closest(key, sorted(TOP_KEYS), "the top level", path)
-    kind = data.get("kind", "train")
-    if kind not in KINDS:
-        raise UsageError(f"{path}: kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-    base = {k.replace("-", "_"): _check_option(kind, k, v, "[base]", path)
-            for k, v in data.get("base", {}).items()}
-    grid: dict[str, list[Any]] = {}
-    for key, values in data.get("grid", {}).items():
-        if not isinstance(values, list):
-            raise UsageError(f"{path}: [grid].{key} must be a list of values, got {values!r}; "
-                             f"write {key} = [{values!r}] (or move it to [base]).")
-        if not values:
-            raise UsageError(f"{path}: [grid].{key} is an empty list, so the grid has no runs; "
-                             "give it at least one value.")
-        grid[key.replace("-", "_")] = [_check_option(kind, key, v, "[grid]", path)
-                                       for v in values]
-    cases = [{k.replace("-", "_"): _check_option(kind, k, v, f"[[cases]] #{i + 1}", path)
-              for k, v in case.items()} for i, case in enumerate(data.get("cases", []))]
-    extra = []
-    for i, run in enumerate(data.get("runs", [])):
-        extra.append({k.replace("-", "_"): _check_option(kind, k, v, f"[[runs]] #{i + 1}", path)
-                      for k, v in run.items()})
-    product = [dict(zip(grid, values, strict=True))
-               for values in itertools.product(*grid.values())] if grid else [{}]
-    combos = [{**combo, **case} for case in (cases or [{}]) for combo in product]
-    if not grid and not cases and extra:
-        combos = []  # only the explicit runs
-    case_keys = [k for case in cases for k in case]
-    varying = list(dict.fromkeys([*case_keys, *grid,
-                                  *sorted({k for run in extra for k in run})]))
-    runs: list[Run] = []
-    seen: set[str] = set()
-    for combo in [*combos, *extra]:
-        options = _normalize(kind, {**base, **combo})
-        name = run_name(options, varying)
-        if name not in seen:
-            seen.add(name)
-            runs.append(Run(len(runs), name, options))
-    slurm = {}
-    for key, value in data.get("slurm", {}).items():
-        if key not in SLURM_KEYS:
-            raise _closest(key, sorted(SLURM_KEYS), "[slurm]", path)
-        if not isinstance(value, SLURM_KEYS[key]) or isinstance(value, bool):
-            raise UsageError(f"{path}: [slurm].{key} must be a "
-                             f"{'whole number' if SLURM_KEYS[key] is int else 'string'}, got "
-                             f"{value!r}.")
-        slurm[key] = value
-    sweep = Sweep(path, kind, str(data.get("name", path.stem)), runs, slurm)
-    _check_runs(sweep)
-    return sweep
-
-
-def _check_runs(sweep: Sweep) -> None:
-    """Checks that need no run: data folders exist, topology sizes fit the tasks."""
-    from choco.run.plan import resolve_topology
-
-    ntasks = int(sweep.slurm.get("ntasks", 1))
-    for run in sweep.runs:
-        data_dir = run.options.get("data_dir")
-        if data_dir and not Path(data_dir).expanduser().is_dir():
-            raise UsageError(f"{sweep.path}: run {run.name} reads data from {data_dir!r}, which "
-                             "is not a folder; fix data_dir (an absolute path is safest).")
-        if ntasks > 1:
-            topo = resolve_topology(str(run.options.get("topology", "ring:8")),
-                                    str(run.options.get("mixing", "metropolis")), ntasks,
-                                    mpi=True)
-            if topo.n != ntasks:  # pragma: no cover - resolve_topology raises first
-                raise UsageError(f"{run.name}: topology n {topo.n} != ntasks {ntasks}")
 
 
 def command(sweep: Sweep, run: Run, out: Path, mpi: bool = False) -> list[str]:
@@ -267,6 +111,16 @@ def run_state(folder: Path) -> str:
     return "started" if folder.exists() else "new"
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with the folder holding the imported ``choco`` first on PYTHONPATH:
+    every run uses the same choco as the sweep, from any working folder."""
+    import choco
+
+    here = str(Path(choco.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+
+
 def execute(sweep: Sweep, run: Run, out: Path, mpi_prefix: list[str] | None = None) -> dict:
     """Run ``run`` (unless finished), log to ``NAME/log.txt``, write ``NAME/result.json``."""
     folder = out / run.name
@@ -279,7 +133,7 @@ def execute(sweep: Sweep, run: Run, out: Path, mpi_prefix: list[str] | None = No
         log.write("$ " + shlex.join([*(mpi_prefix or []), *cmd]) + "\n")
         log.flush()
         proc = subprocess.run([*(mpi_prefix or []), *cmd], stdout=subprocess.PIPE,
-                              stderr=log, text=True, cwd=ROOT, check=False)
+                              stderr=log, text=True, env=child_env(), check=False)
         log.write(proc.stdout)
     summary = {}
     lines = proc.stdout.strip().splitlines()
@@ -319,6 +173,7 @@ def write_manifest(sweep: Sweep, out: Path) -> None:
 
     text = json.dumps({
         "sweep": str(sweep.path), "kind": sweep.kind, "name": sweep.name,
+        "set": sweep.overrides,
         "runs": [{"index": r.index, "name": r.name, "options": r.options} for r in sweep.runs],
     }, indent=1, default=list) + "\n"
     path = out / "sweep.json"
@@ -342,41 +197,41 @@ def launch_local(sweep: Sweep, out: Path, jobs: int) -> int:
             print(f"[{k}/{len(pending)}] {result['name']}: {describe(result)} "
                   f"({result['seconds']:.1f} s)", flush=True)
     print(f"done: {len(sweep.runs) - failed} of {len(sweep.runs)} runs have results in {out}; "
-          f"report with: python -m experiments.report {out}", flush=True)
+          f"report with: choco-report {out}", flush=True)
     return 1 if failed else 0
 
 
 def launch_slurm(sweep: Sweep, out: Path, dry_run: bool) -> int:
+    """Submit the unfinished runs as one job array of slurm/sweep.sbatch (or print it)."""
     pending = [r.index for r in sweep.runs if run_state(out / r.name) != "finished"]
     if not pending:
         print(f"{sweep.name}: all {len(sweep.runs)} runs are finished in {out}")
         return 0
-    slurm = sweep.slurm
-    cmd = ["sbatch", "--parsable", f"--array={','.join(map(str, pending))}",
-           f"--job-name=sweep-{sweep.name}", f"--ntasks={slurm.get('ntasks', 1)}"]
-    if "cpus_per_task" not in slurm and int(slurm.get("ntasks", 1)) > 1:
-        cmd.append("--cpus-per-task=1")  # one CPU per MPI rank unless the sweep says more
-    for key in ("cpus_per_task", "time", "partition", "mem"):
-        if key in slurm:
-            cmd.append(f"--{key.replace('_', '-')}={slurm[key]}")
-    cmd += [str(ROOT / "slurm" / "sweep.sbatch"), str(sweep.path.resolve()), str(out.resolve())]
-    if dry_run:
-        print(shlex.join(cmd))
-        return 0
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
-    if proc.returncode != 0:
-        raise UsageError(f"sbatch refused the job array ({proc.stderr.strip()}); check that "
-                         "SLURM is reachable (sinfo) and the [slurm] settings.")
-    print(f"submitted job array {proc.stdout.strip().split(';')[0]} with {len(pending)} runs "
-          f"into {out}", flush=True)
+    sweep_args = [arg for item in sweep.overrides for arg in ("--set", item)]
+    cmd = sbatch_command(sweep.slurm, sweep.name, pending, sweep_script(ROOT), sweep.path,
+                         out, sweep_args)
+    job = submit(cmd, dry_run)
+    if job is not None:
+        print(f"submitted job array {job} with {len(pending)} runs into {out}", flush=True)
     return 0
+
+
+def print_plan(sweep: Sweep, out: Path, mpi: bool) -> None:
+    """``--dry-run``: one line per run, ``[I] NAME (state): exact command``."""
+    print(f"{sweep.name}: {len(sweep.runs)} {sweep.kind} runs from {sweep.path} into {out}"
+          + (f" (--set {' '.join(sweep.overrides)})" if sweep.overrides else ""), flush=True)
+    for run in sweep.runs:
+        state = run_state(out / run.name)
+        print(f"[{run.index}] {run.name} ({state}): "
+              f"{shlex.join(command(sweep, run, out, mpi=mpi))}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(
         prog=prog_name("choco-sweep", "experiments.sweep"), description=__doc__.splitlines()[0])
     p.add_argument("sweep", help="the sweep file (TOML), e.g. "
-                   "experiments/configs/small_ring8.toml")
+                   "experiments/configs/small_ring8.toml, or the name of a shipped one "
+                   "(small_ring8)")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local: run here, in-process backend; slurm: submit a job array")
     p.add_argument("--out", default=None, help="output folder (default: runs/<sweep name>)")
@@ -384,17 +239,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs at a time with --launcher local (default: the number of CPUs)")
     p.add_argument("--dry-run", action="store_true",
                    help="print every run and the exact command, run nothing")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="replace a [base] option of the sweep file (repeatable), e.g. "
+                   "--set data_dir=/scratch/data --set epochs=5")
     p.add_argument("--index", type=int, default=None,
                    help="run only run number INDEX (what each SLURM array task does)")
     args = p.parse_args(argv)
 
     def go() -> int:
-        sweep = load_sweep(Path(args.sweep))
+        sweep = load_sweep(args.sweep, args.overrides)
         out = Path(args.out or f"runs/{sweep.name}")
         if args.jobs < 1:
             raise UsageError(f"--jobs must be >= 1, got {args.jobs}.")
         mpi = int(sweep.slurm.get("ntasks", 1)) > 1
-        if args.index is not None:
+        for problem in missing_data(sweep):
+            if not args.dry_run:
+                raise UsageError(problem)
+            print(f"warning: {problem}", file=sys.stderr, flush=True)
+        if args.index is not None and not args.dry_run:
             if not 0 <= args.index < len(sweep.runs):
                 raise UsageError(f"--index must be in [0, {len(sweep.runs)}) for {sweep.path}, "
                                  f"got {args.index}.")
@@ -409,13 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             result = execute(sweep, run, out, prefix)
             print(f"{result['name']}: {describe(result)}", flush=True)
             return 1 if result["status"] == "failed" else 0
-        if args.dry_run and args.launcher == "local":
-            for run in sweep.runs:
-                state = run_state(out / run.name)
-                print(f"[{run.index}] {run.name} ({state}): "
-                      f"{shlex.join(command(sweep, run, out))}")
-            return 0
-        write_manifest(sweep, out) if not args.dry_run else None
+        if args.dry_run:
+            print_plan(sweep, out, mpi and args.launcher == "slurm")
+            if args.launcher == "local":
+                return 0
+        else:
+            write_manifest(sweep, out)
         if args.launcher == "slurm":
             return launch_slurm(sweep, out, args.dry_run)
         return launch_local(sweep, out, args.jobs)

@@ -24,10 +24,12 @@ HANG_TIMEOUT = 60
 
 
 def library_example() -> str:
-    match = re.search(r"<!-- library-example -->\s*```python\n(.*?)```", README, re.S)
+    match = re.search(r"<!-- library-example -->\s*```diff\n(.*?)```", README, re.S)
     if match is None:
-        pytest.fail("README has no python block after <!-- library-example -->")
-    code = match.group(1)
+        pytest.fail("README has no diff block after <!-- library-example -->")
+    # the example is a diff against a plain PyTorch loop: the script is its context and + lines
+    code = "".join(line[1:] + "\n" for line in match.group(1).splitlines()
+                   if line[:1] in (" ", "+")) if match else ""
     step = "    opt.step()"
     assert code.count(step) == 1, "the README example must call opt.step() once in its loop"
     inject = (f"    if rank == {FAILING_RANK} and step == {FAILING_STEP}:\n"

@@ -22,10 +22,12 @@ README = (ROOT / "README.md").read_text()
 
 
 def code_after(marker: str) -> str:
-    match = re.search(re.escape(marker) + r"\s*```python\n(.*?)```", README, re.S)
+    match = re.search(re.escape(marker) + r"\s*```diff\n(.*?)```", README, re.S)
     if match is None:
-        pytest.fail(f"README has no python block after {marker}")
-    return match.group(1)
+        pytest.fail(f"README has no diff block after {marker}")
+    # the example is a diff against a plain PyTorch loop: the script is its context and + lines
+    return "".join(line[1:] + "\n" for line in match.group(1).splitlines()
+                   if line[:1] in (" ", "+"))
 
 #: appended to the README example: the exact final parameters and loss of each rank
 DIGEST = """

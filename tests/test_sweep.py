@@ -206,15 +206,16 @@ def test_index_on_a_finished_run_touches_nothing(train_sweep, tmp_path, capsys):
 def test_report_table_csv_and_plots(train_sweep, capsys):
     _, out = train_sweep
     assert report([str(out)]) == 0
-    table = capsys.readouterr().out.splitlines()
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert table[0].startswith("| algorithm | compressor | lr | final acc x̄ %")
     assert len(table) == 2 + 3 and any("diverged (epoch" in line for line in table)
     rows = list(csv.DictReader((out / "runs.csv").open()))
     assert {r["algorithm"] for r in rows} == {"choco", "exact", "dcd"}
     plots = json.loads((out / "plots.json").read_text())
     assert set(plots) == {"accuracy_vs_epoch.png", "accuracy_vs_bytes.png"}
+    diverged = json.loads(next(out.glob("dcd_*/result.json")).read_text())["summary"]["epoch"]
     assert sorted(plots["accuracy_vs_epoch.png"]["ring:4"]) == sorted(
-        ["choco sign", "exact", "dcd randk:0.1 lr=5.0"])
+        ["choco sign", "exact", f"dcd randk:0.1 lr=5.0 (diverged in epoch {diverged}, ×)"])
     for name in plots:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -280,3 +281,171 @@ def test_report_factor_against_a_baseline(train_sweep, capsys):
     # a sign message is ~1/32 of an fp32 one: to the same accuracy, far fewer bytes
     assert float(rows["choco"]["factor"]) > 10
     assert report([str(out), "--baseline", "algorithm=nothing", "--no-plots"]) == 2
+
+
+# --- --set, --dry-run with missing data, [slurm] options, shipped configs, installed tools
+
+def test_set_changes_the_runs_options_and_names(tmp_path, capsys):
+    path = write(tmp_path, TRAIN)
+    plain = load_sweep(path).runs
+    changed = load_sweep(path, ["epochs=5", "partition=by-class"]).runs
+    assert [r.options["epochs"] for r in plain] == [2] * len(plain)
+    assert [r.options["epochs"] for r in changed] == [5] * len(plain)
+    assert {r.options["partition"] for r in changed} == {"by-class"}
+    # the same runs with other options: every name is new (a finished run is not reused)
+    assert len(changed) == len(plain) and not {r.name for r in plain} & {r.name for r in changed}
+    # setting the value the file already has changes nothing
+    assert [r.name for r in load_sweep(path, ["epochs=2"]).runs] == [r.name for r in plain]
+    # the exact commands carry the new value
+    assert sweep([str(path), "--out", str(tmp_path / "out"), "--dry-run", "--set",
+                  "epochs=5", "--set", "partition=by-class"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == len(changed)
+    for line, run in zip(lines, changed, strict=True):
+        assert line.startswith(f"[{run.index}] {run.name} (new): ")
+        assert " --epochs 5 " in line and " --partition by-class " in line
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("item,needle", [
+    ("epoch=5", "unknown key 'epoch' in --set (did you mean 'epochs'?)"),
+    ("epochs=two", "--epochs must be a whole number"),
+    ("algorithm=exact", "sets algorithm in [grid]"),
+    ("epochs", "--set takes KEY=VALUE"),
+    ("out=elsewhere", "sets 'out'"),
+])
+def test_bad_set_is_one_error(tmp_path, capsys, item, needle):
+    assert sweep([str(write(tmp_path, TRAIN)), "--dry-run", "--set", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+def test_dry_run_prints_the_plan_and_warns_about_missing_data(tmp_path, capsys):
+    text = TRAIN.replace("epochs = 2", 'epochs = 2\ndata_dir = "no-such-folder"')
+    path = write(tmp_path, text)
+    runs = load_sweep(path).runs
+    assert sweep([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    plan = captured.out.splitlines()
+    assert [line.split()[1] for line in plan[1:]] == [r.name for r in runs]
+    warning = captured.err.strip()
+    assert warning.startswith("warning: ") and "\n" not in warning
+    assert f"{len(runs)} of {len(runs)} runs (runs 0-{len(runs) - 1}:" in warning
+    assert all(r.name in warning for r in runs) and "'no-such-folder'" in warning
+    # a real run refuses it before running anything; --set points the runs at the data
+    assert sweep([str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "--set data_dir=" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert sweep([str(path), "--dry-run", "--set", f"data_dir={tmp_path}"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_every_shipped_config_prints_its_plan(tmp_path, capsys):
+    configs = sorted((ROOT / "experiments" / "configs").glob("*.toml"))
+    assert len(configs) >= 5
+    for path in configs:
+        from experiments.sweepfile import _toml
+
+        data = _toml().loads(path.read_text())
+        assert sweep([path.stem, "--dry-run", "--out", str(tmp_path / path.stem)]) == 0, path
+        out = capsys.readouterr().out.splitlines()
+        program = "choco.consensus" if data.get("kind") == "consensus" else "choco.train"
+        runs = [line for line in out if line.startswith("[")]
+        assert out[0].startswith(f"{data.get('name', path.stem)}: {len(runs)} ") and runs
+        assert [int(line[1:line.index("]")]) for line in runs] == list(range(len(runs)))
+        assert all(f" -m {program} " in line for line in runs), path
+        # at least as many runs as the explicit [[runs]] and the largest [grid] list
+        grid = max((len(v) for v in data.get("grid", {}).values()), default=1)
+        assert len(runs) >= max(grid, len(data.get("runs", []))), path
+
+
+def test_slurm_table_becomes_the_sbatch_command(tmp_path, capsys):
+    import shlex
+
+    text = TRAIN + """
+[slurm]
+ntasks = 1
+cpus_per_task = 4
+time = "02:00:00"
+partition = "gpu"
+account = "proj123"
+qos = "high"
+gres = "gpu:1"
+gpus_per_task = 1
+sbatch = ["--constraint=a100", "--exclusive", "--mail-type=END"]
+"""
+    path = write(tmp_path, text)
+    out = tmp_path / "out"
+    assert sweep([str(path), "--out", str(out), "--launcher", "slurm", "--dry-run",
+                  "--set", "epochs=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cmd = shlex.split(lines[-1])
+    script = cmd.index(str(ROOT / "slurm" / "sweep.sbatch"))
+    options = cmd[1:script]
+    assert cmd[0] == "sbatch" and "--parsable" in options
+    assert {"--array=0-2", "--ntasks=1", "--cpus-per-task=4", "--time=02:00:00",
+            "--partition=gpu", "--account=proj123", "--qos=high", "--gres=gpu:1",
+            "--gpus-per-task=1"} <= set(options)
+    # the pass-through options come last and in order (sbatch keeps the last value)
+    assert options[-3:] == ["--constraint=a100", "--exclusive", "--mail-type=END"]
+    # every array task expands the sweep with the same --set, so the indices match
+    assert cmd[script + 1:] == [str(path.resolve()), str(out.resolve()), "--set", "epochs=3"]
+    assert len([line for line in lines if line.startswith("[")]) == 3
+
+
+@pytest.mark.parametrize("table,needle", [
+    ('acount = "x"', "unknown key 'acount' in [slurm] (did you mean 'account'?)"),
+    ("gpus_per_task = true", "[slurm].gpus_per_task must be a whole number or a string"),
+    ('sbatch = "--exclusive"', "[slurm].sbatch must be a list of strings"),
+    ('sbatch = ["--array=0-3"]', "which the sweep sets itself"),
+    ('sbatch = ["exclusive"]', "start with '-'"),
+    ("qos = 3", "[slurm].qos must be a string"),
+])
+def test_bad_slurm_tables(tmp_path, capsys, table, needle):
+    assert sweep([str(write(tmp_path, TRAIN + f"\n[slurm]\n{table}\n")), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+@pytest.mark.slow
+def test_installed_tools_work_from_any_folder(tmp_path):
+    """pip-install the project into a fresh folder; from a folder outside the checkout the
+    console scripts and the ``python -m`` forms run, with the installed experiments/configs."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    for name in ("choco", "topologies", "experiments"):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "netns"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    target = tmp_path / "site"
+    offline = importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+           *(["--no-build-isolation"] if offline else []), str(src)]
+    proc = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (target / "experiments" / "configs" / "small_ring8.toml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=elsewhere,
+                           env=env)
+        assert p.returncode == 0, (args, p.stderr[-2000:])
+        return p
+
+    for tool in ("choco-sweep", "choco-report"):
+        assert run([str(target / "bin" / tool), "--version"]).stdout.startswith(
+            f"{tool} (choco ")
+    for module in ("experiments.sweep", "experiments.report"):
+        assert f"python -m {module} (choco " in run([sys.executable, "-m", module,
+                                                      "--version"]).stdout
+    where = run([sys.executable, "-c", "import experiments; print(experiments.__file__)"])
+    assert where.stdout.strip().startswith(str(target))
+    plan = run([str(target / "bin" / "choco-sweep"), "small_ring8", "--dry-run"]).stdout
+    assert plan.startswith("small_ring8: 9 train runs from " + str(target))

@@ -2,7 +2,7 @@
 
 With no options it trains an MLP on the embedded digits set with sign-compressed CHOCO-SGD
 on a ring of 8 nodes, all in one process; ``mpiexec -n 8 choco-train`` runs the same with one
-rank per node. See ``choco-train --help`` and the README for every option.
+rank per node. See ``choco-train --help`` and docs/usage.md for every option.
 
 Outputs in ``--out``: ``config.json`` (resolved configuration, version, n, spectral gap,
 γ used, per-node learning rates), ``metrics.jsonl`` (one row per epoch), ``model.pt`` (the
@@ -56,6 +56,7 @@ from .metrics import (
     network_mean,
 )
 from .plan import Plan, make_plan
+from .schedule_view import rate_keys
 
 log = logging.getLogger("choco.train")
 T = TypeVar("T")
@@ -405,7 +406,8 @@ def _write_config(plan: Plan, backend: str, vendor: str,
     info = {
         "config": cfg.to_dict(), "version": __version__, "backend": backend,
         "n": plan.topology.n, "topology": plan.topology.spec,
-        "spectral_gap": plan.topology.spectral_gap, "gamma": plan.gamma,
+        "spectral_gap": plan.topology.spectral_gap, **rate_keys(plan.topology),
+        "gamma": plan.gamma,
         "gamma_source": plan.gamma_source, "lr_peak_per_node": plan.lr_peaks,
         "steps_per_epoch": plan.steps_per_epoch, "parameters": plan.num_params,
         "parameter_tensors": plan.num_tensors, "message_bytes": plan.message_bytes,

@@ -60,7 +60,8 @@ EVICT_BYTES = 64 << 20
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_argument(p)
     p.add_argument("--topology", default=None,
-                   help="graph spec; default ring:N (N = ranks, or --nodes in-process)")
+                   help="static graph spec (no schedules); default ring:N (N = ranks, or "
+                   "--nodes in-process)")
     p.add_argument("--mixing", default="metropolis", help="mixing rule of the topology")
     p.add_argument("--nodes", type=int, default=8, help="nodes of the in-process network "
                    "(--backend local only)")
@@ -199,7 +200,15 @@ def _check_counts(args: argparse.Namespace) -> None:
 def _topology(spec: str | None, mixing: str, n: int, mpi: bool):
     from ..plan import resolve_topology
 
-    return resolve_topology(spec or "ring", mixing, n, mpi=mpi)
+    topo = resolve_topology(spec or "ring", mixing, n, mpi=mpi)
+    if topo.time_varying or topo.pga_every:
+        raise UsageError(
+            f"python -m choco.bench gossip times one round of a fixed graph's CHOCO-Gossip, "
+            f"got --topology {topo.spec}, a schedule (peers that change every round, or "
+            "+pga global averages); give a static topology (ring, torus, exponential, ...), "
+            f"or measure the schedule's rounds and bytes with choco-consensus --topology "
+            f"{topo.spec}.")
+    return topo
 
 
 # ---------------------------------------------------------------------------- one node per rank
