@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 
 from .comm.base import Communicator
-from .compress.base import Compressor
+from .compress.base import Compressor, decode
 from .compress.identity import Identity
 from .errors import GossipError
 from .gossip import _HoldsRound
@@ -57,7 +57,7 @@ class ExactGossip(_HoldsRound):
     def finish(self, x: torch.Tensor) -> None:
         message, received = self.round.wait()
         self.round.check_received(received, self.codec, x.numel())
-        sent = self.codec.decode(message, x.dtype, x.device)
+        sent = decode(self.codec, message, x.dtype, x.device)
         mixed = sent * self.w_self
         for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
             self.round.decode_add_(self.codec, j, buf, mixed, alpha=w)

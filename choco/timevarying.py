@@ -31,7 +31,7 @@ import torch
 
 from .baselines import ExactGossip
 from .comm.base import Communicator
-from .compress.base import Compressor
+from .compress.base import Compressor, decode
 from .compress.identity import Identity
 from .compress.stateful import is_stateful
 from .errors import GossipError
@@ -213,7 +213,7 @@ class TimeVaryingExact(_OnSchedule):
         sends, received = self.round.wait()
         self.round.check_received(received, self.codec, x.numel())
         if weights:
-            sent = self.codec.decode(next(iter(sends.values())), x.dtype, x.device)
+            sent = decode(self.codec, next(iter(sends.values())), x.dtype, x.device)
             mixed = sent * (1.0 - sum(weights.values()))
             for (j, buf), w in zip(received.items(), weights.values(), strict=True):
                 with self.round.from_rank(j):

@@ -40,7 +40,7 @@ from typing import ClassVar
 import torch
 
 from .comm.base import Communicator
-from .compress.base import Compressor
+from .compress.base import Compressor, decode, message_nbytes
 from .compress.identity import Identity
 from .compress.stateful import is_stateful
 from .errors import CompressionError, GossipError
@@ -57,7 +57,7 @@ def _split(compressor: Compressor, buf: torch.Tensor) -> tuple[torch.Tensor, tor
     """Cut a two-channel message into its model and tracker messages (the first message's
     header gives its length)."""
     header = parse_header(buf, compressor.spec)
-    length = compressor.message_nbytes(header.numel, header.flags)
+    length = message_nbytes(compressor, header.numel, header.flags)
     if length >= buf.numel():
         raise CompressionError(f"{compressor.spec}: a two-channel message of {buf.numel()} "
                                f"bytes cannot hold a first message of {length} bytes and a "
@@ -109,7 +109,7 @@ class ExactTracking(_TwoChannels):
         parts = self._exchange(self.codec.encode(x), self.codec.encode(y), x.numel())
         out = []
         for k, v in enumerate((x, y)):
-            sent = self.codec.decode(parts[0][k], v.dtype, v.device)
+            sent = decode(self.codec, parts[0][k], v.dtype, v.device)
             mixed = sent * self.w_self
             for j, w, p in zip(self.comm.neighbors, self.w_neighbors, parts[1:], strict=True):
                 self.round.decode_add_(self.codec, j, p[k], mixed, alpha=w)

@@ -7,6 +7,7 @@ Statistical properties (unbiasedness, contraction, supports) are in
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -16,9 +17,12 @@ import torch
 from choco.compress import (
     REGISTRY,
     CompressionError,
+    Compressor,
     PerTensor,
     _host,
     available,
+    decode,
+    is_raw,
     make_compressor,
 )
 from choco.compress.base import HEADER_SIZE
@@ -78,7 +82,41 @@ def test_unbiased_forms_from_the_registry():
         with pytest.raises(CompressionError, match="biased"):
             make_compressor(spec, unbiased=True)
     q = make_compressor("natural")
-    assert q.unbiased and not q.is_raw and q.raw().is_raw
+    assert q.unbiased and not is_raw(q) and is_raw(q.raw())
+
+
+def public_members(cls: type) -> set[str]:
+    """Public names of ``cls`` (dunders and ``_protected`` ones aside): methods and
+    attributes with a value, and attributes that are only annotated (``codec_id: int``)."""
+    names = set(dir(cls))
+    for klass in cls.__mro__:
+        names |= set(inspect.get_annotations(klass))
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_the_compressor_interface_stays_small():
+    """At most 12 public members (payload size, encode, decode-add, δ/ω, raw form and the
+    codec's identity): anything else is a protected hook or a module function."""
+    members = public_members(Compressor)
+    assert len(members) <= 12, sorted(members)
+    assert {"codec_id", "spec", "encode", "decode_add_"} <= members  # the counter sees both kinds
+
+    class Grown(Compressor):
+        extra: int
+
+        def more(self) -> None: ...
+
+    assert public_members(Grown) == members | {"extra", "more"}  # a new member is counted
+
+
+@pytest.mark.parametrize("spec", sorted(set(SPECS) | set(RAW_SPECS)))
+def test_is_raw_is_the_raw_form_being_its_own(spec):
+    """``is_raw(q)`` holds exactly when ``q`` is unbiased and is its own raw form."""
+    for q in (make_compressor(spec), PerTensor(make_compressor(spec), [3, 5])):
+        assert is_raw(q) == (q.unbiased and q.raw() is q), q
+        if q.unbiased:
+            r = q.raw()
+            assert is_raw(r) and r.raw() is r, q
 
 
 # ---------------------------------------------------------------------------------- sizes
@@ -198,7 +236,7 @@ def test_decode_add_and_determinism(kernels, spec):
     buf = q.encode(x, seed=11)
     assert torch.equal(buf, q.encode(x, seed=11))  # same seed, same bytes
     receiver = make_compressor(spec)  # a separate instance regenerates shared randomness
-    y = receiver.decode(buf)
+    y = decode(receiver, buf)
     assert y.shape == (d,) and y.dtype == torch.float32
     base = randn(d, 4)
     out = base.clone()
@@ -213,9 +251,9 @@ def test_host_and_device_kernels_decode_each_other(monkeypatch, spec):
     q = make_compressor(spec)
     monkeypatch.setattr(_host, "HOST_KERNELS", True)
     buf = q.encode(x, seed=2)
-    host = q.decode(buf)
+    host = decode(q, buf)
     monkeypatch.setattr(_host, "HOST_KERNELS", False)
-    torch.testing.assert_close(q.decode(buf), host)
+    torch.testing.assert_close(decode(q, buf), host)
 
 
 def test_per_tensor_compression_of_a_flat_buffer():
@@ -297,13 +335,13 @@ def test_corrupt_or_mismatched_buffers_raise():
     x = randn(100)
     buf = make_compressor("natural").encode(x)
     with pytest.raises(CompressionError, match="codec"):
-        make_compressor("qsgd:8").decode(buf)
+        decode(make_compressor("qsgd:8"), buf)
     with pytest.raises(CompressionError, match="truncated"):
-        make_compressor("natural").decode(buf[:-1])
+        decode(make_compressor("natural"), buf[:-1])
     bad = buf.clone()
     bad[0] = 0
     with pytest.raises(CompressionError, match="magic"):
-        make_compressor("natural").decode(bad)
+        decode(make_compressor("natural"), bad)
     with pytest.raises(CompressionError, match="same size"):
         make_compressor("natural").decode_add_(buf, torch.zeros(99))
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import CompressionError, Compressor
+from .base import CompressionError, Compressor, decode, is_raw
 from .compose import Composed, Scaled
 from .identity import Identity
 from .lgc import LGC
@@ -207,6 +207,8 @@ __all__ = [
     "TopK",
     "TopKRice",
     "available",
+    "decode",
+    "is_raw",
     "is_stateful",
     "make_compressor",
     "per_tensor",

@@ -16,7 +16,8 @@ check what it was given and regenerate shared randomness (rand-k positions) from
 The header, its packing and parsing, and the length checks live in
 :mod:`choco.wire.framing`; a compressor defines only its payload
 (:meth:`Compressor.encode_payload`, :meth:`Compressor.decode_payload_add_`) and the exact
-length of its messages (:meth:`Compressor.message_nbytes`).
+length of its messages (:meth:`Compressor.nbytes`, or the protected hook
+``_message_nbytes`` when the length depends on the header flags).
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ __all__ = [
     "Reserved",
     "as_float32",
     "check_finite",
+    "decode",
     "from_bytes",
     "header_of",
+    "is_raw",
+    "message_nbytes",
     "parse_header",
     "payload_tensor",
     "ratio_count",
@@ -72,15 +76,21 @@ class Compressor(ABC):
 
     A message is the :data:`HEADER` then a payload (:mod:`choco.wire.framing`). Subclasses
     set ``codec_id`` (unique, used in the header), implement :meth:`payload_nbytes`,
-    :meth:`encode_payload` and :meth:`decode_payload_add_` (and :meth:`message_nbytes` if
-    the length depends on the header flags), and document ``δ`` (:meth:`delta`).
+    :meth:`encode_payload` and :meth:`decode_payload_add_` (and the protected hook
+    ``_message_nbytes(numel, flags)`` if the length depends on the header flags), and
+    document ``δ`` (:meth:`delta`).
 
-    The public methods come in two layers. :meth:`encode`, :meth:`decode_add_` and
-    :meth:`decode` handle whole messages (header written, checked and stripped).
-    :meth:`encode_payload`, :meth:`decode_payload_add_` and :meth:`message_nbytes` handle
-    the payload alone: combinators (:class:`~choco.compress.Composed`,
-    :class:`~choco.compress.Scaled`, :class:`~choco.compress.PerTensor`) build their own
-    messages from them, and use nothing else of the compressors they wrap.
+    The public members are twelve: the codec's identity (``codec_id``, ``spec``,
+    ``unbiased``), its sizes (:meth:`nbytes`, :meth:`payload_nbytes`), its quality
+    (:meth:`delta`, :meth:`omega`), its raw form (:meth:`raw`), and encode / decode-add in
+    two layers. :meth:`encode` and :meth:`decode_add_` handle whole messages (header
+    written, checked and stripped). :meth:`encode_payload` and :meth:`decode_payload_add_`
+    (with ``_message_nbytes``) handle the payload alone: combinators
+    (:class:`~choco.compress.Composed`, :class:`~choco.compress.Scaled`,
+    :class:`~choco.compress.PerTensor`) build their own messages from them, and use nothing
+    else of the compressors they wrap. The module functions :func:`decode` (into a new
+    tensor), :func:`is_raw`, :func:`message_nbytes` and :func:`header_of` are derived from
+    these.
 
     A compressor is a pure function of its input and the seed it is given. A codec whose
     messages also depend on per-node state that it learns or keeps (``lgc``) declares it
@@ -96,16 +106,15 @@ class Compressor(ABC):
     unbiased : bool
         Whether ``Q`` is an unbiased operator ``C`` (``E[C(x)] = x``, variance
         :meth:`omega`), sent as ``Q = C / (1 + ω)`` for CHOCO or as ``C`` itself when
-        :attr:`is_raw`. :meth:`raw` returns the ``C`` form that DCD/ECD-PSGD need.
-    is_raw : bool
-        Whether this is the unscaled unbiased form ``C`` (spec suffix ``:raw``), whose
-        :meth:`delta` is ``1 - ω`` and may be ``<= 0``: not contractive, not for CHOCO.
+        :func:`is_raw`. :meth:`raw` returns the ``C`` form that DCD/ECD-PSGD need.
     """
 
     codec_id: int
     spec: str
     unbiased: bool = False
-    is_raw: bool = False
+    #: whether this is the unscaled form ``C`` (read it with :func:`is_raw`); set by the
+    #: unbiased families built with ``raw=True``
+    _raw: bool = False
 
     # ------------------------------------------------------------------ sizes and quality
     def nbytes(self, numel: int, dtype: torch.dtype = torch.float32) -> int:
@@ -121,8 +130,9 @@ class Compressor(ABC):
     def payload_nbytes(self, numel: int) -> int:
         """Bytes after the header for a ``numel``-element fp32 vector (the payload formula)."""
 
-    def message_nbytes(self, numel: int, flags: int) -> int:
-        """Exact length in bytes of a message whose header holds ``numel`` and ``flags``.
+    def _message_nbytes(self, numel: int, flags: int) -> int:
+        """Exact length in bytes of a message whose header holds ``numel`` and ``flags``
+        (the framing's hook; read it with :func:`message_nbytes`).
 
         What a receiver checks a buffer against, before decoding it; the encoder's output
         always has this length. Equal to :meth:`nbytes` unless the length depends on the
@@ -142,7 +152,9 @@ class Compressor(ABC):
         )
 
     def raw(self) -> Compressor:
-        """The unscaled unbiased form ``C`` (for DCD/ECD-PSGD baselines), see :attr:`is_raw`."""
+        """The unscaled unbiased form ``C`` (for DCD/ECD-PSGD baselines), see :func:`is_raw`.
+
+        The raw form is its own raw form (``q.raw().raw() is q.raw()``)."""
         raise CompressionError(
             f"{self.spec} is biased and has no unbiased form; DCD/ECD-PSGD need one of "
             "randk:R, randblock:R, natural, dither:S, qsgd:S (identity is exact)."
@@ -166,12 +178,12 @@ class Compressor(ABC):
         seed &= SEED_MASK
         flags, payload = self.encode_payload(flat, seed)
         out = frame(payload, self.codec_id, flags, numel, seed)
-        check_encoded_length(out, self.message_nbytes(numel, flags), numel, self.spec)
+        check_encoded_length(out, self._message_nbytes(numel, flags), numel, self.spec)
         return out
 
     def _read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
         """Check the header and exact length of ``buf``; return ``(flags, numel, seed)``."""
-        return read_header(buf, self.codec_id, self.spec, self.message_nbytes)
+        return read_header(buf, self.codec_id, self.spec, self._message_nbytes)
 
     def decode_add_(self, buf: torch.Tensor, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """Add ``alpha * Q(x)`` decoded from ``buf`` into the flat tensor ``out``, in place.
@@ -187,20 +199,9 @@ class Compressor(ABC):
         self.decode_payload_add_(buf[HEADER_SIZE:], flags, seed, out.view(-1), alpha)
         return out
 
-    def decode(
-        self,
-        buf: torch.Tensor,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """Decode ``buf`` into a new flat tensor of ``dtype`` on ``device``."""
-        _, numel, _ = header_of(self, buf)
-        out = torch.zeros(numel, dtype=dtype, device=device)
-        return self.decode_add_(buf, out)
-
     def __call__(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """``Q(x)``: encode then decode, same shape, dtype and device as ``x``."""
-        return self.decode(self.encode(x, seed), x.dtype, x.device).view_as(x)
+        return decode(self, self.encode(x, seed), x.dtype, x.device).view_as(x)
 
     # ------------------------------------------------------------------ payload (to implement)
     @abstractmethod
@@ -221,7 +222,7 @@ class Compressor(ABC):
         randomness. ``flags`` fits in 16 bits. ``payload`` is a 1-D CPU uint8 tensor, or a
         :class:`Reserved` buffer whose payload was written in place (use
         :func:`payload_tensor` to read it as a tensor), of exactly
-        ``message_nbytes(x.numel(), flags) - HEADER_SIZE`` bytes. The same ``(payload, flags,
+        ``_message_nbytes(x.numel(), flags) - HEADER_SIZE`` bytes. The same ``(payload, flags,
         seed)`` given to :meth:`decode_payload_add_` adds ``Q(x)``. Raises
         :class:`CompressionError` for input the format cannot carry (NaN, Inf, overflow).
         """
@@ -257,6 +258,33 @@ def header_of(q: Compressor, buf: torch.Tensor) -> tuple[int, int, int]:
     overrides the protected hook ``_read_header``.
     """
     return q._read_header(buf)
+
+
+def message_nbytes(q: Compressor, numel: int, flags: int) -> int:
+    """Exact length in bytes of a message of ``q`` whose header holds ``numel`` and
+    ``flags``: ``q.nbytes(numel)`` unless the length depends on the flags (identity's dtype
+    code), through the protected hook ``_message_nbytes`` a codec overrides for that."""
+    return q._message_nbytes(numel, flags)
+
+
+def decode(
+    q: Compressor,
+    buf: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Decode the message ``buf`` of ``q`` into a new flat tensor of ``dtype`` on ``device``:
+    ``Q(x)`` added into zeros (:meth:`Compressor.decode_add_`)."""
+    _, numel, _ = header_of(q, buf)
+    out = torch.zeros(numel, dtype=dtype, device=device)
+    return q.decode_add_(buf, out)
+
+
+def is_raw(q: Compressor) -> bool:
+    """Whether ``q`` is the unscaled unbiased form ``C`` (spec suffix ``:raw``), whose
+    :meth:`~Compressor.delta` is ``1 - ω`` and may be ``<= 0``: not contractive, not for
+    CHOCO. Equivalently ``q.unbiased and q.raw() is q``."""
+    return q._raw
 
 
 def check_finite(x: torch.Tensor, spec: str) -> None:

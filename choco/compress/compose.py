@@ -22,10 +22,10 @@ minimizes ``||α Q(x) - x||^2``, giving ``δ(x) = cos² ∠(x, Q(x))``. It never
 (measured on N(0, 1): ``scaled(qsgd:16)`` 0.750 against 0.600 for ``qsgd:16``,
 docs/compressors.md).
 
-Both combinators use only the public payload methods of the compressors they wrap
+Both combinators use only the payload methods of the compressors they wrap
 (:meth:`~choco.compress.base.Compressor.encode_payload`,
 :meth:`~choco.compress.base.Compressor.decode_payload_add_`,
-:meth:`~choco.compress.base.Compressor.message_nbytes`, ``payload_nbytes``) and, for ``A``,
+:func:`~choco.compress.base.message_nbytes`, ``payload_nbytes``) and, for ``A``,
 the :class:`~choco.compress.sparse.Sparsifier` methods (``select``, ``support``, ``k``).
 """
 
@@ -40,6 +40,7 @@ from .base import (
     as_float32,
     check_finite,
     from_bytes,
+    message_nbytes,
     payload_tensor,
     to_bytes,
 )
@@ -61,7 +62,7 @@ class Composed(Compressor):
         self.first, self.second = first, second
         self.spec = f"{first.spec}+{second.spec}"
         self.unbiased = first.unbiased and second.unbiased
-        self.is_raw = first.is_raw and second.is_raw
+        self._raw = first._raw and second._raw
 
     def payload_nbytes(self, numel: int) -> int:
         k = self.first.k(numel)
@@ -74,12 +75,12 @@ class Composed(Compressor):
         return (1 + self.first.omega(numel)) * (1 + self.second.omega(k)) - 1
 
     def delta(self, numel: int) -> float:
-        if self.is_raw:
+        if self._raw:
             return 1.0 - self.omega(numel)
         return self.first.delta(numel) * self.second.delta(self.first.k(numel))
 
     def raw(self) -> Compressor:
-        return self if self.is_raw else Composed(self.first.raw(), self.second.raw())
+        return self if self._raw else Composed(self.first.raw(), self.second.raw())
 
     def encode_payload(self, x: torch.Tensor, seed: int,
                        layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
@@ -120,8 +121,8 @@ class Scaled(Compressor):
     def payload_nbytes(self, numel: int) -> int:
         return 4 + self.inner.payload_nbytes(numel)
 
-    def message_nbytes(self, numel: int, flags: int) -> int:
-        return 4 + self.inner.message_nbytes(numel, flags)
+    def _message_nbytes(self, numel: int, flags: int) -> int:
+        return 4 + message_nbytes(self.inner, numel, flags)
 
     def delta(self, numel: int) -> float:
         delta = self.inner.delta(numel)

@@ -30,7 +30,7 @@ class Identity(Compressor):
 
     codec_id = 1
     unbiased = True
-    is_raw = True
+    _raw = True
 
     def __init__(self) -> None:
         self.spec = "identity"
@@ -41,7 +41,7 @@ class Identity(Compressor):
     def payload_nbytes(self, numel: int) -> int:
         return 4 * numel
 
-    def message_nbytes(self, numel: int, flags: int) -> int:
+    def _message_nbytes(self, numel: int, flags: int) -> int:
         return self.nbytes(numel, CODE_DTYPES[flags])
 
     def delta(self, numel: int) -> float:

@@ -69,7 +69,7 @@ class Natural(Compressor):
     unbiased = True
 
     def __init__(self, raw: bool = False) -> None:
-        self.is_raw = raw
+        self._raw = raw
         self.spec = "natural:raw" if raw else "natural"
 
     def payload_nbytes(self, numel: int) -> int:
@@ -79,14 +79,14 @@ class Natural(Compressor):
         return OMEGA
 
     def delta(self, numel: int) -> float:
-        return 1.0 - OMEGA if self.is_raw else 1.0 / (1.0 + OMEGA)
+        return 1.0 - OMEGA if self._raw else 1.0 / (1.0 + OMEGA)
 
     def raw(self) -> Compressor:
-        return self if self.is_raw else Natural(raw=True)
+        return self if self._raw else Natural(raw=True)
 
     def scale(self) -> float:
         """Decoding factor: ``1/(1 + ω) = 8/9``, or 1 for ``:raw``."""
-        return 1.0 if self.is_raw else 1.0 / (1.0 + OMEGA)
+        return 1.0 if self._raw else 1.0 / (1.0 + OMEGA)
 
     # ------------------------------------------------------------------ encode
     def encode_payload(self, x: torch.Tensor, seed: int,

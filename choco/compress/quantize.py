@@ -62,7 +62,7 @@ class BucketQuantizer(Compressor):
             raise CompressionError(
                 f"{self.name}: the bucket size must be >= 0 (0 = whole vector), got b={bucket}"
             )
-        self.levels, self.bucket, self.is_raw = int(levels), int(bucket), raw
+        self.levels, self.bucket, self._raw = int(levels), int(bucket), raw
         self.width = 1 + math.ceil(math.log2(levels + 1))
         opts = ("" if bucket == DEFAULT_BUCKET else f":b={bucket}") + (":raw" if raw else "")
         self.spec = f"{self.name}:{levels}{opts}"
@@ -90,14 +90,14 @@ class BucketQuantizer(Compressor):
 
     def delta(self, numel: int) -> float:
         omega = self.omega(numel)
-        return 1.0 - omega if self.is_raw else 1.0 / (1.0 + omega)
+        return 1.0 - omega if self._raw else 1.0 / (1.0 + omega)
 
     def raw(self) -> Compressor:
-        return self if self.is_raw else type(self)(self.levels, self.bucket, raw=True)
+        return self if self._raw else type(self)(self.levels, self.bucket, raw=True)
 
     def scale(self, numel: int) -> float:
         """Decoding factor ``1/(1 + ω)``, or 1 for ``:raw``."""
-        return 1.0 if self.is_raw else 1.0 / (1.0 + self.omega(numel))
+        return 1.0 if self._raw else 1.0 / (1.0 + self.omega(numel))
 
     # ------------------------------------------------------------------ encode
     def encode_payload(self, x: torch.Tensor, seed: int,

@@ -30,7 +30,7 @@ from ..wire.framing import (
     pack_header,
     parse_header,
 )
-from .base import CompressionError, Compressor
+from .base import CompressionError, Compressor, message_nbytes
 from .layout import BATCH_MAX, Layout, segment_seed, segment_seeds
 from .stateful import is_stateful
 
@@ -57,7 +57,7 @@ class PerTensor(Compressor):
         self.numel = sum(self.sizes)
         self.spec = inner.spec
         self.unbiased = inner.unbiased
-        self.is_raw = inner.is_raw
+        self._raw = inner._raw
         self._framing: tuple[Layout, np.ndarray, np.ndarray] | None = None
         self._nbytes: dict[torch.dtype, int] = {}
 
@@ -110,7 +110,7 @@ class PerTensor(Compressor):
         return max(self.inner.omega(s) for s in self.sizes)
 
     def raw(self) -> Compressor:
-        return self if self.is_raw else PerTensor(self.inner.raw(), self.sizes)
+        return self if self._raw else PerTensor(self.inner.raw(), self.sizes)
 
     def _read_header(self, buf: torch.Tensor) -> tuple[int, int, int]:
         """Check the header of ``buf`` and its ``numel``; return ``(flags, numel, seed)``.
@@ -155,7 +155,7 @@ class PerTensor(Compressor):
                     f"per-tensor {self.spec}: a segment message holds {numel} elements, "
                     f"expected {size}; sender and receiver must use the same tensor sizes."
                 )
-            length = self.inner.message_nbytes(numel, seg_flags)
+            length = message_nbytes(self.inner, numel, seg_flags)
             check_length(payload[pos : pos + length], length, numel, self.spec)
             pos += length
         if pos != payload.numel():

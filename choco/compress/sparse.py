@@ -81,7 +81,7 @@ class Sparsifier(Compressor):
         if raw and not self.random_support:
             raise CompressionError(f"{self.name} is biased and has no unbiased :raw form")
         self.ratio = float(ratio)
-        self.is_raw = raw
+        self._raw = raw
         self.unbiased = self.random_support
         self.spec = f"{self.name}:{self.ratio:g}" + (":raw" if raw else "")
 
@@ -97,7 +97,7 @@ class Sparsifier(Compressor):
         return 4 * self.k(numel) + self.position_nbytes(numel)
 
     def delta(self, numel: int) -> float:
-        return 1.0 - self.omega(numel) if self.is_raw else self.k(numel) / numel
+        return 1.0 - self.omega(numel) if self._raw else self.k(numel) / numel
 
     def omega(self, numel: int) -> float:
         if not self.random_support:
@@ -107,11 +107,11 @@ class Sparsifier(Compressor):
     def raw(self) -> Compressor:
         if not self.random_support:
             return super().raw()
-        return self if self.is_raw else type(self)(self.ratio, raw=True)
+        return self if self._raw else type(self)(self.ratio, raw=True)
 
     def value_scale(self, numel: int) -> float:
         """Factor applied to the kept values when decoding: ``d/k`` for ``:raw``, else 1."""
-        return numel / self.k(numel) if self.is_raw else 1.0
+        return numel / self.k(numel) if self._raw else 1.0
 
     @abstractmethod
     def select(self, x: torch.Tensor, seed: int) -> tuple[Support, torch.Tensor]:
@@ -197,7 +197,7 @@ class RandBlock(Sparsifier):
     # ------------------------------------------------------------------ host kernel
     def encode_payload(self, x: torch.Tensor, seed: int,
                        layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
-        if self.is_raw or not _host.use_host_kernels(x):  # :raw scales each segment by d/k
+        if self._raw or not _host.use_host_kernels(x):  # :raw scales each segment by d/k
             return super().encode_payload(x, seed, layout)
         check_finite(x, self.spec)
         layout = layout or flat(x.numel(), self.payload_nbytes(x.numel()))
@@ -228,7 +228,7 @@ class RandBlock(Sparsifier):
         differently in the two, so the sum depends on where an element falls in the call;
         the values are converted at once but added segment by segment, as alone.
         """
-        if self.is_raw or not _host.use_host_kernels(out):
+        if self._raw or not _host.use_host_kernels(out):
             return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
         layout = layout or flat(out.numel(), self.payload_nbytes(out.numel()))
         seeds = layout.seeds(seed)

@@ -35,7 +35,7 @@ import torch
 from typing_extensions import TypeIs
 
 from ..errors import AgreementError
-from .base import Compressor, Reserved
+from .base import Compressor, Reserved, message_nbytes
 
 if TYPE_CHECKING:
     from .layout import Layout
@@ -152,7 +152,7 @@ class Bound(Compressor):
             raise TypeError(f"bind needs a Stateful codec, got {codec!r}")
         self.codec, self.state, self._stateful = codec, state, codec
         self.codec_id = codec.codec_id
-        self.spec, self.unbiased, self.is_raw = codec.spec, codec.unbiased, codec.is_raw
+        self.spec, self.unbiased, self._raw = codec.spec, codec.unbiased, codec._raw
 
     def nbytes(self, numel: int, dtype: torch.dtype = torch.float32) -> int:
         return self.codec.nbytes(numel, dtype)
@@ -160,8 +160,8 @@ class Bound(Compressor):
     def payload_nbytes(self, numel: int) -> int:
         return self.codec.payload_nbytes(numel)
 
-    def message_nbytes(self, numel: int, flags: int) -> int:
-        return self.codec.message_nbytes(numel, flags)
+    def _message_nbytes(self, numel: int, flags: int) -> int:
+        return message_nbytes(self.codec, numel, flags)
 
     def delta(self, numel: int) -> float:
         return self.codec.delta(numel)

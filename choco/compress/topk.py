@@ -126,9 +126,9 @@ class TopK(Sparsifier):
     def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
                             out: torch.Tensor, alpha: float,
                             layout: Layout | None = None) -> None:
-        if not _host.use_host_kernels(out):
+        if layout is None or not _host.use_host_kernels(out):
+            # a flat vector is one segment coded alone: the vector kernel, without the cut
             return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
-        layout = layout or flat(out.numel(), self.payload_nbytes(out.numel()))
         data = payload.numpy()
         items = layout.items(self.spec, self._alone, self._prepare)
         where = [self._block_positions(data, item) for item in items]  # all checked first

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..compress import PerTensor, available, make_compressor
-from ..compress.base import Compressor
+from ..compress.base import Compressor, decode, is_raw
 from ..compress.stateful import prepare_alone, state_of
 from ..errors import UsageError
 from ..wire.framing import parse_header
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         coding = state_of(q)
         if coding is not None:  # what a node does after sending: learn, count
             coding.observe(xt, parse_header(buf, q.spec).flags)
-        y = q.decode(buf, xt.dtype, xt.device).numpy()
+        y = decode(q, buf, xt.dtype, xt.device).numpy()
         atomic_write(out, lambda fh: np.save(fh, y))  # exactly this path, never half-written
         x64, y64 = x.astype(np.float64), y.astype(np.float64)
         norm2 = float(x64 @ x64)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "spec": q.spec, "numel": int(x.size), "nbytes": int(buf.numel()),
             "delta": q.delta(x.size), "bits_per_element": 8 * buf.numel() / x.size,
             "error": float((y64 - x64) @ (y64 - x64)) / norm2 if norm2 > 0 else None,
-            "dtype": str(x.dtype), "seed": args.seed, "unbiased": q.unbiased, "raw": q.is_raw,
+            "dtype": str(x.dtype), "seed": args.seed, "unbiased": q.unbiased, "raw": is_raw(q),
         }
         if q.unbiased:
             result["omega"] = q.omega(x.size)

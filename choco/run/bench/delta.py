@@ -16,7 +16,7 @@ import json
 import numpy as np
 import torch
 
-from ...compress import make_compressor
+from ...compress import is_raw, make_compressor
 from ...compress.stateful import prepare_alone
 from ...errors import UsageError
 from . import specs
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for q in compressors:
         row = {"spec": q.spec, "bits_per_element": 8 * q.nbytes(d) / d,
                "delta": q.delta(d), "delta_measured": 1 - relative_error(q.spec, x, args.seeds)}
-        if q.unbiased and not q.is_raw:
+        if q.unbiased and not is_raw(q):
             row["omega"] = q.omega(d)
             row["omega_measured"] = relative_error(q.raw().spec, x, args.seeds)
         rows.append(row)
