@@ -101,6 +101,12 @@ def _two_values(name: str, default, tmp_path: Path) -> tuple:
         return default + 1, default + 2
     if name == "topology":
         return "ring:4", "ring:5"
+    if name == "network":  # parsed when the sweep file is read
+        return "bandwidth=1g", "bandwidth=10g"
+    if name == "outer":
+        return "sgd:lr=1", "sgd:lr=0.5"
+    if name == "momentum_mode":
+        return "local", "quasi-global"
     return "0.5", "0.25"  # any string: gamma, compressor spec, model name, ... are checked later
 
 
@@ -133,7 +139,10 @@ def test_every_train_option_enters_the_run_name(tmp_path):
 
 def test_every_consensus_option_enters_the_run_name(tmp_path):
     """The same for consensus sweeps, over the options of the consensus program's parser."""
-    options = {k: v for k, v in vars(consensus_args([])).items() if k not in SWEEP_SETS}
+    # --threads only chooses how the in-process nodes are driven (byte-identical results,
+    # tests/test_consensus_lockstep.py), so it is not a sweep option
+    options = {k: v for k, v in vars(consensus_args([])).items()
+               if k not in SWEEP_SETS | {"threads"}}
     assert {"steps", "dim", "seed", "gamma", "topology"} <= set(options)
     same = []
     for name, default in options.items():
