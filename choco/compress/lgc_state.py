@@ -46,7 +46,8 @@ def _init_weights(model: _Model, seed: int) -> _Model:
                     fan_in = m.weight.shape[0] * m.weight.shape[2]
                 bound = 1.0 / math.sqrt(fan_in)
                 for p in (m.weight, m.bias):
-                    assert p is not None  # built with bias=True above
+                    if p is None:  # every layer is built with bias=True; nothing to draw
+                        continue
                     p.copy_(torch.rand(p.shape, generator=gen) * (2 * bound) - bound)
     return model
 

@@ -35,7 +35,7 @@ import torch
 from typing_extensions import TypeIs
 
 from ..errors import AgreementError
-from .base import Compressor, Reserved, message_nbytes
+from .base import CompressionError, Compressor, Reserved, message_nbytes
 
 if TYPE_CHECKING:
     from .layout import Layout
@@ -70,6 +70,14 @@ class Collective(Protocol):
     def allgather_object(self, obj: object) -> list: ...
 
 
+def _no_sync(state: object, method: str) -> CompressionError:
+    """The error for a coding state asked to sync that never declared a sync step."""
+    return CompressionError(
+        f"{type(state).__name__}.{method}() was called, but this coding state has no sync "
+        "step: a state whose sync_due() can return True must override share() and adopt()"
+    )
+
+
 class CodingState(ABC):
     """One node's coding state of a :class:`Stateful` codec, owned by the gossip round.
 
@@ -92,11 +100,11 @@ class CodingState(ABC):
 
     def share(self) -> np.ndarray:
         """What node 0 sends every node at the sync; also what the nodes' digests cover."""
-        raise NotImplementedError(f"{type(self).__name__} has no sync")
+        raise _no_sync(self, "share")
 
     def adopt(self, shared: np.ndarray, rank: int, size: int) -> None:
         """Take node 0's :meth:`share` (this node is ``rank`` of ``size``): the sync step."""
-        raise NotImplementedError(f"{type(self).__name__} has no sync")
+        raise _no_sync(self, "adopt")
 
     def fit_alone(self, x: torch.Tensor) -> None:
         """Get ready to code ``x`` with no network (one node): default, nothing to do."""
