@@ -1,46 +1,169 @@
-"""The one-thread lock-step driver of ``choco-consensus --backend local`` against the
-threaded per-node path (``--threads``): every node's ``x``, errors and bytes bit-identical.
+"""The one-thread drivers of ``choco-consensus --backend local`` against the threaded
+per-node path (``--threads``): every node's ``x``, errors, bytes and simulated times
+bit-identical.
 
 The threaded path runs each node's :func:`choco.run.consensus.run_node` in its own thread
-with its own generators; the lock-step path drives all nodes in one thread. They share the
-codecs, so the reference is the threaded run, an independent schedule of the same rounds.
+with its own generators and its own clock hooks; the lock-step path drives the per-node
+objects in one thread (:func:`~choco.run.consensus.run_lockstep`); the batched path codes
+every node's row at once (:func:`~choco.run.consensus.run_batched`, sign only) and builds
+no message at all. The reference is the threaded run, an independent schedule of the same
+rounds; the bytes are also checked against the wire format's length formula.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import torch
 
+from choco.compress import make_compressor
+from choco.compress.batch import batch_codec
 from choco.run import consensus
+from choco.sim.clock import NetworkClock
+from choco.sim.spec import parse_network
+
+PAIRS = [("sign", "ring:6"), ("topk:0.1", "torus:9"), ("randk:0.2", "ring:5"),
+         ("qsgd:16", "star:5"), ("natural", "ring:4"), ("dither:8", "complete:4")]
 
 
-def _run(tmp_path, spec: str, topology: str, threads: bool) -> dict[str, np.ndarray]:
-    out = tmp_path / f"{'t' if threads else 'l'}-{spec.replace(':', '_')}.npz"
-    argv = ["--topology", topology, "--compressor", spec, "--gamma", "0.4", "--dim", "37",
-            "--steps", "12", "--seed", "3", "--backend", "local", "--quiet", "--out", str(out)]
-    assert consensus.main(argv + (["--threads"] if threads else [])) == 0
-    with np.load(out) as data:
-        return {k: data[k] for k in data.files}
+def _problem(spec: str, topology: str, dim: int = 37, steps: int = 12,
+             init: str | None = None) -> consensus.Problem:
+    argv = ["--topology", topology, "--compressor", spec, "--gamma", "0.4", "--dim", str(dim),
+            "--steps", str(steps), "--seed", "3", "--quiet", "--out", "unused.npz"]
+    if init is not None:
+        argv += ["--init", init]
+    return consensus.load_problem(consensus.parse_args(argv), report=False)
 
 
-@pytest.mark.parametrize("spec,topology", [
-    ("sign", "ring:6"), ("topk:0.1", "torus:9"), ("randk:0.2", "ring:5"),
-    ("qsgd:16", "star:5"), ("natural", "ring:4"), ("dither:8", "complete:4"),
-])
-def test_lockstep_matches_threads(tmp_path, spec: str, topology: str) -> None:
-    lock = _run(tmp_path, spec, topology, threads=False)
-    threaded = _run(tmp_path, spec, topology, threads=True)
-    assert sorted(lock) == sorted(threaded) == ["bytes_sent", "error", "x"]
-    for key in lock:
-        assert lock[key].dtype == threaded[key].dtype
-        assert lock[key].tobytes() == threaded[key].tobytes(), key
+def _drive(problem: consensus.Problem, driver: str, network: str | None = None) -> list:
+    from choco.comm.local import LocalNetwork
+
+    topo = problem.topology
+    neighbors = [topo.neighbors(i) for i in range(topo.n)]
+    spec = None if network is None else parse_network(network)
+    if driver == "batched":
+        x0 = problem.x0
+        codec = batch_codec(problem.compressor, x0.shape[1], torch.from_numpy(x0[:0]).dtype)
+        assert codec is not None
+        clock = None if spec is None else NetworkClock(spec, neighbors)
+        return consensus.run_batched(problem, codec, False, clock)
+    net = LocalNetwork(neighbors, network=spec)
+    if driver == "lockstep":
+        return consensus.run_lockstep(net.comms, problem, False, net.clock)
+    return net.run(lambda comm: consensus.run_node(comm, problem, report=False))
+
+
+def _same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for i, (ra, rb) in enumerate(zip(a, b, strict=True)):
+        assert ra.x.dtype == rb.x.dtype and ra.x.tobytes() == rb.x.tobytes(), f"x of node {i}"
+        assert ra.error.tobytes() == rb.error.tobytes(), f"error of node {i}"
+        assert ra.bytes_sent == rb.bytes_sent, f"bytes of node {i}"
+        if rb.sim_time is None:
+            assert ra.sim_time is None
+        else:
+            assert ra.sim_time is not None
+            assert ra.sim_time.tobytes() == rb.sim_time.tobytes(), f"sim_time of node {i}"
+
+
+@pytest.mark.parametrize("spec,topology", PAIRS)
+def test_lockstep_matches_threads(spec: str, topology: str) -> None:
+    problem = _problem(spec, topology)
+    threaded = _drive(problem, "threads")
+    _same(_drive(problem, "lockstep"), threaded)
     # and the run did something: the nodes moved toward their mean
-    assert lock["error"][-1] < lock["error"][0]
+    assert threaded[0].error[-1] < threaded[0].error[0]
+
+
+@pytest.mark.parametrize("topology,dim,dtype", [
+    ("ring:6", 37, "float64"), ("ring:10", 1000, "float64"), ("torus:9", 13, "float64"),
+    ("star:6", 37, "float64"),  # irregular: slot k only on nodes of degree > k
+    ("ring:5", 37, "float32"),  # an fp32 --init: fp32 targets, fp32 words
+])
+def test_batched_matches_threads_and_lockstep(tmp_path, topology: str, dim: int,
+                                              dtype: str) -> None:
+    init = None
+    if dtype != "float64":
+        n = int(topology.split(":")[1])
+        init = str(tmp_path / "x0.npy")
+        np.save(init, np.random.default_rng(5).standard_normal((n, dim)).astype(dtype))
+    problem = _problem("sign", topology, dim=dim, init=init)
+    batched = _drive(problem, "batched")
+    _same(batched, _drive(problem, "threads"))
+    _same(batched, _drive(problem, "lockstep"))
+    assert batched[0].x.dtype == np.dtype(dtype)
+    # bytes: the wire format's length (16-byte header, fp32 scale, a bit per element)
+    # × neighbours × rounds, counted without building a message
+    message = 16 + 4 + math.ceil(dim / 8)
+    topo = problem.topology
+    assert [r.bytes_sent for r in batched] == [
+        message * len(topo.neighbors(i)) * problem.steps for i in range(topo.n)]
+    assert batched[0].error[-1] < batched[0].error[0]
+
+
+NETWORKS = [
+    "bandwidth=1g,latency=50us,compute=1ms",
+    "bandwidth=100m,latency=20us,compute=1ms,encode=30us,decode=10us,slow=2:3,jitter=0.2,"
+    "seed=4",  # a straggler and per-node jitter streams
+]
+
+
+def _edge_file(tmp_path) -> str:
+    path = tmp_path / "net.toml"
+    path.write_text('[[link]]\nnodes = [0, 1]\nbandwidth = "10m"\nlatency = "1ms"\n\n'
+                    '[[link]]\nnodes = [3, 4]\nbandwidth = "1g"\nlatency = "5us"\n\n'
+                    '[[node]]\nid = 2\ncompute = 2.5\n')
+    return f"bandwidth=1g,latency=50us,compute=1ms,file={path}"
+
+
+@pytest.mark.parametrize("network", [*NETWORKS, "file"])
+@pytest.mark.parametrize("spec,topology", [("sign", "ring:6"), ("topk:0.1", "ring:6")])
+def test_one_thread_clock_matches_threads(tmp_path, network: str, spec: str,
+                                          topology: str) -> None:
+    """The one-thread drivers advance the simulated clock as the nodes' threads do: the
+    same simulated time of every node after every round (sign: batched; topk falls back to
+    the per-node objects in lock-step)."""
+    if network == "file":
+        network = _edge_file(tmp_path)
+    problem = _problem(spec, topology)
+    threaded = _drive(problem, "threads", network)
+    one_thread = "batched" if spec == "sign" else "lockstep"
+    _same(_drive(problem, one_thread, network), threaded)
+    times = np.max(np.stack([r.sim_time for r in threaded]), axis=0)
+    assert times[0] == 0 and np.all(np.diff(times) > 0)  # the clock advanced every round
+
+
+def test_cli_default_matches_threads_with_network(tmp_path) -> None:
+    """``choco-consensus --network`` without ``--threads`` (one thread now) writes the same
+    .npz as with it, sim_time_s included; for the batched codec and one that falls back."""
+    network = "bandwidth=1g,latency=50us,compute=1ms,slow=1:2"
+    for spec in ("sign", "randk:0.2"):
+        files = {}
+        for extra in ([], ["--threads"]):
+            out = tmp_path / f"{spec.replace(':', '_')}{len(extra)}.npz"
+            argv = ["--topology", "ring:5", "--compressor", spec, "--gamma", "0.4", "--dim",
+                    "37", "--steps", "8", "--seed", "3", "--backend", "local", "--quiet",
+                    "--network", network, "--out", str(out), *extra]
+            assert consensus.main(argv) == 0
+            with np.load(out) as data:
+                files[len(extra)] = {k: data[k] for k in data.files}
+        assert sorted(files[0]) == sorted(files[1]) == ["bytes_sent", "error", "sim_time_s", "x"]
+        for key in files[0]:
+            assert files[0][key].tobytes() == files[1][key].tobytes(), (spec, key)
+
+
+def test_batch_codec_only_where_exact() -> None:
+    sign = make_compressor("sign")
+    assert batch_codec(sign, 1000, torch.float64) is not None
+    assert batch_codec(sign, 1000, torch.float32) is not None
+    for other in ("topk:0.1", "randk:0.2", "identity", "scaled(sign)", "lgc"):
+        assert batch_codec(make_compressor(other), 1000, torch.float64) is None, other
+    assert batch_codec(sign, 2**18 + 1, torch.float64) is None  # coded in chunks per node
 
 
 def test_lockstep_applies_only_where_it_is_exact() -> None:
-    from choco.compress import make_compressor
-
     class P:  # the two fields lockstep_applies reads
         def __init__(self, spec: str, topology) -> None:
             self.compressor, self.topology = make_compressor(spec), topology
@@ -48,5 +171,7 @@ def test_lockstep_applies_only_where_it_is_exact() -> None:
     from topologies import parse_topology
     ring = parse_topology("ring:4")
     assert consensus.lockstep_applies(P("sign", ring), None)
-    assert not consensus.lockstep_applies(P("sign", ring), object())  # a simulated clock
+    assert consensus.lockstep_applies(P("sign", ring), parse_network("bandwidth=1g,compute=1ms"))
+    # host time measured per node's thread: one thread per node
+    assert not consensus.lockstep_applies(P("sign", ring), parse_network("compute=measured"))
     assert not consensus.lockstep_applies(P("lgc", ring), None)  # coding state

@@ -36,12 +36,15 @@ import torch
 from topologies import Schedule, Topology, parse_topology
 
 from .. import sim
+from ..batched import BatchedChocoGossip
 from ..comm.base import Communicator
 from ..compress import available, make_compressor
 from ..compress.base import Compressor
+from ..compress.batch import BatchCodec, batch_codec
 from ..compress.stateful import is_stateful
 from ..errors import UsageError
 from ..gossip import check_gamma, lockstep
+from ..sim.clock import NetworkClock, lockstep_round
 from ..timevarying import make_choco_gossip
 from .cli import (
     ArgumentParser,
@@ -162,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", action="store_true",
                    help="--backend local: one thread per node even where one thread can "
                    "drive every node round by round (fixed graph, codec without coding "
-                   "state, no --network); same results, slower")
+                   "state, a --network with a modelled compute time); same results, slower")
     return p.parse_args(argv)
 
 
@@ -274,40 +277,101 @@ def run_node(comm: Communicator, problem: Problem, report: bool) -> NodeResult:
 
 
 def lockstep_applies(problem: Problem, network: object) -> bool:
-    """Whether :func:`run_lockstep` may drive the in-process run: a fixed graph, a codec
-    without coding state (no collective inside ``begin``, no per-node weights drawn from
-    the node's generators) and no simulated clock (its hooks are bound to a node's thread)."""
-    return (network is None and isinstance(problem.topology, Topology)
-            and not is_stateful(problem.compressor))
+    """Whether one thread may drive every node of the in-process run (:func:`run_batched`
+    or :func:`run_lockstep`): a fixed graph, a codec without coding state (no collective
+    inside ``begin``, no per-node weights drawn from the node's generators) and, with a
+    simulated clock, a modelled compute time (``compute=measured`` charges each node's own
+    thread's host time)."""
+    return (isinstance(problem.topology, Topology) and not is_stateful(problem.compressor)
+            and not getattr(network, "measured", False))
 
 
-def run_lockstep(comms: list, problem: Problem, report: bool) -> list[NodeResult]:
+def _clock_times(clock: NetworkClock | None, steps: int) -> np.ndarray | None:
+    return None if clock is None else np.zeros((clock.size, steps + 1))
+
+
+def _report(report: bool, t: int, problem: Problem, error: np.ndarray,
+            times: np.ndarray | None) -> None:
+    if report:
+        n = error.shape[0]
+        print(progress_line(t, problem.steps, error[:, t].sum() / n, error[:, 0].sum() / n,
+                            None if times is None else float(times[:, t].max())), flush=True)
+
+
+def run_lockstep(comms: list, problem: Problem, report: bool,
+                 clock: NetworkClock | None = None) -> list[NodeResult]:
     """Every node of the in-process network in this one thread, round by round (``begin``
     on every node, then ``finish`` on every node, :func:`choco.gossip.lockstep`).
 
     Each node does what :func:`run_node` does, with the same arithmetic in the same order
     on its own tensors (the codecs' randomness is keyed by the message seed, never by a
     process-wide generator), so every node's ``x``, errors and bytes are bit-identical to
-    the threaded run, without a thread hand-over per node and round.
+    the threaded run, without a thread hand-over per node and round. With ``clock``, each
+    round's events advance it as the nodes' threads would (:func:`choco.sim.clock.
+    lockstep_round`): the same simulated times.
     """
     n = len(comms)
     xs = [torch.from_numpy(problem.x0[i].copy()) for i in range(n)]
     xbar0 = torch.from_numpy(problem.x0.mean(axis=0))
     gossips = [make_choco_gossip(c, problem.topology, problem.compressor, problem.gamma,
                                  problem.seed) for c in comms]
+    degree = [len(c.neighbors) for c in comms]
     error = np.empty((n, problem.steps + 1))
+    times = _clock_times(clock, problem.steps)
     for i, x in enumerate(xs):
         error[i, 0] = float(((x - xbar0) ** 2).sum())
     points = progress_points(problem.steps)
     for t in range(1, problem.steps + 1):
+        sent = [g.bytes_sent for g in gossips]
         lockstep(gossips, xs, 1)
         for i, x in enumerate(xs):
             error[i, t] = float(((x - xbar0) ** 2).sum())
-        if report and t in points:
-            print(progress_line(t, problem.steps, error[:, t].sum() / n, error[:, 0].sum() / n,
-                                None), flush=True)
-    return [NodeResult(x.numpy(), error[i], g.bytes_sent)
+        if clock is not None and times is not None:  # this round's message lengths
+            lockstep_round(clock, [(g.bytes_sent - b) // d if d else 0
+                                   for g, b, d in zip(gossips, sent, degree, strict=True)])
+            times[:, t] = [clock.now(i) for i in range(n)]
+        if t in points:
+            _report(report, t, problem, error, times)
+    return [NodeResult(x.numpy(), error[i], g.bytes_sent, None if times is None else times[i])
             for i, (x, g) in enumerate(zip(xs, gossips, strict=True))]
+
+
+def run_batched(problem: Problem, codec: BatchCodec, report: bool,
+                clock: NetworkClock | None = None) -> list[NodeResult]:
+    """Every node at once (:class:`choco.batched.BatchedChocoGossip`): ``x``, errors, bytes
+    and, with ``clock``, simulated times bit-identical to :func:`run_node` in threads.
+
+    The error of node ``i`` is the per-node expression on row ``i``: the elementwise part
+    on the whole array, the sum with the same torch call per row.
+    """
+    topo = problem.topology
+    if not isinstance(topo, Topology):
+        raise UsageError(f"the batched driver needs a fixed graph, got the schedule {topo.spec}; "
+                         "run it with --threads.")
+    n = topo.n
+    x = torch.from_numpy(problem.x0.copy())
+    xbar0 = torch.from_numpy(problem.x0.mean(axis=0))
+    gossip = BatchedChocoGossip(topo.W, [topo.neighbors(i) for i in range(n)], codec,
+                                problem.gamma, x)
+    nbytes = [codec.message_nbytes] * n
+    error = np.empty((n, problem.steps + 1))
+    times = _clock_times(clock, problem.steps)
+    points = progress_points(problem.steps)
+    squares = torch.empty_like(x)
+    rows = list(squares)
+    for t in range(problem.steps + 1):
+        if t > 0:
+            gossip.step()
+            if clock is not None and times is not None:
+                lockstep_round(clock, nbytes)
+                times[:, t] = [clock.now(i) for i in range(n)]
+        torch.sub(x, xbar0, out=squares).pow_(2)  # (x_i − x̄⁰)², every row
+        error[:, t] = [float(row.sum()) for row in rows]
+        if t in points:
+            _report(report, t, problem, error, times)
+    sent = gossip.bytes_sent
+    return [NodeResult(x[i].numpy(), error[i], int(sent[i]),
+                       None if times is None else times[i]) for i in range(n)]
 
 
 def summarize(problem: Problem, results: list[NodeResult], out: Path, as_json: bool,
@@ -347,14 +411,23 @@ def main_local(args: argparse.Namespace) -> int:
     network = parse_network(args.network) if args.network else None  # before the tuner
     problem = load_problem(args, report=not args.quiet)
     topo = problem.topology
-    net = LocalNetwork([topo.neighbors(i) for i in range(topo.n)], network=network)
+    neighbors = [topo.neighbors(i) for i in range(topo.n)]
     if network is not None and network.measured and not args.quiet:
         print("network compute=measured: simulated times include this host's round times, "
               "so they differ from run to run", flush=True)
     torch.set_num_threads(1)  # one thread per node already
-    if lockstep_applies(problem, network) and not args.threads:
-        results = run_lockstep(net.comms, problem, report=not args.quiet)
+    one_thread = lockstep_applies(problem, network) and not args.threads
+    x0 = problem.x0
+    codec = (batch_codec(problem.compressor, x0.shape[1], torch.from_numpy(x0[:0]).dtype)
+             if one_thread else None)
+    if codec is not None:  # no per-node objects at all: the clock alone
+        clock = None if network is None else NetworkClock(network, neighbors)
+        results = run_batched(problem, codec, not args.quiet, clock)
+    elif one_thread:
+        net = LocalNetwork(neighbors, network=network)
+        results = run_lockstep(net.comms, problem, not args.quiet, net.clock)
     else:
+        net = LocalNetwork(neighbors, network=network)
         results = net.run(lambda comm: run_node(comm, problem, report=not args.quiet))
     summarize(problem, results, Path(args.out), args.json,
               None if network is None else network.text)

@@ -26,14 +26,17 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import CommError
 from .model import Link, NodeTimes, allreduce_time, post, receive
 from .spec import NetworkSpec, parse_network
 
-__all__ = ["NetworkClock", "allreduce_next", "bind", "current", "local_step", "now"]
+__all__ = ["NetworkClock", "allreduce_next", "bind", "current", "local_step", "lockstep_round",
+           "now"]
 
 
 class NetworkClock:
@@ -183,3 +186,43 @@ def now() -> float | None:
     """Simulated seconds of this thread's node (``None`` without a clock)."""
     node = current()
     return None if node is None else node[0].now(node[1])
+
+
+# -- every node in one thread ---------------------------------------------------------------
+def lockstep_round(clock: NetworkClock, nbytes: Sequence[int]) -> None:
+    """One round of every node when one thread drives them all (no thread is bound).
+
+    Node ``i``'s events are those its own thread would produce in a round of the consensus
+    program: a local step, the post of its ``nbytes[i]``-byte message to every neighbour,
+    then the wait for its neighbours' messages, whose arrival times are the ones their
+    posts returned. A node's clock changes only at its own events and the arrival times it
+    receives, so every node ends the round with the times of the threaded run. A
+    ``compute=measured`` clock charges the host time of the node's own thread, which has no
+    meaning here: it is refused.
+    """
+    if clock.measured:
+        raise CommError("lockstep_round needs a modelled compute time, not compute=measured; "
+                         "run one thread per node (LocalNetwork.run) to measure it.")
+    if len(nbytes) != clock.size:
+        raise CommError(f"lockstep_round needs one message length per node ({clock.size}), "
+                         f"got {len(nbytes)}")
+    arrivals = []
+    for i in range(clock.size):
+        clock.local_step(i)
+        arrivals.append(clock.post(i, nbytes[i]))
+    slot = _slots(clock)
+    for i, nb in enumerate(clock.neighbors):
+        clock.receive(i, [arrivals[j][k] for j, k in zip(nb, slot[i], strict=True)])
+
+
+def _slots(clock: NetworkClock) -> list[list[int]]:
+    """``slot[i][m]``: the position of ``i`` in the neighbour list of its ``m``-th neighbour
+    (where ``i`` finds its arrival time in that neighbour's post), computed once per clock."""
+    cached = _SLOTS.get(clock)
+    if cached is None:
+        cached = _SLOTS[clock] = [[clock.neighbors[j].index(i) for j in nb]
+                                  for i, nb in enumerate(clock.neighbors)]
+    return cached
+
+
+_SLOTS: weakref.WeakKeyDictionary[NetworkClock, list[list[int]]] = weakref.WeakKeyDictionary()
