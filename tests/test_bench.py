@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmarks ``gossip``, ``train``, ``scaling`` and ``whatif``.
+"""Smoke tests of the benchmarks ``gossip``, ``train``, ``scaling``, ``whatif`` and
+``simnet``.
 
 Tiny sizes only: each benchmark runs and prints its table with the expected columns and
 rows (the distributed ones under a real ``mpiexec -n 2`` and a real ``torchrun
@@ -18,7 +19,7 @@ import torch
 from choco.compress import make_compressor
 from choco.models import make_model
 from choco.run.bench import gossip as gossip_bench
-from choco.run.bench import main, whatif
+from choco.run.bench import main, simnet, whatif
 from choco.run.bench import scaling as scaling_bench
 from choco.run.bench.whatif import Link
 
@@ -317,6 +318,37 @@ def test_whatif_validate_against_a_hand_made_run(tmp_path, bench):
     link = 8 * 2 * 250_020 / (1e9 / 8) * 1e3
     assert rows[1]["predicted_ms"] == pytest.approx(link + 3.0)
     assert "| round | measured ms | link ms | CPU ms | predicted ms | error |" in out
+
+
+# ------------------------------------------------------------------------------ simnet
+def test_simnet_prints_drivers_and_clock_overhead(bench):
+    status, out, err = bench("simnet", "--consensus-nodes", "6", "--train-nodes", "0",
+                             "--dim", "40", "--rounds", "3", "--pairs", "2", "--json")
+    assert status == 0, err
+    rows = _table_rows(out, "consensus ring sign d=40, 3 rounds")
+    assert len(rows) == 1 and rows[0].count("|") == 11
+    assert "2 interleaved pairs without/with the clock" in out
+    (row,) = _json(out)["rows"]
+    assert row["n"] == 6 and row["before_s"] is None
+    # the overheads are the medians of the pairs' ratios (two pairs: their mean)
+    ratios = [c / p for p, c in zip(row["plain_runs"], row["clocked_runs"], strict=True)]
+    assert math.isclose(row["overhead"], sum(ratios) / 2 - 1)
+    assert len(row["rounds_ratios"]) == 2
+    assert math.isclose(row["rounds_overhead"], sum(row["rounds_ratios"]) / 2 - 1)
+    assert row["sim_time_s"] > 0
+
+
+def test_simnet_compares_outputs_bit_for_bit(tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    np.savez(tmp_path / "a.npz", x=x, error=x[:, 0])
+    np.savez(tmp_path / "b.npz", x=x.copy(), error=x[:, 0].copy())
+    y = x.copy()
+    y[2, 3] = np.nextafter(y[2, 3], np.inf)  # one bit of one value
+    np.savez(tmp_path / "c.npz", x=y, error=x[:, 0])
+    assert simnet._same_npz(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"))
+    assert not simnet._same_npz(str(tmp_path / "a.npz"), str(tmp_path / "c.npz"))
 
 
 def test_netns_scripts_are_valid_bash():
