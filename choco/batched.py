@@ -59,8 +59,11 @@ class BatchedChocoGossip:
             raise GossipError(f"x must be a contiguous (n, d) tensor with n = {n} rows, got "
                               f"shape {tuple(x.shape)}; stack the nodes' vectors.")
         W = np.asarray(W, dtype=np.float64)
+        if W.shape != (n, n):
+            raise GossipError(f"W must be the {n} x {n} mixing matrix of the {n} nodes, got "
+                              f"shape {W.shape}; pass the topology's W.")
         for i, nb in enumerate(neighbors):
-            support = [j for j in range(n) if j != i and W[i, j] != 0]
+            support = [j for j in np.flatnonzero(W[i]).tolist() if j != i]
             if support != list(nb):
                 raise GossipError(f"node {i}: mixing row support {support} differs from its "
                                   f"neighbours {list(nb)}; build both from one topology.")
@@ -72,14 +75,14 @@ class BatchedChocoGossip:
         self._diff = torch.empty_like(x)
         self._rows = list(zip(x, self._diff, strict=True))  # row views, for the torch call
         self._ones = np.ones(n)
-        self.w_self = np.array([W[i, i] for i in range(n)])
+        self.w_self = np.diagonal(W).copy()
         self.degree = np.array([len(nb) for nb in neighbors], dtype=np.int64)
         #: slot k: (receiving rows, their k-th neighbour, w_ij); None rows: every node
         self.slots: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]] = []
         for k in range(int(self.degree.max(initial=0))):
             rows = np.array([i for i in range(n) if len(neighbors[i]) > k], dtype=np.intp)
             senders = np.array([neighbors[i][k] for i in rows], dtype=np.intp)
-            weights = np.array([W[i, j] for i, j in zip(rows, senders, strict=True)])
+            weights = W[rows, senders]
             self.slots.append((None if len(rows) == n else rows, senders, weights))
         self.step_count = 0
 
