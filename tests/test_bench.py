@@ -322,20 +322,29 @@ def test_whatif_validate_against_a_hand_made_run(tmp_path, bench):
 
 # ------------------------------------------------------------------------------ simnet
 def test_simnet_prints_drivers_and_clock_overhead(bench):
+    # --before this very checkout: the same code, run from that tree
     status, out, err = bench("simnet", "--consensus-nodes", "6", "--train-nodes", "0",
-                             "--dim", "40", "--rounds", "3", "--pairs", "2", "--json")
+                             "--dim", "40", "--rounds", "3", "--pairs", "2", "--json",
+                             "--before", str(ROOT))
     assert status == 0, err
     rows = _table_rows(out, "consensus ring sign d=40, 3 rounds")
     assert len(rows) == 1 and rows[0].count("|") == 11
     assert "2 interleaved pairs without/with the clock" in out
     (row,) = _json(out)["rows"]
-    assert row["n"] == 6 and row["before_s"] is None
+    assert row["n"] == 6 and row["before_s"] > 0
     # the overheads are the medians of the pairs' ratios (two pairs: their mean)
     ratios = [c / p for p, c in zip(row["plain_runs"], row["clocked_runs"], strict=True)]
     assert math.isclose(row["overhead"], sum(ratios) / 2 - 1)
     assert len(row["rounds_ratios"]) == 2
     assert math.isclose(row["rounds_overhead"], sum(row["rounds_ratios"]) / 2 - 1)
     assert row["sim_time_s"] > 0
+
+
+def test_simnet_before_must_be_a_checkout(tmp_path, bench):
+    """A --before folder without choco/ would run the installed package instead: refused."""
+    with pytest.raises(RuntimeError, match="imported choco from"):
+        bench("simnet", "--consensus-nodes", "4", "--train-nodes", "0", "--dim", "8",
+              "--rounds", "1", "--pairs", "1", "--before", str(tmp_path))
 
 
 def test_simnet_compares_outputs_bit_for_bit(tmp_path):

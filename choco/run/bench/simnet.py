@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from .gossip import machine_line
 
@@ -63,6 +64,8 @@ try:
 finally:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"PEAK_KIB {peak}", file=sys.stderr, flush=True)
+    choco = sys.modules.get("choco")
+    print(f"CHOCO_FROM {getattr(choco, '__file__', '')}", file=sys.stderr, flush=True)
 """
 
 
@@ -70,12 +73,19 @@ def _child(argv: list[str], timeout: float, tree: str = "") -> dict:
     """Run ``python -m ARGV`` alone (with ``PYTHONPATH=tree`` if given); its host seconds,
     peak resident MiB and JSON line."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    if tree:
+    if tree:  # ``python -c`` puts its working directory first on sys.path: run in the tree
         env["PYTHONPATH"] = tree
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _WRAP, *argv], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, cwd=tree or None)
     seconds = time.perf_counter() - start
+    source = [line.split(" ", 1)[1] for line in proc.stderr.splitlines()
+              if line.startswith("CHOCO_FROM ")]
+    if tree and not (source and source[-1]
+                     and Path(source[-1]).resolve().is_relative_to(Path(tree).resolve())):
+        raise RuntimeError(f"the run meant for {tree} imported choco from {source[-1:] or '?'} "
+                           "(none: not found); pass the root of a checkout (the folder "
+                           f"holding choco/).\n{proc.stderr[-1000:]}")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
     peak = [int(line.split()[1]) for line in proc.stderr.splitlines()
