@@ -329,7 +329,7 @@ def run_lockstep(comms: list, problem: Problem, report: bool,
         if clock is not None and times is not None:  # this round's message lengths
             lockstep_round(clock, [(g.bytes_sent - b) // d if d else 0
                                    for g, b, d in zip(gossips, sent, degree, strict=True)])
-            times[:, t] = [clock.now(i) for i in range(n)]
+            times[:, t] = [node.now for node in clock.times]
         if t in points:
             _report(report, t, problem, error, times)
     return [NodeResult(x.numpy(), error[i], g.bytes_sent, None if times is None else times[i])
@@ -364,7 +364,7 @@ def run_batched(problem: Problem, codec: BatchCodec, report: bool,
             gossip.step()
             if clock is not None and times is not None:
                 lockstep_round(clock, nbytes)
-                times[:, t] = [clock.now(i) for i in range(n)]
+                times[:, t] = [node.now for node in clock.times]
         torch.sub(x, xbar0, out=squares).pow_(2)  # (x_i − x̄⁰)², every row
         error[:, t] = [float(row.sum()) for row in rows]
         if t in points:

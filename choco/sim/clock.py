@@ -206,13 +206,13 @@ def lockstep_round(clock: NetworkClock, nbytes: Sequence[int]) -> None:
     if len(nbytes) != clock.size:
         raise CommError(f"lockstep_round needs one message length per node ({clock.size}), "
                          f"got {len(nbytes)}")
+    step, post, receive = clock.local_step, clock.post, clock.receive
     arrivals = []
     for i in range(clock.size):
-        clock.local_step(i)
-        arrivals.append(clock.post(i, nbytes[i]))
-    slot = _slots(clock)
-    for i, nb in enumerate(clock.neighbors):
-        clock.receive(i, [arrivals[j][k] for j, k in zip(nb, slot[i], strict=True)])
+        step(i)
+        arrivals.append(post(i, nbytes[i]))
+    for i, (nb, slot) in enumerate(zip(clock.neighbors, _slots(clock), strict=True)):
+        receive(i, [arrivals[j][k] for j, k in zip(nb, slot, strict=True)])
 
 
 def _slots(clock: NetworkClock) -> list[list[int]]:
