@@ -31,7 +31,11 @@ from .compress.batch import BatchCodec
 from .errors import GossipError
 from .gossip import check_gamma
 
-__all__ = ["BatchedChocoGossip"]
+__all__ = ["BLOCK_ELEMENTS", "BatchedChocoGossip"]
+
+#: elements per block of rows (32,768: 256 KiB per fp64 array, so a block's x, x̂, s, the
+#: difference and the slot's words stay in a core's L2 cache)
+BLOCK_ELEMENTS = 1 << 15
 
 
 class BatchedChocoGossip:
@@ -73,17 +77,27 @@ class BatchedChocoGossip:
         self.x_hat = torch.zeros_like(x)
         self.s = torch.zeros_like(x)
         self._diff = torch.empty_like(x)
-        self._rows = list(zip(x, self._diff, strict=True))  # row views, for the torch call
-        self._ones = np.ones(n)
+        self._messages = codec.messages(n)
+        # row views for the per-row torch calls: x_i += γ (s_i − x̂_i), the codec's scale
+        self._x_rows, self._diff_rows = list(x), list(self._diff)
         self.w_self = np.diagonal(W).copy()
         self.degree = np.array([len(nb) for nb in neighbors], dtype=np.int64)
-        #: slot k: (receiving rows, their k-th neighbour, w_ij); None rows: every node
-        self.slots: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]] = []
-        for k in range(int(self.degree.max(initial=0))):
-            rows = np.array([i for i in range(n) if len(neighbors[i]) > k], dtype=np.intp)
-            senders = np.array([neighbors[i][k] for i in rows], dtype=np.intp)
-            weights = W[rows, senders]
-            self.slots.append((None if len(rows) == n else rows, senders, weights))
+        d = max(1, x.shape[1])
+        size = max(1, min(n, BLOCK_ELEMENTS // d))
+        #: row blocks, and per block and slot k: (rows of the block that have a k-th
+        #: neighbour, None: all; those neighbours; w_ij)
+        self.blocks = [slice(a, min(n, a + size)) for a in range(0, n, size)]
+        self.slots: list[list[tuple[np.ndarray | None, np.ndarray, np.ndarray]]] = []
+        for block in self.blocks:
+            per_slot = []
+            for k in range(int(self.degree[block].max(initial=0))):
+                rows = np.array([i for i in range(block.start, block.stop)
+                                 if len(neighbors[i]) > k], dtype=np.intp)
+                senders = np.array([neighbors[i][k] for i in rows], dtype=np.intp)
+                local = None if len(rows) == block.stop - block.start else rows - block.start
+                per_slot.append((local, senders, W[rows, senders]))
+            self.slots.append(per_slot)
+        self._ones = np.ones(n)
         self.step_count = 0
 
     @property
@@ -92,16 +106,20 @@ class BatchedChocoGossip:
         return self.degree * self.codec.message_nbytes * self.step_count
 
     def step(self) -> None:
-        """One round on every node (Alg. 1 lines 4–8, in the per-node order)."""
+        """One round on every node (Alg. 1 lines 4–8, in the per-node order), block by
+        block of rows: every block's messages first (a node's neighbours may be in any
+        block), then every block's update."""
         x, x_hat, s = self.x.numpy(), self.x_hat.numpy(), self.s.numpy()
-        diff = self._diff.numpy()
-        np.subtract(x, x_hat, out=diff)  # begin: x − x̂ (as torch.sub, one IEEE op)
-        messages = self.codec.encode(self._diff)
-        self.codec.add_(messages, x_hat, self._ones)  # finish: x̂ += Q_i
-        self.codec.add_(messages, s, self.w_self)  # s += w_ii Q_i
-        for rows, senders, weights in self.slots:  # s += w_ij Q_j, neighbour by neighbour
-            self.codec.add_(messages, s, weights, senders, rows)
-        np.subtract(s, x_hat, out=diff)
-        for xi, di in self._rows:  # the per-node torch call on each row
-            xi.add_(di, alpha=self.gamma)
+        diff, codec, messages = self._diff.numpy(), self.codec, self._messages
+        for b in self.blocks:  # begin: Q(x − x̂) (the difference as torch.sub: one IEEE op)
+            np.subtract(x[b], x_hat[b], out=diff[b])
+            codec.encode_(self._diff_rows[b], diff[b], messages, b.start)
+        for b, slots in zip(self.blocks, self.slots, strict=True):  # finish
+            codec.add_(messages, x_hat[b], self._ones[b], b)  # x̂ += Q_i
+            codec.add_(messages, s[b], self.w_self[b], b)  # s += w_ii Q_i
+            for rows, senders, weights in slots:  # s += w_ij Q_j, neighbour by neighbour
+                codec.add_(messages, s[b], weights, senders, rows)
+            np.subtract(s[b], x_hat[b], out=diff[b])
+            for xi, di in zip(self._x_rows[b], self._diff_rows[b], strict=True):
+                xi.add_(di, alpha=self.gamma)  # the per-node torch call on each row
         self.step_count += 1

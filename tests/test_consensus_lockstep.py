@@ -77,13 +77,22 @@ def test_lockstep_matches_threads(spec: str, topology: str) -> None:
     assert threaded[0].error[-1] < threaded[0].error[0]
 
 
-@pytest.mark.parametrize("topology,dim,dtype", [
-    ("ring:6", 37, "float64"), ("ring:10", 1000, "float64"), ("torus:9", 13, "float64"),
-    ("star:6", 37, "float64"),  # irregular: slot k only on nodes of degree > k
-    ("ring:5", 37, "float32"),  # an fp32 --init: fp32 targets, fp32 words
+@pytest.mark.parametrize("topology,dim,dtype,block", [
+    ("ring:6", 37, "float64", None), ("ring:10", 1000, "float64", None),
+    ("torus:9", 13, "float64", None),
+    ("star:6", 37, "float64", None),  # irregular: slot k only on nodes of degree > k
+    ("ring:5", 37, "float32", None),  # an fp32 --init: fp32 targets, fp32 words
+    # rows in blocks of 2 (1 for d = 1,000): neighbours in other blocks, a star's centre
+    # alone in its block with the slots only it has
+    ("ring:10", 1000, "float64", 100), ("star:7", 37, "float64", 80),
+    ("torus:9", 13, "float32", 30),
 ])
-def test_batched_matches_threads_and_lockstep(tmp_path, topology: str, dim: int,
-                                              dtype: str) -> None:
+def test_batched_matches_threads_and_lockstep(tmp_path, monkeypatch, topology: str, dim: int,
+                                              dtype: str, block: int | None) -> None:
+    if block is not None:
+        import choco.batched
+
+        monkeypatch.setattr(choco.batched, "BLOCK_ELEMENTS", block)
     init = None
     if dtype != "float64":
         n = int(topology.split(":")[1])

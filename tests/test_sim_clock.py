@@ -245,3 +245,46 @@ def test_training_rows_config_and_progress_carry_the_simulated_time(tmp_path, ca
     epochs = [line for line in printed.splitlines() if line.startswith("epoch")]
     assert len(epochs) == 2 and all("simulated" in line for line in epochs)
     assert f"simulated {rows[-1]['sim_time_s']:.3f}s" in epochs[-1]
+
+
+# ------------------------------------------------------------------ one thread for all nodes
+@pytest.mark.parametrize("topology,network", [
+    ("ring:7", "bandwidth=1g,latency=50us,compute=1ms"),
+    ("star:6", "bandwidth=100m,latency=20us,compute=1ms,encode=30us,decode=10us,slow=0:3"),
+    ("torus:9", "bandwidth=1g,compute=2ms,jitter=0.3,seed=7,slow=4:2;8:1.5"),
+    ("complete:5", "file"),
+])
+def test_lockstep_clock_matches_the_clock_methods_node_by_node(tmp_path, topology, network):
+    """:class:`LockstepClock` (numpy over the nodes) against :func:`lockstep_round` (the
+    clock's own per-node methods): the same cpu and NIC times of every node after every
+    round, with message lengths that differ between nodes and rounds."""
+    from choco.sim.clock import LockstepClock, NetworkClock, lockstep_round
+
+    if network == "file":
+        path = tmp_path / "net.toml"
+        path.write_text('[[link]]\nnodes = [0, 3]\nbandwidth = "10m"\nlatency = "1ms"\n\n'
+                        '[[node]]\nid = 2\ncompute = 2.5\n')
+        network = f"bandwidth=1g,latency=50us,compute=1ms,decode=5us,file={path}"
+    topo = parse_topology(topology)
+    neighbors = [topo.neighbors(i) for i in range(topo.n)]
+    reference, vector = NetworkClock(network, neighbors), NetworkClock(network, neighbors)
+    fast = LockstepClock(vector)
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        nbytes = rng.integers(1, 5000, topo.n).tolist()
+        lockstep_round(reference, nbytes)
+        fast.round(nbytes)
+        assert [(t.cpu, t.nic) for t in vector.times] == [(t.cpu, t.nic) for t in reference.times]
+    assert vector.steps == reference.steps == [6] * topo.n
+    assert reference.finished() > 0
+
+
+def test_one_thread_clocks_refuse_measured_compute():
+    from choco.errors import CommError
+    from choco.sim.clock import LockstepClock, NetworkClock, lockstep_round
+
+    clock = NetworkClock("compute=measured", [[1], [0]])
+    with pytest.raises(CommError, match="compute=measured"):
+        lockstep_round(clock, [10, 10])
+    with pytest.raises(CommError, match="compute=measured"):
+        LockstepClock(clock)

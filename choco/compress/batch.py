@@ -21,6 +21,7 @@ exactly; the caller then drives the per-node objects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 import numpy as np
@@ -30,22 +31,36 @@ from . import _host
 from .base import Compressor, check_finite
 from .sign import Sign, _host_l1_scale
 
-__all__ = ["BatchCodec", "BatchSign", "batch_codec"]
+__all__ = ["BatchCodec", "BatchSign", "Senders", "batch_codec"]
+
+
+#: what selects the senders of a batched add: a slice of rows or an index per row
+Senders = slice | np.ndarray
 
 
 class BatchCodec(Protocol):
-    """What :class:`choco.batched.BatchedChocoGossip` needs of a codec."""
+    """What :class:`choco.batched.BatchedChocoGossip` needs of a codec.
+
+    The round's messages live in arrays made by :meth:`messages`; :meth:`encode_` fills the
+    rows of one block, :meth:`add_` adds decoded rows into a block of a target, so a round
+    can run block by block (blocks that stay in the CPU's cache).
+    """
 
     #: bytes of one node's message (header included), the same for every node and round
     message_nbytes: int
 
-    def encode(self, rows: torch.Tensor) -> object:
-        """Every row's message, in a form :meth:`add_` reads (rows: ``(n, d)``, contiguous)."""
+    def messages(self, n: int) -> object:
+        """Room for the messages of ``n`` rows."""
 
-    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray,
-             senders: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
-        """``out[rows[k]] += alpha[k] · Q(row senders[k])`` for every ``k`` (``None``: all
-        rows, ``k`` itself), each row in the per-node decoder's arithmetic."""
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int) -> None:
+        """The messages of rows ``start, start + 1, …``: ``rows`` their tensors (views),
+        ``block`` the same rows as one ``(len(rows), d)`` array."""
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        """``out[rows[k]] += alpha[k] · Q(row senders[k])`` for every ``k`` (``rows``
+        ``None``: ``k`` itself), each row in the per-node decoder's arithmetic."""
 
 
 def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> BatchCodec | None:
@@ -62,9 +77,9 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
 class BatchSign:
     """:class:`~choco.compress.sign.Sign` on every row: ``Q(x) = (||x||_1/d) sign(x)``.
 
-    ``encode`` keeps per row the fp32 scale of the wire format and per element the sign
-    (``x < 0``); ``add_`` forms the target's words ``sign bit | bits(fl(scale · α))`` and
-    adds them, as the per-node decoder does.
+    A message is the fp32 scale of the wire format (per row) and the sign ``x < 0`` (per
+    element); ``add_`` forms the target's words ``sign bit | bits(fl(scale · α))`` and adds
+    them, as the per-node decoder does.
     """
 
     def __init__(self, codec: Sign, numel: int, dtype: torch.dtype) -> None:
@@ -75,24 +90,26 @@ class BatchSign:
         self.shift = 8 * self.dtype.itemsize - 1
         # the real message of one row: its length is the bytes one node sends a neighbour
         self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
-        self._words: np.ndarray | None = None  # the slot's words, a buffer reused per round
-        self._views: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._words: np.ndarray | None = None  # the slot's words, a buffer reused per block
 
-    def encode(self, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """``(scales, negative)``: the fp32 scale of each row (the per-node function on that
-        row) and ``row < 0`` per element (the sign bit on the wire)."""
-        scales = np.empty(rows.shape[0], dtype=np.float32)
-        for i, row in enumerate(self._rows(rows)):
-            scales[i] = _host_l1_scale(row)
-        if not np.isfinite(scales).all():
-            check_finite(torch.from_numpy(scales), self.codec.spec)  # the per-node error
-        return scales, np.less(rows.detach().numpy(), 0)
+    def messages(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scales, negative)``: ``(n,)`` fp32 and ``(n, d)`` bool."""
+        return np.empty(n, dtype=np.float32), np.empty((n, self.numel), dtype=bool)
 
-    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray,
-             senders: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int) -> None:
         scales, negative = cast("tuple[np.ndarray, np.ndarray]", messages)
-        if senders is not None:
-            scales, negative = scales[senders], negative[senders]
+        stop = start + len(rows)
+        for i, row in enumerate(rows, start):
+            scales[i] = _host_l1_scale(row)  # the per-node function on that row
+        if not np.isfinite(scales[start:stop]).all():
+            check_finite(torch.from_numpy(scales[start:stop]), self.codec.spec)  # its error
+        np.less(block, 0, out=negative[start:stop])
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        scales, negative = cast("tuple[np.ndarray, np.ndarray]", messages)
+        scales, negative = scales[senders], negative[senders]
         # the per-node decoder's words (sign._word, sign._decode_alone), row by row:
         # (row < 0) << (bits − 1) | bits(fl(scale · α)), added as the target's floats
         value = np.multiply(scales, alpha.astype(self.dtype), dtype=self.dtype).view(self.uint)
@@ -105,13 +122,7 @@ class BatchSign:
             out[rows] += words.view(self.dtype)
 
     def _buffer(self, count: int) -> np.ndarray:
-        """The words of one slot, ``(count, d)`` unsigned, a buffer reused per round."""
+        """The words of one slot, ``(count, d)`` unsigned, a buffer reused per block."""
         if self._words is None or self._words.shape[0] < count:
             self._words = np.empty((count, self.numel), dtype=self.uint)
         return self._words[:count]
-
-    def _rows(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        """The row views of ``rows`` (kept while the same tensor is coded every round)."""
-        if self._views is None or self._views[0] is not rows:
-            self._views = (rows, list(rows))
-        return self._views[1]

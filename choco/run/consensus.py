@@ -44,7 +44,7 @@ from ..compress.batch import BatchCodec, batch_codec
 from ..compress.stateful import is_stateful
 from ..errors import UsageError
 from ..gossip import check_gamma, lockstep
-from ..sim.clock import NetworkClock, lockstep_round
+from ..sim.clock import LockstepClock, NetworkClock
 from ..timevarying import make_choco_gossip
 from .cli import (
     ArgumentParser,
@@ -308,7 +308,7 @@ def run_lockstep(comms: list, problem: Problem, report: bool,
     process-wide generator), so every node's ``x``, errors and bytes are bit-identical to
     the threaded run, without a thread hand-over per node and round. With ``clock``, each
     round's events advance it as the nodes' threads would (:func:`choco.sim.clock.
-    lockstep_round`): the same simulated times.
+    LockstepClock`): the same simulated times.
     """
     n = len(comms)
     xs = [torch.from_numpy(problem.x0[i].copy()) for i in range(n)]
@@ -318,6 +318,7 @@ def run_lockstep(comms: list, problem: Problem, report: bool,
     degree = [len(c.neighbors) for c in comms]
     error = np.empty((n, problem.steps + 1))
     times = _clock_times(clock, problem.steps)
+    ticks = None if clock is None else LockstepClock(clock)
     for i, x in enumerate(xs):
         error[i, 0] = float(((x - xbar0) ** 2).sum())
     points = progress_points(problem.steps)
@@ -326,10 +327,10 @@ def run_lockstep(comms: list, problem: Problem, report: bool,
         lockstep(gossips, xs, 1)
         for i, x in enumerate(xs):
             error[i, t] = float(((x - xbar0) ** 2).sum())
-        if clock is not None and times is not None:  # this round's message lengths
-            lockstep_round(clock, [(g.bytes_sent - b) // d if d else 0
-                                   for g, b, d in zip(gossips, sent, degree, strict=True)])
-            times[:, t] = [node.now for node in clock.times]
+        if ticks is not None and times is not None:
+            ticks.round([(g.bytes_sent - b) // d if d else 0  # this round's message lengths
+                         for g, b, d in zip(gossips, sent, degree, strict=True)])
+            times[:, t] = ticks.now()
         if t in points:
             _report(report, t, problem, error, times)
     return [NodeResult(x.numpy(), error[i], g.bytes_sent, None if times is None else times[i])
@@ -342,7 +343,7 @@ def run_batched(problem: Problem, codec: BatchCodec, report: bool,
     and, with ``clock``, simulated times bit-identical to :func:`run_node` in threads.
 
     The error of node ``i`` is the per-node expression on row ``i``: the elementwise part
-    on the whole array, the sum with the same torch call per row.
+    on a block of rows, the sum with the same torch call per row.
     """
     topo = problem.topology
     if not isinstance(topo, Topology):
@@ -356,17 +357,20 @@ def run_batched(problem: Problem, codec: BatchCodec, report: bool,
     nbytes = [codec.message_nbytes] * n
     error = np.empty((n, problem.steps + 1))
     times = _clock_times(clock, problem.steps)
+    ticks = None if clock is None else LockstepClock(clock)
     points = progress_points(problem.steps)
-    squares = torch.empty_like(x)
+    size = max(b.stop - b.start for b in gossip.blocks)
+    squares = torch.empty((size, x.shape[1]), dtype=x.dtype)
     rows = list(squares)
     for t in range(problem.steps + 1):
         if t > 0:
             gossip.step()
-            if clock is not None and times is not None:
-                lockstep_round(clock, nbytes)
-                times[:, t] = [node.now for node in clock.times]
-        torch.sub(x, xbar0, out=squares).pow_(2)  # (x_i − x̄⁰)², every row
-        error[:, t] = [float(row.sum()) for row in rows]
+            if ticks is not None and times is not None:
+                ticks.round(nbytes)
+                times[:, t] = ticks.now()
+        for b in gossip.blocks:  # (x_i − x̄⁰)², a block of rows at a time
+            torch.sub(x[b], xbar0, out=squares[: b.stop - b.start]).pow_(2)
+            error[b, t] = [float(row.sum()) for row in rows[: b.stop - b.start]]
         if t in points:
             _report(report, t, problem, error, times)
     sent = gossip.bytes_sent

@@ -35,8 +35,8 @@ from ..errors import CommError
 from .model import Link, NodeTimes, allreduce_time, post, receive
 from .spec import NetworkSpec, parse_network
 
-__all__ = ["NetworkClock", "allreduce_next", "bind", "current", "local_step", "lockstep_round",
-           "now"]
+__all__ = ["LockstepClock", "NetworkClock", "allreduce_next", "bind", "current", "local_step",
+           "lockstep_round", "now"]
 
 
 class NetworkClock:
@@ -226,3 +226,78 @@ def _slots(clock: NetworkClock) -> list[list[int]]:
 
 
 _SLOTS: weakref.WeakKeyDictionary[NetworkClock, list[list[int]]] = weakref.WeakKeyDictionary()
+
+
+class LockstepClock:
+    """:func:`lockstep_round` for every node at once, with numpy: the same times, bit for bit.
+
+    Each of the round's operations is the one :meth:`NetworkClock.local_step`,
+    :func:`~choco.sim.model.post` and :func:`~choco.sim.model.receive` do for one node, done
+    elementwise over the nodes (the same IEEE operations in the same order: a message's
+    arrival is the running sum ``s_k = s_{k−1} + (α + m/β)`` neighbour by neighbour, the
+    wait a maximum, then ``+ deg · decode · f``); the jitter draws stay one per node from
+    the node's own stream, with :func:`math.exp`. The clock's :class:`NodeTimes` are read
+    before and written after every round, so the clock's other methods see the same state.
+    tests/test_sim_clock.py checks it against :func:`lockstep_round` (which calls the
+    clock's methods) on graphs of every degree, stragglers, jitter and per-link files.
+    """
+
+    def __init__(self, clock: NetworkClock) -> None:
+        if clock.measured:
+            raise CommError("LockstepClock needs a modelled compute time, not "
+                            "compute=measured; run one thread per node (LocalNetwork.run).")
+        self.clock = clock
+        n = clock.size
+        width = max((len(nb) for nb in clock.neighbors), default=0)
+        self.degree = np.array([len(nb) for nb in clock.neighbors], dtype=np.float64)
+        self.factors = np.array(clock.factors, dtype=np.float64)
+        # per node and neighbour slot: α, β (padding: 0 s and 1/β = 0, so it adds 0.0)
+        self.alpha = np.zeros((n, width))
+        self.beta = np.full((n, width), np.inf)
+        # where node i finds the arrival of its m-th neighbour's message: (sender, slot)
+        self.source = np.zeros((n, width), dtype=np.intp)
+        self.slot = np.zeros((n, width), dtype=np.intp)
+        self.present = np.zeros((n, width), dtype=bool)
+        for i, (links, nb, slot) in enumerate(zip(clock._links, clock.neighbors,
+                                                  _slots(clock), strict=True)):
+            for k, (alpha, beta) in enumerate(links):
+                self.alpha[i, k], self.beta[i, k] = alpha, beta
+            self.source[i, : len(nb)], self.slot[i, : len(nb)] = nb, slot
+            self.present[i, : len(nb)] = True
+
+    def round(self, nbytes: Sequence[int] | np.ndarray) -> None:
+        """One round of every node: local step, post of ``nbytes[i]`` bytes, wait."""
+        clock, n = self.clock, self.clock.size
+        spec = clock.spec
+        times = clock.times
+        cpu = np.fromiter((t.cpu for t in times), np.float64, n)
+        nic = np.fromiter((t.nic for t in times), np.float64, n)
+        # local step: cpu += compute · f_i (· e^{σ z_i})
+        dt = (spec.compute or 0.0) * self.factors
+        if clock._jitter is not None:
+            dt *= np.array([math.exp(spec.jitter * float(g.standard_normal()))
+                            for g in clock._jitter])
+        cpu += dt
+        for i in range(n):
+            clock.steps[i] += 1
+        # post: cpu += encode · f_i; the messages leave one after another
+        cpu += spec.encode * self.factors
+        start = np.maximum(cpu, nic)
+        wire = self.alpha + np.asarray(nbytes, dtype=np.float64)[:, None] / self.beta
+        arrivals = np.empty_like(wire)
+        for k in range(wire.shape[1]):
+            start = start + wire[:, k]
+            arrivals[:, k] = start
+        nic = start
+        # wait for every neighbour's message and the own sends, then decode each
+        received = np.where(self.present, arrivals[self.source, self.slot], -np.inf)
+        last = np.maximum(cpu, nic)
+        if received.shape[1]:
+            last = np.maximum(last, received.max(axis=1))
+        cpu = last + self.degree * (spec.decode * self.factors)
+        for t, c, w in zip(times, cpu.tolist(), nic.tolist(), strict=True):
+            t.cpu, t.nic = c, w
+
+    def now(self) -> list[float]:
+        """Every node's simulated time (:meth:`NetworkClock.now`), in rank order."""
+        return [t.now for t in self.clock.times]
