@@ -17,7 +17,9 @@ codec's per-row scale, the neighbour sums slot by slot (slot ``k`` adds every no
 torch call per row. So ``x``, ``x̂`` and ``s`` are bit-identical to the per-node objects
 driven in lock-step or in threads, without ``n`` messages framed, copied and parsed per
 round. Bytes sent are counted as the per-node round counts them: message length ×
-neighbours, per round.
+neighbours, per round. The round runs over blocks of rows (:data:`BLOCK_ELEMENTS`): every
+block's messages first, then every block's update, so each pass over a block reads data
+still in the cache; the per-row arithmetic does not depend on the blocks.
 """
 
 from __future__ import annotations
