@@ -184,3 +184,35 @@ def test_lockstep_applies_only_where_it_is_exact() -> None:
     # host time measured per node's thread: one thread per node
     assert not consensus.lockstep_applies(P("sign", ring), parse_network("compute=measured"))
     assert not consensus.lockstep_applies(P("lgc", ring), None)  # coding state
+
+
+def test_cli_picks_the_batched_driver_for_sign_and_lock_step_for_others(tmp_path,
+                                                                         monkeypatch) -> None:
+    """Which driver ``choco-consensus --backend local`` runs: each other one is made to
+    fail, so the run succeeds only through the expected one."""
+    from choco.comm.local import LocalNetwork
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this driver should not run")
+
+    def run(spec: str, *extra: str) -> None:
+        out = tmp_path / f"{spec.replace(':', '_')}.npz"
+        assert consensus.main(["--topology", "ring:5", "--compressor", spec, "--gamma", "0.4",
+                               "--dim", "16", "--steps", "3", "--backend", "local", "--quiet",
+                               "--overwrite", "--out", str(out), *extra]) == 0
+
+    with monkeypatch.context() as m:
+        m.setattr(consensus, "run_lockstep", refuse)
+        m.setattr(LocalNetwork, "run", refuse)
+        run("sign")
+        run("sign", "--network", "bandwidth=1g,compute=1ms")
+    with monkeypatch.context() as m:
+        m.setattr(consensus, "run_batched", refuse)
+        m.setattr(LocalNetwork, "run", refuse)
+        run("topk:0.2")
+        run("topk:0.2", "--network", "bandwidth=1g,compute=1ms")
+    with monkeypatch.context() as m:
+        m.setattr(consensus, "run_batched", refuse)
+        m.setattr(consensus, "run_lockstep", refuse)
+        run("sign", "--threads")
+        run("sign", "--network", "compute=measured")
