@@ -12,6 +12,7 @@ import torch
 
 from choco.comm import LocalNetwork
 from choco.compress import make_compressor
+from choco.baselines import ExactGossip
 from choco.errors import UsageError
 from choco.gossip import ChocoGossip
 from choco.optim import AllReduceSGD, ChocoSGD
@@ -136,6 +137,46 @@ def test_a_straggler_slows_its_neighbours_first_and_everyone_after_a_few_rounds(
     after_five, after_seven = straggler_times(n, 5, C, F), straggler_times(n, 7, C, F)
     assert [b - a for a, b in zip(after_five, after_seven, strict=True)] == pytest.approx(
         [2 * F * C] * n, rel=1e-9)
+
+
+def one_round_times(gossip_cls, n: int, spec: str, numel: int) -> list[float]:
+    """Each node's simulated time after one round (begin, finish) of ``gossip_cls``."""
+    net, W = ring_net(n, spec)
+
+    def node(comm):
+        x = torch.full((numel,), float(comm.rank))
+        if gossip_cls is ChocoGossip:
+            gossip = ChocoGossip(comm, W[comm.rank], make_compressor("identity"), 0.5)
+        else:
+            gossip = gossip_cls(comm, W[comm.rank])
+        gossip.begin(x)
+        gossip.finish(x)
+        return now()
+
+    return net.run(node)
+
+
+@pytest.mark.parametrize("decode_over_link", [3.0, 0.2])  # decode-bound and link-bound
+def test_choco_decodes_each_message_as_it_arrives_the_exact_baseline_after_the_exchange(
+        decode_over_link):
+    """ring:3, links 1 Mbit/s without latency, nothing but the round. Node j sends to its
+    sorted neighbours one after another, so the message of the k-th listed receiver arrives
+    k·u after the post (u = 8m/β): node 0 gets 1's and 2's messages at u, u; node 1 gets
+    0's at u and 2's at 2u; node 2 gets both at 2u; every node's own sends end at 2u.
+    Decoding in neighbour order as they arrive (decode time D):
+    node 0: max(u + 2D, 2u); node 1: max(max(u + D, 2u) + D, 2u); node 2: 2u + 2D.
+    Decoding after the whole exchange (ExactGossip): 2u + 2D everywhere."""
+    numel = 1000
+    m = make_compressor("identity").nbytes(numel)
+    u = m * 8 / 1e6
+    D = decode_over_link * u
+    spec = f"bandwidth=1m,latency=0,decode={D * 1e3!r}ms"
+    choco = one_round_times(ChocoGossip, 3, spec, numel)
+    assert choco == pytest.approx([max(u + 2 * D, 2 * u), max(max(u + D, 2 * u) + D, 2 * u),
+                                   2 * u + 2 * D], rel=1e-12)
+    exact = one_round_times(ExactGossip, 3, spec, numel)
+    assert exact == pytest.approx([2 * u + 2 * D] * 3, rel=1e-12)
+    assert choco[0] < exact[0]  # the decode-while-arriving credit
 
 
 BUSY = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"

@@ -9,8 +9,10 @@ says ``compute=measured``):
   with ``z`` a standard normal drawn from the node's own seeded stream (``jitter=σ``);
 * posting a neighbourhood exchange of ``m`` bytes: :func:`~choco.sim.model.post` with the
   per-link times ``α_ij + 8 m / β_ij``; the arrival times travel with the message;
-* waiting for it: :func:`~choco.sim.model.receive` with the arrival times of the
-  neighbours' messages;
+* waiting for it: :func:`~choco.sim.model.receive_each` (decode each message as soon as
+  it has arrived, in neighbour order: ``ChocoGossip.finish``) or
+  :func:`~choco.sim.model.receive` (decode after the whole exchange: gossips that call
+  ``NeighbourRound.wait``), with the arrival times of the neighbours' messages;
 * the gradient all-reduce of the all-reduce baseline (:func:`allreduce_next` marks the
   next collective): every node waits for the last, then the ring all-reduce time
   (:func:`~choco.sim.model.allreduce_time`) passes for everyone.
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .model import Link, NodeTimes, allreduce_time, post, receive
+from .model import Link, NodeTimes, allreduce_time, post, receive, receive_each
 from .spec import NetworkSpec, parse_network
 
 __all__ = ["NetworkClock", "allreduce_next", "bind", "current", "local_step", "now"]
@@ -105,10 +107,13 @@ class NetworkClock:
         wire = [alpha + nbytes / beta for alpha, beta in links]
         return post(self.times[i], self.spec.encode * self.factors[i], wire)
 
-    def receive(self, i: int, arrivals: Sequence[float]) -> None:
-        """Node ``i`` waits for messages arriving at ``arrivals`` and decodes them."""
+    def receive(self, i: int, arrivals: Sequence[float], each: bool = False) -> None:
+        """Node ``i`` waits for messages arriving at ``arrivals`` and decodes them: after the
+        whole exchange (:func:`~choco.sim.model.receive`), or with ``each`` one by one as
+        they arrive, in order (:func:`~choco.sim.model.receive_each`)."""
         self.charge(i)
-        receive(self.times[i], arrivals, self.spec.decode * self.factors[i])
+        rule = receive_each if each else receive
+        rule(self.times[i], arrivals, self.spec.decode * self.factors[i])
 
     def allreduce_next(self, i: int, nbytes: float) -> None:
         """Node ``i``'s next collective is an all-reduce of ``nbytes`` that costs time."""

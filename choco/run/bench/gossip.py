@@ -138,17 +138,18 @@ def vendor_line(world: World) -> tuple[str, str]:
 
 
 def timed_wait(gossip: ChocoGossip, sink: list[float]) -> None:
-    """Wrap ``gossip.round.wait`` so that each call appends its duration to ``sink``."""
-    inner = gossip.round.wait
+    """Wrap ``gossip.finish`` so that each call appends the seconds it spent waiting for
+    the exchange (:attr:`NeighbourRound.waited <choco.neighbourhood.NeighbourRound.waited>`:
+    the whole wait, or the waits between the messages decoded as they arrive) to ``sink``."""
+    inner = gossip.finish
 
-    def wait():
-        start = time.perf_counter()
+    def finish(x):
         try:
-            return inner()
+            return inner(x)
         finally:
-            sink.append(time.perf_counter() - start)
+            sink.append(gossip.round.waited)
 
-    gossip.round.wait = wait  # type: ignore[method-assign]
+    gossip.finish = finish  # type: ignore[method-assign]
 
 
 def _sparse_ratio(spec: str) -> tuple[float, bool] | None:
