@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from choco.baselines import ExactGossip
 from choco.comm import LocalNetwork
 from choco.compress import make_compressor
-from choco.baselines import ExactGossip
 from choco.errors import UsageError
 from choco.gossip import ChocoGossip
 from choco.optim import AllReduceSGD, ChocoSGD

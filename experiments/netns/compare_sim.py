@@ -1,39 +1,133 @@
-"""Simulated against measured rounds on per-node shaped links (experiments/netns/sim_run.sh).
+"""Simulated against measured time on per-node shaped links (experiments/netns/sim_run.sh).
 
-    python -m experiments.netns.compare_sim SHAPED.txt UNSHAPED.txt [--gbit 1] [--latency-us 50]
+    python -m experiments.netns.compare_sim OUTDIR [--gbit 1] [--latency-us 50]
 
-``SHAPED.txt``/``UNSHAPED.txt``: the output of ``python -m choco.bench gossip --json`` under
-``mpiexec`` with every rank in its own network namespace, its one link shaped (or not) by
-``tc tbf``. For every compressor the same consensus round (ring of ``n``, fp32 vector of the
-same size) runs in process under ``--network bandwidth=G,latency=L,encode=E,decode=D``, with
-``E`` and ``D`` the encode and decode+update times of the unshaped run (the CPU part), and
-the simulated time per round is compared with the measured one. The all-reduce row uses the
-clock's ring all-reduce formula. Prints a Markdown table.
+``OUTDIR`` holds what ``sim_run.sh`` measured with every MPI rank in its own network
+namespace, its one link's egress shaped by ``tc tbf``:
+
+* ``gossip-n{N}-r{K}.txt``: repeat ``K`` of ``python -m choco.bench gossip --json`` on
+  ``ring:N`` (the last line is JSON). Each repeat is simulated with **its own** CPU times:
+  the same consensus round runs in process under ``--network bandwidth=G,latency=L,
+  encode=E,decode=D,slow=...`` with ``E`` the ranks' mean encode (begin) time, ``D`` their
+  mean decode+update time (the finish minus its waits) divided by the degree (the clock
+  charges ``decode`` per received message) and each rank's own CPU time relative to the
+  mean as its ``slow`` factor (:func:`gossip_network`). Rows give the median over repeats
+  of the measured and of the simulated round and the range of the per-repeat errors. The
+  all-reduce row is the clock's ring formula (link time only).
+* ``train-{LABEL}/``: ``args.json`` (the ``choco-train`` options), ``timing-rank{R}.json``
+  per rank (:mod:`experiments.netns.timed_train`). The measured time is the slowest rank's
+  time in the training epochs (evaluation excluded); the in-process run (``--backend
+  local``, same options) gets ``compute``, ``encode`` and ``decode`` from the ranks' own
+  timers (:func:`train_network`) and its last ``sim_time_s`` is compared.
+
+Prints a Markdown table (and the load average of the machine while measuring, from
+``load.txt`` if present).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from choco.run import consensus
 from choco.sim.model import Link, allreduce_time
 
+#: within this relative error a row counts as validated (the issue's goal)
+TOLERANCE = 0.20
 
-def read(path: str) -> dict:
+
+def read(path: str | Path) -> dict:
+    """The JSON line of a ``python -m choco.bench gossip --json`` output."""
     for line in reversed(Path(path).read_text().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     raise SystemExit(f"{path}: no JSON line of `python -m choco.bench gossip --json`")
 
 
-def simulated_round(n: int, numel: int, spec: str, network: str, rounds: int = 4) -> float:
+def link_spec(gbit: float, latency_us: float) -> str:
+    return f"bandwidth={gbit:g}g,latency={latency_us:g}us"
+
+
+def slow_factors(cpu: Sequence[float]) -> str:
+    """``slow=`` value giving rank ``r`` the factor ``cpu[r] / mean(cpu)`` ("" if all
+    equal): each node runs at its own measured pace around the means given as times."""
+    mean = statistics.fmean(cpu)
+    if mean <= 0 or all(c == cpu[0] for c in cpu):
+        return ""
+    return ",slow=" + ";".join(f"{r}:{c / mean:.6f}" for r, c in enumerate(cpu))
+
+
+def gossip_network(row: dict, degree: int, gbit: float, latency_us: float) -> str:
+    """``--network`` spec of one measured gossip row: ``encode`` = the ranks' mean encode
+    (begin) ms, ``decode`` = their mean decode+update ms / degree (the clock charges it per
+    received message), and each rank's (encode + decode+update) / the mean as its ``slow``
+    factor (rows without per-rank times: the means only)."""
+    encode = row.get("rank_encode_ms", [row["encode_ms"]])
+    decode = row.get("rank_decode_update_ms", [row["decode_update_ms"]])
+    cpu = [e + d for e, d in zip(encode, decode, strict=True)]
+    return (f"{link_spec(gbit, latency_us)},encode={statistics.fmean(encode):.6f}ms,"
+            f"decode={statistics.fmean(decode) / degree:.6f}ms"
+            + (slow_factors(cpu) if len(cpu) > 1 else ""))
+
+
+def train_network(timings: Sequence[dict], gbit: float, latency_us: float) -> str:
+    """``--network`` spec from the ranks' timers (:mod:`experiments.netns.timed_train`),
+    in rank order. Means over ranks of: ``compute`` = (train − begin − finish) / steps
+    (forward, backward, update and the loop's own work); ``encode`` = begin / steps (one
+    ``begin`` per local step); ``decode`` = (finish − waits) / (rounds · degree); and each
+    rank's CPU time per step (compute + encode + degree · decode) / the mean as its
+    ``slow`` factor."""
+    compute = [(t["train_s"] - t["begin_s"] - t["finish_s"]) / t["steps"] for t in timings]
+    encode = [t["begin_s"] / t["steps"] for t in timings]
+    decode = [(t["finish_s"] - t["wait_s"]) / (t["rounds"] * t["degree"]) for t in timings]
+    cpu = [c + e + t["degree"] * d
+           for c, e, d, t in zip(compute, encode, decode, timings, strict=True)]
+    return (f"{link_spec(gbit, latency_us)},compute={1e3 * statistics.fmean(compute):.6f}ms,"
+            f"encode={1e3 * statistics.fmean(encode):.6f}ms,"
+            f"decode={1e3 * statistics.fmean(decode):.6f}ms" + slow_factors(cpu))
+
+
+def error(simulated: float, measured: float) -> float:
+    """Relative error of the simulation, ``(simulated − measured) / measured``."""
+    return (simulated - measured) / measured
+
+
+def row_line(what: str, measured: float, simulated: float,
+             errors: Sequence[float] = ()) -> str:
+    """One table row: medians, their error, the per-repeat error range, within 20 %?"""
+    e = error(simulated, measured)
+    spread = (f"{100 * min(errors):+.1f} … {100 * max(errors):+.1f} %" if len(errors) > 1
+              else "")
+    ok = "yes" if abs(e) <= TOLERANCE else "**no**"
+    return (f"| {what} | {measured:.1f} | {simulated:.1f} | {100 * e:+.1f} % | {spread} "
+            f"| {ok} |")
+
+
+HEADER = ["| round or run | measured ms | simulated ms | error | per-repeat errors "
+          "| within 20 % |", "|---|---:|---:|---:|---:|:---:|"]
+
+
+def gossip_files(out: Path) -> dict[int, list[Path]]:
+    """``{N: [repeat files]}`` from ``gossip-n{N}-r{K}.txt``, sorted."""
+    found: dict[int, list[Path]] = {}
+    for path in sorted(out.glob("gossip-n*-r*.txt")):
+        m = re.fullmatch(r"gossip-n(\d+)-r(\d+)\.txt", path.name)
+        if m:
+            found.setdefault(int(m.group(1)), []).append(path)
+    return found
+
+
+def simulated_round(n: int, numel: int, spec: str, network: str, rounds: int = 3) -> float:
     """Simulated seconds per round of the in-process consensus with ``network``."""
+    from choco.run import consensus
+
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "x0.npy"
         np.save(init, np.random.default_rng(0).standard_normal((n, numel), dtype=np.float32))
@@ -46,33 +140,75 @@ def simulated_round(n: int, numel: int, spec: str, network: str, rounds: int = 4
         return float(np.load(out)["sim_time_s"][-1]) / rounds
 
 
+def simulated_training(args: Sequence[str], network: str) -> float:
+    """The last ``sim_time_s`` of ``choco-train --backend local`` with ``args``."""
+    from choco.run import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [*args, "--backend", "local", "--network", network, "--out", tmp + "/run",
+                "--quiet"]
+        if train.main(argv) != 0:
+            raise SystemExit(f"the simulated training {' '.join(args)} failed")
+        rows = [json.loads(line) for line in
+                (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines() if line]
+        return float(rows[-1]["sim_time_s"])
+
+
+def gossip_rows(n: int, files: Sequence[Path], gbit: float, latency_us: float) -> list[str]:
+    runs = [read(p) for p in files]
+    head = runs[0]
+    degree = head["degree"]
+    link = Link(latency_us * 1e-6, gbit * 1e9 / 8)
+    lines = [f"| **ring:{n}, d = {head['numel']:,} fp32, {len(runs)} repeats × median of "
+             f"{head['rounds']} rounds** | | | | | |"]
+    measured = [statistics.median(r["allreduce_ms"] for r in run["rows"]) for run in runs]
+    sim_ar = 1e3 * allreduce_time(n, head["allreduce_bytes"], link)
+    lines.append(row_line("all-reduce (link only)", statistics.median(measured), sim_ar,
+                          [error(sim_ar, m) for m in measured]))
+    for k, first in enumerate(head["rows"]):
+        meas, sims = [], []
+        for run in runs:
+            row = run["rows"][k]
+            meas.append(row["round_ms"])
+            sims.append(1e3 * simulated_round(n, head["numel"], row["spec"],
+                                              gossip_network(row, degree, gbit, latency_us)))
+        errs = [error(s, m) for s, m in zip(sims, meas, strict=True)]
+        lines.append(row_line(f"`{first['spec']}` round", statistics.median(meas),
+                              statistics.median(sims), errs))
+    return lines
+
+
+def train_rows(folder: Path, gbit: float, latency_us: float) -> list[str]:
+    args = json.loads((folder / "args.json").read_text())
+    timings = sorted((json.loads(p.read_text()) for p in folder.glob("timing-rank*.json")),
+                     key=lambda t: t["rank"])
+    if not timings:
+        return [f"| {folder.name}: no timing files | | | | | |"]
+    measured = max(t["train_s"] for t in timings)
+    network = train_network(timings, gbit, latency_us)
+    simulated = simulated_training(args, network)
+    what = f"training `{' '.join(args)}` ({len(timings)} ranks)"
+    return [row_line(what, 1e3 * measured, 1e3 * simulated), f"<!-- {network} -->"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("shaped")
-    p.add_argument("unshaped")
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("out", help="the folder sim_run.sh wrote")
     p.add_argument("--gbit", type=float, default=1.0, help="shaped rate per link, Gbit/s")
     p.add_argument("--latency-us", type=float, default=50.0, help="α per message, µs")
     args = p.parse_args(argv)
-    shaped, unshaped = read(args.shaped), read(args.unshaped)
-    n, numel = shaped["n"], shaped["numel"]
-    cpu = {r["spec"]: r for r in unshaped["rows"]}
-    lines = [f"n = {n} ({shaped['topology']}), d = {numel:,} fp32, every rank's link shaped to "
-             f"{args.gbit:g} Gbit/s; simulated with latency {args.latency_us:g} µs and the "
-             "unshaped run's encode and decode+update times", shaped["machine"], "",
-             "| round | measured ms | simulated ms | error |", "|---|---:|---:|---:|"]
-    link = Link(args.latency_us * 1e-6, args.gbit * 1e9 / 8)
-    measured_ar = float(np.median([r["allreduce_ms"] for r in shaped["rows"]]))
-    sim_ar = 1e3 * allreduce_time(n, shaped["allreduce_bytes"], link)
-    rows = [("all-reduce (link only)", measured_ar, sim_ar)]
-    for r in shaped["rows"]:
-        c = cpu[r["spec"]]
-        network = (f"bandwidth={args.gbit:g}g,latency={args.latency_us:g}us,"
-                   f"encode={c['encode_ms']:.4f}ms,decode={c['decode_update_ms']:.4f}ms")
-        rows.append((f"`{r['spec']}`", r["round_ms"],
-                     1e3 * simulated_round(n, numel, r["spec"], network)))
-    for what, measured, simulated in rows:
-        lines.append(f"| {what} | {measured:.1f} | {simulated:.1f} | "
-                     f"{100 * (simulated - measured) / measured:+.1f}% |")
+    out = Path(args.out)
+    lines = [f"Every rank's link shaped to {args.gbit:g} Gbit/s (tbf); simulated with latency "
+             f"{args.latency_us:g} µs and the CPU times each run measured itself."]
+    if (out / "load.txt").exists():
+        lines.append("Load while measuring: " + "; ".join(
+            line.strip() for line in (out / "load.txt").read_text().splitlines() if line))
+    lines += ["", *HEADER]
+    for n, files in sorted(gossip_files(out).items()):
+        lines += gossip_rows(n, files, args.gbit, args.latency_us)
+    for folder in sorted(out.glob("train-*")):
+        if folder.is_dir():
+            lines += train_rows(folder, args.gbit, args.latency_us)
     print("\n".join(lines), flush=True)
     return 0
 

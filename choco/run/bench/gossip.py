@@ -260,7 +260,8 @@ def _bench_world_spec(world: World, topo, q: Compressor, args) -> np.ndarray:
 def summarize_mpi(samples: np.ndarray, stat: str = "median") -> dict[str, float]:
     """Medians (ms) from ``(ranks, rounds, 5)`` samples: a round's time is its slowest
     rank's; the split is the mean over ranks; ``cpu_max_ms`` is the CPU part (encode +
-    decode/update) of the rank with the most; the ratio is of the medians."""
+    decode/update) of the rank with the most; the ratio is of the medians;
+    ``rank_encode_ms`` and ``rank_decode_update_ms`` are each rank's own medians."""
     round_max = samples[:, :, 3].max(axis=0)
     allreduce_max = samples[:, :, 4].max(axis=0)
     split = samples[:, :, :3].mean(axis=0)
@@ -270,6 +271,10 @@ def summarize_mpi(samples: np.ndarray, stat: str = "median") -> dict[str, float]
            "decode_update_ms": 1e3 * med(split[:, 2]), "round_ms": 1e3 * med(round_max),
            "allreduce_ms": 1e3 * med(allreduce_max), "cpu_max_ms": 1e3 * med(cpu_max)}
     out["ratio"] = out["round_ms"] / out["allreduce_ms"]
+    # each rank's own encode and decode+update (the shaped-link validation simulates them)
+    by_rank = np.median(samples, axis=1) if stat == "median" else samples.min(axis=1)
+    out["rank_encode_ms"] = [1e3 * float(v) for v in by_rank[:, 0]]
+    out["rank_decode_update_ms"] = [1e3 * float(v) for v in by_rank[:, 2]]
     return out
 
 
