@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from choco.compress import make_compressor
 from choco.sim import parse_network
 from experiments.netns import compare_sim
 
@@ -16,7 +17,7 @@ def test_gossip_spec_uses_each_runs_own_cpu_times_and_per_rank_factors():
     row = {"encode_ms": 99.0, "decode_update_ms": 99.0,  # the means are not what is used
            "rank_encode_ms": [2.0, 4.0], "rank_decode_update_ms": [6.0, 12.0]}
     spec = parse_network(compare_sim.gossip_network(row, degree=2, gbit=1, latency_us=50))
-    assert spec.bandwidth == pytest.approx(1e9)
+    assert spec.bandwidth == pytest.approx(1e9 * 1448 / 1514)  # TCP payload of 1 Gbit/s
     assert spec.latency == pytest.approx(50e-6)
     assert spec.encode == pytest.approx(3e-3)  # mean of 2 and 4 ms
     assert spec.decode == pytest.approx(9e-3 / 2)  # mean 9 ms over two messages
@@ -68,3 +69,23 @@ def test_measurement_files_are_found_by_ranks_and_repeat(tmp_path):
     (tmp_path / "empty.txt").write_text("no json here\n")
     with pytest.raises(SystemExit, match="no JSON line"):
         compare_sim.read(tmp_path / "empty.txt")
+
+
+def test_one_round_on_the_clock_rules_equals_the_in_process_consensus_round():
+    """round_on_clock applies the clock's post/receive_each rules by hand; the in-process
+    consensus (LocalNetwork, NetworkClock, ChocoGossip) must give the same first round."""
+    n, numel, gbit, latency_us = 4, 1000, 0.001, 100.0  # 1 Mbit/s: the link matters
+    encode, decode = 2.0, 3.0  # ms; decode is per round, over the degree 2
+    factors = [1.0, 1.5, 0.5, 2.0]
+    row = {"encode_ms": 0.0, "decode_update_ms": 0.0,
+           "rank_encode_ms": [encode * f for f in factors],
+           "rank_decode_update_ms": [decode * f for f in factors]}
+    network = compare_sim.gossip_network(row, 2, gbit, latency_us)
+    in_process = compare_sim.simulated_round(n, numel, "sign", network, rounds=1)
+    nbytes = make_compressor("sign").nbytes(numel)
+    by_hand = compare_sim.round_on_clock(n, nbytes, row["rank_encode_ms"],
+                                         row["rank_decode_update_ms"], gbit, latency_us)
+    assert 1e3 * in_process == pytest.approx(by_hand, rel=1e-9)
+    # and the link's payload time is in it: at least encode + two messages on the slowest
+    wire = latency_us * 1e-6 + nbytes * 8 / (gbit * 1e9 * 1448 / 1514)
+    assert by_hand >= 1e3 * (2 * wire) + encode * 2.0

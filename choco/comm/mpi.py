@@ -77,10 +77,14 @@ class _MPIExchange(Exchange):
 
     def wait_each(self) -> Iterator[torch.Tensor]:
         """Neighbour ``k``'s buffer once its ``Irecv`` is complete; the sends are waited
-        for after the last."""
+        for after the last. Before handing a buffer over (to be decoded) the other
+        transfers are advanced once (:meth:`progress`), so that a message sent with
+        MPI's rendezvous protocol is cleared to move while the receiver decodes."""
         try:
             for k, request in enumerate(self.recvs):
                 request.Wait()
+                if k + 1 < len(self.recvs):
+                    self.progress()
                 yield torch.from_numpy(self.recv[k])
             MPI.Request.Waitall(self.sends)
         except MPI.Exception as exc:  # e.g. MPI_ERR_TRUNCATE under Open MPI

@@ -6,14 +6,17 @@
 namespace, its one link's egress shaped by ``tc tbf``:
 
 * ``gossip-n{N}-r{K}.txt``: repeat ``K`` of ``python -m choco.bench gossip --json`` on
-  ``ring:N`` (the last line is JSON). Each repeat is simulated with **its own** CPU times:
-  the same consensus round runs in process under ``--network bandwidth=G,latency=L,
-  encode=E,decode=D,slow=...`` with ``E`` the ranks' mean encode (begin) time, ``D`` their
+  ``ring:N`` (the last line is JSON). Every measured round is simulated with **its own**
+  CPU times: each rank's encode and decode+update of that round go through the clock's
+  rules (:func:`round_on_clock`), and the medians over all rounds of all repeats are
+  compared. As a check of the whole in-process path, the same consensus round also runs in
+  process under ``--network bandwidth=G,latency=L,encode=E,decode=D,slow=...`` with
+  ``E`` the ranks' mean encode (begin) time, ``D`` their
   mean decode+update time (the finish minus its waits) divided by the degree (the clock
   charges ``decode`` per received message) and each rank's own CPU time relative to the
-  mean as its ``slow`` factor (:func:`gossip_network`). Rows give the median over repeats
-  of the measured and of the simulated round and the range of the per-repeat errors. The
-  all-reduce row is the clock's ring formula (link time only).
+  mean as its ``slow`` factor (:func:`gossip_network`), once per repeat. The all-reduce row
+  is the clock's ring formula (link time only). The bandwidth given to the clock is the TCP
+  payload rate of the shaped link, ``G · 1448/1514`` (:data:`TCP_PAYLOAD`).
 * ``train-{LABEL}/``: ``args.json`` (the ``choco-train`` options), ``timing-rank{R}.json``
   per rank (:mod:`experiments.netns.timed_train`). The measured time is the slowest rank's
   time in the training epochs (evaluation excluded); the in-process run (``--backend
@@ -37,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from choco.sim.model import Link, allreduce_time
+from choco.sim.model import Link, NodeTimes, allreduce_time, post, receive_each
+from topologies import parse_topology
 
 #: within this relative error a row counts as validated (the issue's goal)
 TOLERANCE = 0.20
@@ -51,8 +55,14 @@ def read(path: str | Path) -> dict:
     raise SystemExit(f"{path}: no JSON line of `python -m choco.bench gossip --json`")
 
 
+#: payload share of a full TCP segment on the wire at MTU 1500 (1448 payload bytes, with
+#: timestamps, per 1514-byte Ethernet frame): tbf shapes frames, the clock counts payload
+TCP_PAYLOAD = 1448 / 1514
+
+
 def link_spec(gbit: float, latency_us: float) -> str:
-    return f"bandwidth={gbit:g}g,latency={latency_us:g}us"
+    """``bandwidth`` (the payload rate of a ``gbit`` Gbit/s tbf link) and ``latency``."""
+    return f"bandwidth={gbit * TCP_PAYLOAD:.12g}g,latency={latency_us:g}us"
 
 
 def slow_factors(cpu: Sequence[float]) -> str:
@@ -97,6 +107,26 @@ def train_network(timings: Sequence[dict], gbit: float, latency_us: float) -> st
 def error(simulated: float, measured: float) -> float:
     """Relative error of the simulation, ``(simulated − measured) / measured``."""
     return (simulated - measured) / measured
+
+
+def round_on_clock(n: int, nbytes: int, encode_ms: Sequence[float],
+                   decode_ms: Sequence[float], gbit: float, latency_us: float) -> float:
+    """Simulated ms of one consensus round on ``ring:n`` started together (after the
+    benchmark's barrier), node ``i`` encoding for ``encode_ms[i]`` and spending
+    ``decode_ms[i]`` on decoding and the update (``decode_ms[i] / degree`` per message):
+    the clock's own rules (:func:`~choco.sim.model.post`, then
+    :func:`~choco.sim.model.receive_each`, what ``NetworkClock`` applies to
+    ``ChocoGossip``), one round, the slowest node's end."""
+    topo = parse_topology(f"ring:{n}")
+    neighbors = [list(topo.neighbors(i)) for i in range(n)]
+    wire = latency_us * 1e-6 + nbytes * 8 / (gbit * TCP_PAYLOAD * 1e9)
+    times = [NodeTimes() for _ in range(n)]
+    sent = [post(times[i], 1e-3 * encode_ms[i], [wire] * len(nb))
+            for i, nb in enumerate(neighbors)]
+    for i, nb in enumerate(neighbors):
+        stamps = [sent[j][neighbors[j].index(i)] for j in nb]
+        receive_each(times[i], stamps, 1e-3 * decode_ms[i] / len(nb))
+    return 1e3 * max(t.now for t in times)
 
 
 def row_line(what: str, measured: float, simulated: float,
@@ -154,27 +184,46 @@ def simulated_training(args: Sequence[str], network: str) -> float:
         return float(rows[-1]["sim_time_s"])
 
 
-def gossip_rows(n: int, files: Sequence[Path], gbit: float, latency_us: float) -> list[str]:
+def gossip_rows(n: int, files: Sequence[Path], gbit: float, latency_us: float,
+                in_process: bool = True) -> list[str]:
+    """Rows of one ring size: the all-reduce, then per compressor the measured round
+    against (1) every measured round simulated with that round's per-rank CPU times
+    (:func:`round_on_clock`; medians over rounds and repeats) and (2) the in-process
+    consensus under ``--network`` with the run's per-rank medians (:func:`gossip_network`)."""
     runs = [read(p) for p in files]
     head = runs[0]
     degree = head["degree"]
-    link = Link(latency_us * 1e-6, gbit * 1e9 / 8)
-    lines = [f"| **ring:{n}, d = {head['numel']:,} fp32, {len(runs)} repeats × median of "
+    link = Link(latency_us * 1e-6, gbit * TCP_PAYLOAD * 1e9 / 8)
+    lines = [f"| **ring:{n}, d = {head['numel']:,} fp32, {len(runs)} repeats × "
              f"{head['rounds']} rounds** | | | | | |"]
     measured = [statistics.median(r["allreduce_ms"] for r in run["rows"]) for run in runs]
-    sim_ar = 1e3 * allreduce_time(n, head["allreduce_bytes"], link)
+    sim_ar = 1e3 * allreduce_time(n, 4 * head["numel"], link)  # S: the fp32 vector's bytes
     lines.append(row_line("all-reduce (link only)", statistics.median(measured), sim_ar,
                           [error(sim_ar, m) for m in measured]))
     for k, first in enumerate(head["rows"]):
-        meas, sims = [], []
+        meas, sims, errs, whole = [], [], [], []
         for run in runs:
             row = run["rows"][k]
-            meas.append(row["round_ms"])
-            sims.append(1e3 * simulated_round(n, head["numel"], row["spec"],
-                                              gossip_network(row, degree, gbit, latency_us)))
-        errs = [error(s, m) for s, m in zip(sims, meas, strict=True)]
+            per = row["rounds_ms"]
+            rounds = [round_on_clock(n, row["message_bytes"],
+                                     [e[r] for e in per["encode"]],
+                                     [d[r] for d in per["decode_update"]], gbit, latency_us)
+                      for r in range(len(per["round"]))]
+            meas += per["round"]
+            sims += rounds
+            errs.append(error(statistics.median(rounds), statistics.median(per["round"])))
+            if in_process:
+                whole.append(1e3 * simulated_round(
+                    n, head["numel"], row["spec"], gossip_network(row, degree, gbit,
+                                                                  latency_us)))
         lines.append(row_line(f"`{first['spec']}` round", statistics.median(meas),
                               statistics.median(sims), errs))
+        if whole:
+            m = statistics.median(r["rows"][k]["round_ms"] for r in runs)
+            lines.append(row_line(f"`{first['spec']}`, in-process run (per-rank medians)", m,
+                                  statistics.median(whole),
+                                  [error(w, r["rows"][k]["round_ms"])
+                                   for w, r in zip(whole, runs, strict=True)]))
     return lines
 
 
@@ -198,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-us", type=float, default=50.0, help="α per message, µs")
     args = p.parse_args(argv)
     out = Path(args.out)
-    lines = [f"Every rank's link shaped to {args.gbit:g} Gbit/s (tbf); simulated with latency "
-             f"{args.latency_us:g} µs and the CPU times each run measured itself."]
+    lines = [f"Every rank's link shaped to {args.gbit:g} Gbit/s (tbf); simulated with the "
+             f"payload rate {args.gbit * TCP_PAYLOAD:.3f} Gbit/s (1448 of 1514 bytes per TCP "
+             f"frame), latency {args.latency_us:g} µs and the CPU times each run measured "
+             "itself."]
+    if (out / "stream.json").exists():
+        rate = json.loads((out / "stream.json").read_text())["payload_gbit_s"]
+        lines.append(f"One TCP stream over a shaped link carried {rate:.3f} Gbit/s of payload.")
     if (out / "load.txt").exists():
         lines.append("Load while measuring: " + "; ".join(
             line.strip() for line in (out / "load.txt").read_text().splitlines() if line))

@@ -8,6 +8,7 @@
 # tc tbf, receiving is not: the clock's one-NIC-per-node model. MPICH talks TCP over these
 # links (libfabric tcp; the PMI connection is the inherited descriptor, so namespaces do not
 # matter to it). In one go:
+# 0. one plain TCP stream between two namespaces (the payload rate, for the record);
 # 1. consensus rounds: `python -m choco.bench gossip` on ring:N for every N in $NS, $REPEAT
 #    times (each run measures its own encode and decode times, which its simulation uses);
 # 2. training: `choco-train --backend mpi` on ring:$TRAIN_N for every spec@gamma in
@@ -28,10 +29,13 @@ SPECS=${SPECS:-identity,sign,topk:0.01}
 ROUNDS=${ROUNDS:-10}
 TRAIN_N=${TRAIN_N:-4}
 TRAIN_SPECS=${TRAIN_SPECS:-identity@1 sign@0.5}
-TRAIN_ARGS=${TRAIN_ARGS:---epochs 3 --seed 0}
+TRAIN_ARGS=${TRAIN_ARGS:---epochs 5 --seed 0}
 RATE_GBIT=${RATE_GBIT:-1}
 ALPHA_US=${ALPHA_US:-50}
 TIMEOUT=${TIMEOUT:-900}
+# more ranks than cores: a rank waiting in MPI sleeps a microsecond after a few empty polls
+# instead of spinning on the core its neighbour needs (docs/performance.md)
+MPI_ENV=${MPI_ENV:--genv MPIR_CVAR_CH4_PROGRESS_THROTTLE 1 -genv MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT 64}
 PY=${PYTHON:-$(command -v python)}
 MPIEXEC=${MPIEXEC:-$(command -v mpiexec || echo "$(dirname "$PY")/mpiexec")}
 BR=esimbr
@@ -71,7 +75,7 @@ mpi() {  # $1: ranks; the rest: the program and its arguments (one rank per name
     done
     timeout "$TIMEOUT" "$MPIEXEC" -genv MPIR_CVAR_NOLOCAL 1 -genv MPIR_CVAR_CH4_NETMOD ofi \
         -genv FI_PROVIDER tcp -genv FI_TCP_IFACE v -genv OMP_NUM_THREADS 1 \
-        -genv PYTHONPATH "$PYTHONPATH" "${groups[@]}"
+        -genv PYTHONPATH "$PYTHONPATH" $MPI_ENV "${groups[@]}"
 }
 
 load() { echo "$1: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, $(nproc) CPUs)" >> "$OUT/load.txt"; }
@@ -79,6 +83,12 @@ load() { echo "$1: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, $(nproc) CPUs)"
 cd "$ROOT"
 setup "${RATE_GBIT}gbit"
 load "start"
+# one TCP stream esim1 -> esim0: the payload rate the shaped link gives (printed only; the
+# simulation uses RATE_GBIT · 1448/1514, the TCP payload share of an MTU-1500 frame)
+ip netns exec esim0 "$PY" -m experiments.netns.stream recv 5599 200 > "$OUT/stream.json" &
+ip netns exec esim1 "$PY" -m experiments.netns.stream send 10.77.0.1 5599 200
+wait
+cat "$OUT/stream.json"
 for r in $(seq 1 "$REPEAT"); do
     for n in $NS; do
         mpi "$n" -m choco.bench gossip --topology "ring:$n" --numel "$NUMEL" --specs "$SPECS" \

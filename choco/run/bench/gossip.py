@@ -261,7 +261,9 @@ def summarize_mpi(samples: np.ndarray, stat: str = "median") -> dict[str, float]
     """Medians (ms) from ``(ranks, rounds, 5)`` samples: a round's time is its slowest
     rank's; the split is the mean over ranks; ``cpu_max_ms`` is the CPU part (encode +
     decode/update) of the rank with the most; the ratio is of the medians;
-    ``rank_encode_ms`` and ``rank_decode_update_ms`` are each rank's own medians."""
+    ``rank_encode_ms`` and ``rank_decode_update_ms`` are each rank's own medians, and
+    ``rounds_ms`` every rank's encode and decode+update in every round and every round's
+    time (its slowest rank's)."""
     round_max = samples[:, :, 3].max(axis=0)
     allreduce_max = samples[:, :, 4].max(axis=0)
     split = samples[:, :, :3].mean(axis=0)
@@ -275,6 +277,9 @@ def summarize_mpi(samples: np.ndarray, stat: str = "median") -> dict[str, float]
     by_rank = np.median(samples, axis=1) if stat == "median" else samples.min(axis=1)
     out["rank_encode_ms"] = [1e3 * float(v) for v in by_rank[:, 0]]
     out["rank_decode_update_ms"] = [1e3 * float(v) for v in by_rank[:, 2]]
+    out["rounds_ms"] = {"encode": (1e3 * samples[:, :, 0]).tolist(),  # [rank][round]
+                        "decode_update": (1e3 * samples[:, :, 2]).tolist(),
+                        "round": (1e3 * samples[:, :, 3].max(axis=0)).tolist()}
     return out
 
 
