@@ -89,3 +89,15 @@ def test_one_round_on_the_clock_rules_equals_the_in_process_consensus_round():
     # and the link's payload time is in it: at least encode + two messages on the slowest
     wire = latency_us * 1e-6 + nbytes * 8 / (gbit * 1e9 * 1448 / 1514)
     assert by_hand >= 1e3 * (2 * wire) + encode * 2.0
+
+
+def test_training_repeats_are_grouped_and_long_waits_counted(tmp_path):
+    for name in ["train-sign-r2", "train-sign-r1", "train-topk_0.01-r1", "train-x"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "train-sign-r3").write_text("a file, not a run")
+    found = compare_sim.train_folders(tmp_path)
+    assert {k: [p.name for p in v] for k, v in found.items()} == {
+        "sign": ["train-sign-r1", "train-sign-r2"], "topk_0.01": ["train-topk_0.01-r1"]}
+    timings = [{"waits_ms": [1.0, 12.0, 30.0, 9.9]}, {"waits_ms": [10.0, 10.1]}]
+    assert compare_sim.long_waits(timings) == pytest.approx(3 / 6)  # 12, 30, 10.1
+    assert compare_sim.long_waits([{}]) == 0.0

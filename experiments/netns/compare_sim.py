@@ -17,11 +17,13 @@ namespace, its one link's egress shaped by ``tc tbf``:
   mean as its ``slow`` factor (:func:`gossip_network`), once per repeat. The all-reduce row
   is the clock's ring formula (link time only). The bandwidth given to the clock is the TCP
   payload rate of the shaped link, ``G · 1448/1514`` (:data:`TCP_PAYLOAD`).
-* ``train-{LABEL}/``: ``args.json`` (the ``choco-train`` options), ``timing-rank{R}.json``
-  per rank (:mod:`experiments.netns.timed_train`). The measured time is the slowest rank's
-  time in the training epochs (evaluation excluded); the in-process run (``--backend
-  local``, same options) gets ``compute``, ``encode`` and ``decode`` from the ranks' own
-  timers (:func:`train_network`) and its last ``sim_time_s`` is compared.
+* ``train-{LABEL}-r{K}/``: repeat ``K`` of a training run: ``args.json`` (the
+  ``choco-train`` options), ``timing-rank{R}.json`` per rank
+  (:mod:`experiments.netns.timed_train`). The measured time is the slowest rank's time in
+  the training epochs (evaluation excluded); the in-process run (``--backend local``, same
+  options) gets ``compute``, ``encode``, ``decode`` and per-rank factors from that
+  repeat's own timers (:func:`train_network`) and its last ``sim_time_s`` is compared;
+  medians over repeats, with the per-repeat errors.
 
 Prints a Markdown table (and the load average of the machine while measuring, from
 ``load.txt`` if present).
@@ -227,17 +229,46 @@ def gossip_rows(n: int, files: Sequence[Path], gbit: float, latency_us: float,
     return lines
 
 
-def train_rows(folder: Path, gbit: float, latency_us: float) -> list[str]:
-    args = json.loads((folder / "args.json").read_text())
-    timings = sorted((json.loads(p.read_text()) for p in folder.glob("timing-rank*.json")),
-                     key=lambda t: t["rank"])
-    if not timings:
-        return [f"| {folder.name}: no timing files | | | | | |"]
-    measured = max(t["train_s"] for t in timings)
-    network = train_network(timings, gbit, latency_us)
-    simulated = simulated_training(args, network)
-    what = f"training `{' '.join(args)}` ({len(timings)} ranks)"
-    return [row_line(what, 1e3 * measured, 1e3 * simulated), f"<!-- {network} -->"]
+def train_folders(out: Path) -> dict[str, list[Path]]:
+    """``{label: [repeat folders]}`` from ``train-{label}-r{K}/``, sorted by ``K``."""
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for path in out.glob("train-*-r*"):
+        m = re.fullmatch(r"train-(.+)-r(\d+)", path.name)
+        if m and path.is_dir():
+            found.setdefault(m.group(1), []).append((int(m.group(2)), path))
+    return {label: [p for _, p in sorted(runs)] for label, runs in sorted(found.items())}
+
+
+def long_waits(timings: Sequence[dict], over_ms: float = 10.0) -> float:
+    """Share of the ranks' rounds whose wait exceeded ``over_ms``."""
+    waits = [w for t in timings for w in t.get("waits_ms", [])]
+    return sum(w > over_ms for w in waits) / len(waits) if waits else 0.0
+
+
+def train_rows(folders: Sequence[Path], gbit: float, latency_us: float) -> list[str]:
+    """One row per training configuration: medians over its repeats (each simulated with
+    its own ranks' times, :func:`train_network`), the per-repeat errors, and per repeat
+    the spec and the share of rounds that waited over 10 ms (as an HTML comment)."""
+    measured, simulated, notes = [], [], []
+    args: list[str] = []
+    for folder in folders:
+        args = json.loads((folder / "args.json").read_text())
+        timings = sorted((json.loads(p.read_text()) for p in folder.glob("timing-rank*.json")),
+                         key=lambda t: t["rank"])
+        if not timings:
+            notes.append(f"<!-- {folder.name}: no timing files -->")
+            continue
+        network = train_network(timings, gbit, latency_us)
+        measured.append(max(t["train_s"] for t in timings))
+        simulated.append(simulated_training(args, network))
+        notes.append(f"<!-- {folder.name}: {network}; rounds waiting > 10 ms: "
+                     f"{100 * long_waits(timings):.1f} % -->")
+    if not measured:
+        return notes
+    errs = [error(s_, m) for s_, m in zip(simulated, measured, strict=True)]
+    what = f"training `{' '.join(args)}` ({len(measured)} repeats)"
+    return [row_line(what, 1e3 * statistics.median(measured),
+                     1e3 * statistics.median(simulated), errs), *notes]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,9 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", *HEADER]
     for n, files in sorted(gossip_files(out).items()):
         lines += gossip_rows(n, files, args.gbit, args.latency_us)
-    for folder in sorted(out.glob("train-*")):
-        if folder.is_dir():
-            lines += train_rows(folder, args.gbit, args.latency_us)
+    for folders in train_folders(out).values():
+        lines += train_rows(folders, args.gbit, args.latency_us)
     print("\n".join(lines), flush=True)
     return 0
 

@@ -12,8 +12,8 @@
 # 1. consensus rounds: `python -m choco.bench gossip` on ring:N for every N in $NS, $REPEAT
 #    times (each run measures its own encode and decode times, which its simulation uses);
 # 2. training: `choco-train --backend mpi` on ring:$TRAIN_N for every spec@gamma in
-#    $TRAIN_SPECS, each rank timing its own local steps, encode, waits and decode
-#    (experiments/netns/timed_train.py);
+#    $TRAIN_SPECS, $REPEAT times, each rank timing its own local steps, encode, waits and
+#    decode (experiments/netns/timed_train.py);
 # 3. `python -m experiments.netns.compare_sim OUTDIR` simulates each of them in process
 #    under --network with those times and prints the table (OUTDIR/validation.md).
 # Namespaces and the bridge are always deleted at the end.
@@ -96,16 +96,19 @@ for r in $(seq 1 "$REPEAT"); do
     done
 done
 load "after the consensus rounds"
-for sg in $TRAIN_SPECS; do
-    spec=${sg%@*}
-    gamma=${sg##*@}
-    dir="$OUT/train-${spec//[:\/]/_}"
-    mkdir -p "$dir"
-    # shellcheck disable=SC2206
-    args=(--topology "ring:$TRAIN_N" --compressor "$spec" --gamma "$gamma" $TRAIN_ARGS)
-    "$PY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${args[@]}" > "$dir/args.json"
-    mpi "$TRAIN_N" -m experiments.netns.timed_train "$dir/timing-rank{rank}.json" -- \
-        "${args[@]}" --backend mpi --out "$dir/run"
+for r in $(seq 1 "$REPEAT"); do
+    for sg in $TRAIN_SPECS; do
+        spec=${sg%@*}
+        gamma=${sg##*@}
+        dir="$OUT/train-${spec//[:\/]/_}-r$r"
+        mkdir -p "$dir"
+        # shellcheck disable=SC2206
+        args=(--topology "ring:$TRAIN_N" --compressor "$spec" --gamma "$gamma" $TRAIN_ARGS)
+        "$PY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${args[@]}" \
+            > "$dir/args.json"
+        mpi "$TRAIN_N" -m experiments.netns.timed_train "$dir/timing-rank{rank}.json" -- \
+            "${args[@]}" --backend mpi --out "$dir/run"
+    done
 done
 load "after the training runs"
 ip netns exec esim0 tc -s qdisc show dev v | tee "$OUT/qdisc.txt"

@@ -9,10 +9,12 @@ for the neighbours' messages, :attr:`NeighbourRound.waited
 <choco.neighbourhood.NeighbourRound.waited>`, and the decoding between them). Every rank
 writes ``TIMINGS.json`` with ``{rank}`` in the name replaced by its rank::
 
-    {"rank", "degree", "steps", "rounds", "train_s", "begin_s", "finish_s", "wait_s"}
+    {"rank", "degree", "steps", "rounds", "train_s", "begin_s", "finish_s", "wait_s",
+     "waits_ms"}
 
-(``steps``: local steps; ``rounds``: ``finish`` calls). :func:`experiments.netns.compare_sim.
-train_network` turns the ranks' files into the ``--network`` spec of the in-process run.
+(``steps``: local steps; ``rounds``: ``finish`` calls; ``waits_ms``: each round's wait).
+:func:`experiments.netns.compare_sim.train_network` turns the ranks' files into the
+``--network`` spec of the in-process run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from choco.run import train
 
 TIMES = {"steps": 0, "rounds": 0, "train_s": 0.0, "begin_s": 0.0, "finish_s": 0.0,
          "wait_s": 0.0}
+#: every round's wait, ms (where the time beyond the model goes, when it does)
+WAITS: list[float] = []
 PLACE = {"rank": 0, "degree": 0}
 
 
@@ -59,6 +63,7 @@ def _instrument() -> None:
             TIMES["finish_s"] += time.perf_counter() - start
             TIMES["wait_s"] += self.round.waited
             TIMES["rounds"] += 1
+            WAITS.append(round(1e3 * self.round.waited, 3))
 
     def counted_step(self, closure=None):
         TIMES["steps"] += 1
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     code = train.main(train_args)
     rank = int(os.environ.get("PMI_RANK", PLACE["rank"]))
     out = Path(path.replace("{rank}", str(rank)))
-    out.write_text(json.dumps({**PLACE, "rank": rank, **TIMES}) + "\n")
+    out.write_text(json.dumps({**PLACE, "rank": rank, **TIMES, "waits_ms": WAITS}) + "\n")
     return code
 
 
