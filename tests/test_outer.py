@@ -10,7 +10,6 @@ plain local steps + averaging. Resume mid-H and right after an outer step is bit
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -27,26 +26,15 @@ from choco.optim import ChocoSGD
 from choco.run.algorithms import parse_outer
 from topologies import parse_topology
 
-D, BATCH, LR, MU = 6, 8, 0.05, 0.9
+from . import outer_common as common
+from .outer_common import LR, MU, Linear, grad, nesterov
+
+D, BATCH = 6, 8
 
 
-def node_data(n: int, steps: int, seed: int = 0) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+def node_data(n: int, steps: int, seed: int = 0):
     """Per node, one (X, y) batch per step; each node has its own optimum."""
-    rng = np.random.default_rng(seed)
-    data = []
-    for i in range(n):
-        w_true = rng.normal(size=D) + 2.0 * i
-        batches = []
-        for _ in range(steps):
-            X = rng.normal(size=(BATCH, D))
-            batches.append((X, X @ w_true + 0.1 * rng.normal(size=BATCH)))
-        data.append(batches)
-    return data
-
-
-def grad(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """∇ of ½ mean (Xw − y)²."""
-    return X.T @ (X @ w - y) / len(y)
+    return common.node_data(n, steps, D, seed, BATCH)
 
 
 def reference_diloco(w0, data, H, rounds, outer_lr, outer_mu, nesterov, delayed=False):
@@ -88,16 +76,6 @@ def reference_diloco(w0, data, H, rounds, outer_lr, outer_mu, nesterov, delayed=
     return x
 
 
-class Linear(torch.nn.Module):
-    def __init__(self, w0: np.ndarray) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
-
-    def loss(self, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        r = torch.from_numpy(X) @ self.w - torch.from_numpy(y)
-        return 0.5 * (r * r).mean()
-
-
 def make_averager(kind: str, comm, row, seed: int = 0):
     if kind == "exact":
         return ExactGossip(comm, row)
@@ -108,42 +86,14 @@ def make_averager(kind: str, comm, row, seed: int = 0):
 
 def library_run(topology, averager, w0, data, H, steps, outer, order="sync",
                 momentum_mode="local", save_at=None, resume_from=None):
-    """Run every node through ``steps`` local steps; returns final x per node and, if
-    ``save_at``, the serialized state after that many steps."""
+    """Run every node through ``steps`` local steps; returns final x per node, the final
+    optimizer states and, if ``save_at``, the serialized state after that many steps."""
     topo = parse_topology(topology, "metropolis")
-    net = LocalNetwork([topo.neighbors(i) for i in range(topo.n)])
-    saved: list[bytes | None] = [None] * topo.n
-
-    def node(comm):
-        model = Linear(w0)
-        inner = torch.optim.SGD(model.parameters(), lr=LR, momentum=MU, nesterov=True)
-        opt = ChocoSGD(inner, make_averager(averager, comm, topo.W[comm.rank], seed=5),
-                       order=order, gossip_every=H, outer=outer, momentum_mode=momentum_mode)
-        start = 0
-        if resume_from is not None:
-            state = torch.load(io.BytesIO(resume_from[comm.rank]), weights_only=True)
-            with torch.no_grad():
-                model.w.copy_(state["w"])
-            opt.load_state_dict(state["opt"])
-            start = state["step"]
-        for t in range(start, steps):
-            opt.zero_grad()
-            model.loss(*data[comm.rank][t]).backward()
-            opt.step()
-            if save_at is not None and t + 1 == save_at:
-                buf = io.BytesIO()
-                torch.save({"w": model.w.detach().clone(), "opt": opt.state_dict(),
-                            "step": t + 1}, buf)
-                saved[comm.rank] = buf.getvalue()
-        opt.flush()
-        return model.w.detach().clone(), opt.state_dict()
-
-    results = net.run(node)
-    return [r[0] for r in results], [r[1] for r in results], saved
-
-
-def nesterov(lr=0.7, mu=0.9):
-    return lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, nesterov=True)
+    return common.run_nodes([topo.neighbors(i) for i in range(topo.n)],
+                            lambda comm: make_averager(averager, comm, topo.W[comm.rank], seed=5),
+                            w0, data, H, steps, outer, order=order,
+                            momentum_mode=momentum_mode, save_at=save_at,
+                            resume_from=resume_from)
 
 
 @pytest.mark.parametrize("averager", ["exact", "identity"])

@@ -12,7 +12,6 @@ refuse schedules with one clear error each.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -21,33 +20,20 @@ import numpy as np
 import pytest
 import torch
 
-from choco.comm import LocalNetwork
 from choco.compress import make_compressor
-from choco.optim import ChocoSGD
 from choco.timevarying import make_choco_gossip, make_exact_gossip
 from topologies import parse_topology
 from topologies.schedule import RATE_ROUNDS
 
-D, BATCH, LR, MU = 5, 6, 0.05, 0.9
+from . import outer_common as common
+from .outer_common import LR, MU, grad, nesterov
+
+D, BATCH = 5, 6
 
 
-def node_data(n: int, steps: int, seed: int = 0) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+def node_data(n: int, steps: int, seed: int = 0):
     """Per node, one (X, y) batch per step; node i's optimum is shifted by 2i."""
-    rng = np.random.default_rng(seed)
-    data = []
-    for i in range(n):
-        w_true = rng.normal(size=D) + 2.0 * i
-        batches = []
-        for _ in range(steps):
-            X = rng.normal(size=(BATCH, D))
-            batches.append((X, X @ w_true + 0.1 * rng.normal(size=BATCH)))
-        data.append(batches)
-    return data
-
-
-def grad(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """∇ of ½ mean (Xw − y)²."""
-    return X.T @ (X @ w - y) / len(y)
+    return common.node_data(n, steps, D, seed, BATCH)
 
 
 def hypercube_round(x: list[np.ndarray], r: int) -> list[np.ndarray]:
@@ -94,16 +80,6 @@ def reference_noloco(w0, data, H, rounds, outer_lr, outer_mu, delayed=False):
     return x
 
 
-class Linear(torch.nn.Module):
-    def __init__(self, w0: np.ndarray) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
-
-    def loss(self, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        r = torch.from_numpy(X) @ self.w - torch.from_numpy(y)
-        return 0.5 * (r * r).mean()
-
-
 def averager(kind: str, comm, topo):
     if kind == "exact":
         return make_exact_gossip(comm, topo)
@@ -117,40 +93,11 @@ def library_run(spec, kind, w0, data, H, steps, outer, order="sync", momentum=MU
     final models, the final optimizer states and (with ``save_at``) the saved states."""
     topo = parse_topology(spec)
     assert topo.time_varying
-    net = LocalNetwork([topo.neighbors(i) for i in range(topo.n)])
-    saved: list[bytes | None] = [None] * topo.n
-
-    def node(comm):
-        model = Linear(w0)
-        inner = torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum,
-                                nesterov=nesterov)
-        opt = ChocoSGD(inner, averager(kind, comm, topo), order=order, gossip_every=H,
-                       outer=outer, momentum_mode=momentum_mode)
-        start = 0
-        if resume_from is not None:
-            state = torch.load(io.BytesIO(resume_from[comm.rank]), weights_only=True)
-            with torch.no_grad():
-                model.w.copy_(state["w"])
-            opt.load_state_dict(state["opt"])
-            start = state["step"]
-        for t in range(start, steps):
-            opt.zero_grad()
-            model.loss(*data[comm.rank][t]).backward()
-            opt.step()
-            if save_at is not None and t + 1 == save_at:
-                buf = io.BytesIO()
-                torch.save({"w": model.w.detach().clone(), "opt": opt.state_dict(),
-                            "step": t + 1}, buf)
-                saved[comm.rank] = buf.getvalue()
-        opt.flush()
-        return model.w.detach().clone(), opt.state_dict()
-
-    results = net.run(node)
-    return [r[0] for r in results], [r[1] for r in results], saved
-
-
-def nesterov(lr=0.7, mu=0.9):
-    return lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, nesterov=True)
+    return common.run_nodes([topo.neighbors(i) for i in range(topo.n)],
+                            lambda comm: averager(kind, comm, topo), w0, data, H, steps, outer,
+                            order=order, momentum=momentum, use_nesterov=nesterov,
+                            momentum_mode=momentum_mode, save_at=save_at,
+                            resume_from=resume_from)
 
 
 @pytest.mark.parametrize("kind", ["identity", "exact"])
