@@ -31,6 +31,7 @@ from .compress.base import Compressor
 from .compress.stateful import CodingState, bind, is_stateful, sync, sync_in_process
 from .errors import GossipError
 from .neighbourhood import NeighbourRound, RoundState, neighbour_weights, round_seed
+from .peerround import PeerRound
 from .wire.framing import parse_header
 
 __all__ = [
@@ -78,10 +79,11 @@ class GossipState:
     step: int = 0
 
 
-class _HoldsRound:
-    """Read-only views of the held :class:`NeighbourRound` (weights, bytes, in-flight)."""
+class _ExchangeViews:
+    """Read-only views of a held round (``NeighbourRound`` or ``PeerRound``): its
+    communicator, whether an exchange is in flight, the bytes sent, and progress."""
 
-    round: NeighbourRound
+    round: NeighbourRound | PeerRound
     #: whether ``begin`` and ``finish`` must run back to back (no overlap with computation)
     synchronous: ClassVar[bool] = False
 
@@ -90,27 +92,34 @@ class _HoldsRound:
         return self.round.comm
 
     @property
-    def w_self(self) -> float:
-        return self.round.w_self
-
-    @property
-    def w_neighbors(self) -> list[float]:
-        return self.round.w_neighbors
-
-    @property
     def in_flight(self) -> bool:
         """Whether ``begin`` was called without its ``finish``."""
         return self.round.in_flight
 
     @property
     def bytes_sent(self) -> int:
-        """Payload bytes this node put on the wire so far (message length × neighbours)."""
+        """Payload bytes this node put on the wire so far (one message per neighbour, or per
+        active edge of the round, each time)."""
         return self.round.bytes_sent
 
     def progress(self) -> None:
         """Advance the exchange in flight without blocking; call it during computation
         (:meth:`choco.optim.ChocoSGD.progress_hooks` does, from the backward pass)."""
         self.round.progress()
+
+
+class _HoldsRound(_ExchangeViews):
+    """The views of :class:`_ExchangeViews` plus the fixed weights of a static graph."""
+
+    round: NeighbourRound
+
+    @property
+    def w_self(self) -> float:
+        return self.round.w_self
+
+    @property
+    def w_neighbors(self) -> list[float]:
+        return self.round.w_neighbors
 
 
 def prepare_round(gossips: Sequence) -> None:
