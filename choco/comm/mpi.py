@@ -5,9 +5,9 @@ one ``MPI_Irecv`` from and one ``MPI_Isend`` to every neighbour on that communic
 (equal-size byte buffers, no pickling), received into a buffer allocated once and reused
 while the message size stays the same. Point-to-point rather than one
 ``MPI_Ineighbor_allgather``, so that each neighbour's message can be waited for (and
-decoded) on its own while the next is still arriving (:meth:`Exchange.wait_each
-<choco.comm.base.Exchange.wait_each>`). Importing this
-module imports ``mpi4py.MPI`` (and so initialises MPI); the package never does that at import.
+decoded) on its own while the next is still arriving
+(:meth:`Exchange.wait_each <choco.comm.base.Exchange.wait_each>`). Importing this module
+imports ``mpi4py.MPI`` (and so initialises MPI); the package never does that at import.
 
 Nothing here can leave a rank waiting for a peer that will never come:
 
