@@ -9,7 +9,7 @@
 # links (libfabric tcp; the PMI connection is the inherited descriptor, so namespaces do not
 # matter to it). In one go:
 # 0. one plain TCP stream between two namespaces (the payload rate, for the record);
-# 1. consensus rounds: `python -m choco.bench gossip` on ring:N for every N in $NS, $REPEAT
+# 1. consensus rounds: `python -m choco.bench gossip` on ring:N for every N in $NS (or $N), $REPEAT
 #    times (each run measures its own encode and decode times, which its simulation uses);
 # 2. training: `choco-train --backend mpi` on ring:$TRAIN_N for every spec@gamma in
 #    $TRAIN_SPECS, $REPEAT times, each rank timing its own local steps, encode, waits and
@@ -22,7 +22,8 @@ export PATH=$PATH:/usr/sbin:/sbin
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${1:-${TMPDIR:-/tmp}/choco-simnet}
-NS=${NS:-2 4}
+# N (one size, as before) is still taken; NS lists several
+NS=${NS:-${N:-2 4}}
 REPEAT=${REPEAT:-3}
 NUMEL=${NUMEL:-2000000}
 SPECS=${SPECS:-identity,sign,topk:0.01}
