@@ -6,9 +6,9 @@ and ``s_i = Σ_{j ∈ N_i ∪ {i}} w_ij x_hat_j``, both zero at the start::
 
     begin:   q_i = Q(x_i - x_hat_i)                    # line 4: compress the difference
              post q_i to every neighbour              # line 5: one neighbourhood exchange
-    finish:  wait for q_j, j ∈ N_i
+    finish:  s_i     += w_ii q_i                       # memory-efficient form of line 7:
+             for j ∈ N_i, in order: wait for q_j; s_i += w_ij q_j   # decode as they arrive
              x_hat_i += q_i                            # line 7 (with the *decoded* q_i)
-             s_i     += w_ii q_i + Σ_j w_ij q_j        # memory-efficient form of line 7
              x_i     += γ (s_i - x_hat_i)              # line 8: consensus step
 
 Rows of ``W`` sum to one, so ``s_i - x_hat_i = Σ_j w_ij (x_hat_j - x_hat_i)``. Splitting the
@@ -31,6 +31,7 @@ from .compress.base import Compressor
 from .compress.stateful import CodingState, bind, is_stateful, sync, sync_in_process
 from .errors import GossipError
 from .neighbourhood import NeighbourRound, RoundState, neighbour_weights, round_seed
+from .peerround import PeerRound
 from .wire.framing import parse_header
 
 __all__ = [
@@ -78,10 +79,11 @@ class GossipState:
     step: int = 0
 
 
-class _HoldsRound:
-    """Read-only views of the held :class:`NeighbourRound` (weights, bytes, in-flight)."""
+class _ExchangeViews:
+    """Read-only views of a held round (``NeighbourRound`` or ``PeerRound``): its
+    communicator, whether an exchange is in flight, the bytes sent, and progress."""
 
-    round: NeighbourRound
+    round: NeighbourRound | PeerRound
     #: whether ``begin`` and ``finish`` must run back to back (no overlap with computation)
     synchronous: ClassVar[bool] = False
 
@@ -90,27 +92,34 @@ class _HoldsRound:
         return self.round.comm
 
     @property
-    def w_self(self) -> float:
-        return self.round.w_self
-
-    @property
-    def w_neighbors(self) -> list[float]:
-        return self.round.w_neighbors
-
-    @property
     def in_flight(self) -> bool:
         """Whether ``begin`` was called without its ``finish``."""
         return self.round.in_flight
 
     @property
     def bytes_sent(self) -> int:
-        """Payload bytes this node put on the wire so far (message length × neighbours)."""
+        """Payload bytes this node put on the wire so far (one message per neighbour, or per
+        active edge of the round, each time)."""
         return self.round.bytes_sent
 
     def progress(self) -> None:
         """Advance the exchange in flight without blocking; call it during computation
         (:meth:`choco.optim.ChocoSGD.progress_hooks` does, from the backward pass)."""
         self.round.progress()
+
+
+class _HoldsRound(_ExchangeViews):
+    """The views of :class:`_ExchangeViews` plus the fixed weights of a static graph."""
+
+    round: NeighbourRound
+
+    @property
+    def w_self(self) -> float:
+        return self.round.w_self
+
+    @property
+    def w_neighbors(self) -> list[float]:
+        return self.round.w_neighbors
 
 
 def prepare_round(gossips: Sequence) -> None:
@@ -221,21 +230,29 @@ class ChocoGossip(_HoldsRound):
     def finish(self, x: torch.Tensor) -> None:
         """Wait, decode, update ``x_hat`` and ``s``, then ``x += γ (s - x_hat)`` (lines 6–8).
 
+        Neighbour ``j``'s message is decoded into ``s`` as soon as it has arrived, while the
+        later ones are still in flight, but always in neighbour order (wait for the first,
+        decode it, wait for the second, ...): ``s += w_ii q_i + Σ_j w_ij q_j`` is summed in
+        the same order whatever the arrival order, so results are bit-identical to waiting
+        for the whole exchange first.
+
         Raises :class:`GossipError` naming the sender if a neighbour's message does not
-        decode with this node's compressor (checked before any state changes).
+        decode with this node's compressor (checked before that message is decoded; ``x``,
+        ``x_hat`` and the step are not changed then, ``s`` holds the messages before it —
+        the run cannot go on).
         """
         if self.state is None:
             raise GossipError("finish called without begin: call begin(x) first")
-        message, received = self.round.wait()
-        self.round.check_received(received, self._coder, x.numel())
-        state = self.state
+        message, arrivals = self.round.arrivals()
+        state, numel, weights = self.state, x.numel(), self.w_neighbors
         x_hat, s = state.x_hat.view(-1), state.s.view(-1)
-        # the own message is added straight into x̂ and s (a sparse one only on its support,
+        # the own message is added straight into s and x̂ (a sparse one only on its support,
         # never through a dense temporary), each neighbour's into s in one pass
-        self._coder.decode_add_(message, x_hat)
         self._coder.decode_add_(message, s, alpha=self.w_self)
-        for j, w, buf in zip(self.comm.neighbors, self.w_neighbors, received, strict=True):
-            self.round.decode_add_(self._coder, j, buf, s, alpha=w)
+        for k, (j, buf) in enumerate(arrivals):
+            self.round.check_one(j, buf, self._coder, numel)
+            self.round.decode_add_(self._coder, j, buf, s, alpha=weights[k])
+        self._coder.decode_add_(message, x_hat)
         diff = self._buffer(state.s)
         torch.sub(state.s, state.x_hat, out=diff)
         x.add_(diff, alpha=self.gamma)

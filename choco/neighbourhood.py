@@ -2,20 +2,25 @@
 
 Every gossip algorithm (CHOCO-Gossip in :mod:`choco.gossip`, the baselines in
 :mod:`choco.baselines`) *holds* a :class:`NeighbourRound`: it encodes its message, calls
-:meth:`NeighbourRound.post`, and later :meth:`NeighbourRound.wait` returns its own message and
-one buffer per neighbour, in the communicator's neighbour order. The round also counts the
-payload bytes put on the wire and checkpoints an exchange that is in flight, so a resumed run
-posts the same message again (docs/algorithms.md, "Orders").
+:meth:`NeighbourRound.post`, and later either :meth:`NeighbourRound.wait` returns its own
+message and one buffer per neighbour, in the communicator's neighbour order, or
+:meth:`NeighbourRound.arrivals` hands the neighbours' buffers over one at a time, in the same
+order, each as soon as it has arrived (CHOCO-Gossip decodes one while the next is still on
+the wire). The round also counts the payload bytes put on the wire, the time spent waiting
+(:attr:`NeighbourRound.waited`), and checkpoints an exchange that is in flight, so a resumed
+run posts the same message again (docs/algorithms.md, "Orders").
 
-Message integrity: before anything is decoded, :meth:`NeighbourRound.check_received` checks
-every neighbour's header (magic, codec, element count) and length against the receiver's
-compressor and vector size, and :meth:`NeighbourRound.decode_add_` decodes one neighbour's
-message; either raises :class:`~choco.errors.GossipError` naming the sending rank ("message
-from rank 3 to rank 1 does not decode: ...") instead of mis-decoding.
+Message integrity: before a message is decoded, :meth:`NeighbourRound.check_one` (every
+message at once: :meth:`NeighbourRound.check_received`) checks its header (magic, codec,
+element count) and length against the receiver's compressor and vector size, and
+:meth:`NeighbourRound.decode_add_` decodes one neighbour's message; either raises
+:class:`~choco.errors.GossipError` naming the sending rank ("message from rank 3 to rank 1
+does not decode: ...") instead of mis-decoding.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,6 +116,9 @@ class NeighbourRound:
         self.comm = comm
         self.w_self, self.w_neighbors = neighbour_weights(comm, W_row)
         self.bytes_sent = 0
+        #: seconds this node was blocked waiting in the last exchange (:meth:`wait`, or
+        #: the iteration of :meth:`arrivals`); what a benchmark subtracts to get CPU time
+        self.waited = 0.0
         self._pending: tuple[torch.Tensor, Exchange] | None = None
 
     @property
@@ -131,12 +139,40 @@ class NeighbourRound:
         if self._pending is not None:
             self._pending[1].progress()
 
-    def wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block until the exchange is done: ``(own message, [neighbour buffers])``."""
+    def _take(self) -> tuple[torch.Tensor, Exchange]:
         if self._pending is None:
             raise GossipError("finish called without begin: call begin(x) first")
-        (message, exchange), self._pending = self._pending, None
-        return message, exchange.wait()
+        pending, self._pending = self._pending, None
+        return pending
+
+    def wait(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block until the exchange is done: ``(own message, [neighbour buffers])``."""
+        message, exchange = self._take()
+        start = time.perf_counter()
+        received = exchange.wait()
+        self.waited = time.perf_counter() - start
+        return message, received
+
+    def arrivals(self) -> tuple[torch.Tensor, Iterator[tuple[int, torch.Tensor]]]:
+        """``(own message, iterator of (sender, buffer))``: the neighbours' messages in
+        neighbour order, each as soon as it has arrived while later ones may still be in
+        flight (:meth:`Exchange.wait_each <choco.comm.base.Exchange.wait_each>`). Iterate
+        it to the end: the exchange (own sends included) is complete only then."""
+        message, exchange = self._take()
+        return message, self._timed(exchange.wait_each())
+
+    def _timed(self, buffers: Iterator[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """``buffers`` paired with their senders; the time spent blocked in it goes to
+        :attr:`waited`."""
+        self.waited = 0.0
+        senders = iter(self.comm.neighbors)
+        while True:
+            start = time.perf_counter()
+            buf = next(buffers, None)
+            self.waited += time.perf_counter() - start
+            if buf is None:
+                return
+            yield next(senders), buf
 
     def check_received(self, received: list[torch.Tensor], compressor: Compressor,
                        numel: int) -> None:
@@ -149,13 +185,18 @@ class NeighbourRound:
             Naming the sender of the first message that does not fit.
         """
         for sender, buf in zip(self.comm.neighbors, received, strict=True):
-            with self.from_rank(sender):
-                _, n, _ = header_of(compressor, buf)
-                if n != numel:
-                    raise CompressionError(
-                        f"{compressor.spec}: the message holds {n} elements but rank "
-                        f"{self.comm.rank} gossips {numel}"
-                    )
+            self.check_one(sender, buf, compressor, numel)
+
+    def check_one(self, sender: int, buf: torch.Tensor, compressor: Compressor,
+                  numel: int) -> None:
+        """:meth:`check_received` for one message, from ``sender``."""
+        with self.from_rank(sender):
+            _, n, _ = header_of(compressor, buf)
+            if n != numel:
+                raise CompressionError(
+                    f"{compressor.spec}: the message holds {n} elements but rank "
+                    f"{self.comm.rank} gossips {numel}"
+                )
 
     def decode_add_(self, compressor: Compressor, sender: int, buf: torch.Tensor,
                     out: torch.Tensor, alpha: float = 1.0) -> None:

@@ -24,7 +24,7 @@ does not change, so fixed graphs give the same bits as before.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .compress.base import Compressor, decode
 from .compress.identity import Identity
 from .compress.stateful import is_stateful
 from .errors import GossipError
-from .gossip import ChocoGossip, check_gamma
+from .gossip import ChocoGossip, _ExchangeViews, check_gamma
 from .peerround import PeerRound, edge_seed
 
 __all__ = ["GlobalAverage", "ScheduleLike", "TimeVaryingChocoGossip", "TimeVaryingExact",
@@ -57,30 +57,15 @@ class ScheduleLike(Protocol):
     def row(self, i: int) -> np.ndarray: ...
 
 
-class _OnSchedule:
-    """Shared by the time-varying averagers: the schedule, the round counter, the peers."""
+class _OnSchedule(_ExchangeViews):
+    """Shared by the time-varying averagers: the schedule, the round counter, the peers
+    (communicator, in-flight flag, bytes and progress come from :class:`_ExchangeViews`;
+    bytes count one message per active edge per round)."""
 
-    synchronous: ClassVar[bool] = False
     round: PeerRound
     schedule: ScheduleLike
     #: the current round t (completed rounds); checkpointed
     t: int
-
-    @property
-    def comm(self) -> Communicator:
-        return self.round.comm
-
-    @property
-    def in_flight(self) -> bool:
-        return self.round.in_flight
-
-    @property
-    def bytes_sent(self) -> int:
-        """Payload bytes put on the wire so far: one message per active edge per round."""
-        return self.round.bytes_sent
-
-    def progress(self) -> None:
-        self.round.progress()
 
     def weights(self) -> dict[int, float]:
         """``{j: w_ij^t}`` of the current round ``t`` (checked against the comm)."""

@@ -273,3 +273,12 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
                 for d in differences(x, y, f"{path}/{i}")]
     return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def hypercube_matrix(n: int, t: int) -> np.ndarray:
+    """½(I + P) with P the permutation i ↦ i XOR 2^(t mod log₂ n), built from the rule."""
+    hop = 1 << (t % (n.bit_length() - 1))
+    W = 0.5 * np.eye(n)
+    for i in range(n):
+        W[i, i ^ hop] += 0.5
+    return W

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 
 import pytest
@@ -142,6 +143,18 @@ def test_gossip_under_mpiexec_prints_ratio_table():
         assert row["bytes_per_node"] == make_compressor(spec).nbytes(5000)
         assert {"encode_ms", "wait_ms", "decode_update_ms", "round_ms", "allreduce_ms",
                 "ratio"} <= set(row)
+        # every rank's own times, round by round (the shaped-link validation uses them)
+        per = row["rounds_ms"]
+        assert len(per["encode"]) == len(per["decode_update"]) == 2  # ranks
+        assert all(len(r) == 2 for r in per["encode"] + per["decode_update"])  # rounds
+        for k, total in enumerate(per["round"]):  # the slowest rank's round holds its CPU
+            assert total >= max(e[k] + d[k] for e, d in
+                                zip(per["encode"], per["decode_update"], strict=True))
+        assert row["rank_encode_ms"] == pytest.approx(
+            [statistics.median(r) for r in per["encode"]])
+        assert row["rank_decode_update_ms"] == pytest.approx(
+            [statistics.median(r) for r in per["decode_update"]])
+        assert row["round_ms"] == pytest.approx(statistics.median(per["round"]))
 
 
 @pytest.mark.torchrun

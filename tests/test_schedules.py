@@ -15,16 +15,7 @@ import pytest
 
 from topologies import Schedule, TopologyError, parse_topology
 
-from .helpers import run_python
-
-
-def hypercube_matrix(n: int, t: int) -> np.ndarray:
-    """½(I + P) with P the permutation i ↦ i XOR 2^(t mod log₂ n), built from the rule."""
-    hop = 1 << (t % (n.bit_length() - 1))
-    W = 0.5 * np.eye(n)
-    for i in range(n):
-        W[i, i ^ hop] += 0.5
-    return W
+from .helpers import hypercube_matrix, run_python
 
 
 def assert_mixing(W: np.ndarray) -> None:

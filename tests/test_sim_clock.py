@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from choco.baselines import ExactGossip
 from choco.comm import LocalNetwork
 from choco.compress import make_compressor
 from choco.errors import UsageError
@@ -138,6 +139,46 @@ def test_a_straggler_slows_its_neighbours_first_and_everyone_after_a_few_rounds(
         [2 * F * C] * n, rel=1e-9)
 
 
+def one_round_times(gossip_cls, n: int, spec: str, numel: int) -> list[float]:
+    """Each node's simulated time after one round (begin, finish) of ``gossip_cls``."""
+    net, W = ring_net(n, spec)
+
+    def node(comm):
+        x = torch.full((numel,), float(comm.rank))
+        if gossip_cls is ChocoGossip:
+            gossip = ChocoGossip(comm, W[comm.rank], make_compressor("identity"), 0.5)
+        else:
+            gossip = gossip_cls(comm, W[comm.rank])
+        gossip.begin(x)
+        gossip.finish(x)
+        return now()
+
+    return net.run(node)
+
+
+@pytest.mark.parametrize("decode_over_link", [3.0, 0.2])  # decode-bound and link-bound
+def test_choco_decodes_each_message_as_it_arrives_the_exact_baseline_after_the_exchange(
+        decode_over_link):
+    """ring:3, links 1 Mbit/s without latency, nothing but the round. Node j sends to its
+    sorted neighbours one after another, so the message of the k-th listed receiver arrives
+    k·u after the post (u = 8m/β): node 0 gets 1's and 2's messages at u, u; node 1 gets
+    0's at u and 2's at 2u; node 2 gets both at 2u; every node's own sends end at 2u.
+    Decoding in neighbour order as they arrive (decode time D):
+    node 0: max(u + 2D, 2u); node 1: max(max(u + D, 2u) + D, 2u); node 2: 2u + 2D.
+    Decoding after the whole exchange (ExactGossip): 2u + 2D everywhere."""
+    numel = 1000
+    m = make_compressor("identity").nbytes(numel)
+    u = m * 8 / 1e6
+    D = decode_over_link * u
+    spec = f"bandwidth=1m,latency=0,decode={D * 1e3!r}ms"
+    choco = one_round_times(ChocoGossip, 3, spec, numel)
+    assert choco == pytest.approx([max(u + 2 * D, 2 * u), max(max(u + D, 2 * u) + D, 2 * u),
+                                   2 * u + 2 * D], rel=1e-12)
+    exact = one_round_times(ExactGossip, 3, spec, numel)
+    assert exact == pytest.approx([2 * u + 2 * D] * 3, rel=1e-12)
+    assert choco[0] < exact[0]  # the decode-while-arriving credit
+
+
 BUSY = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 
 
@@ -254,10 +295,13 @@ def test_training_rows_config_and_progress_carry_the_simulated_time(tmp_path, ca
     ("torus:9", "bandwidth=1g,compute=2ms,jitter=0.3,seed=7,slow=4:2;8:1.5"),
     ("complete:5", "file"),
 ])
-def test_lockstep_clock_matches_the_clock_methods_node_by_node(tmp_path, topology, network):
+@pytest.mark.parametrize("each", [False, True])
+def test_lockstep_clock_matches_the_clock_methods_node_by_node(tmp_path, topology, network,
+                                                               each):
     """:class:`LockstepClock` (numpy over the nodes) against :func:`lockstep_round` (the
     clock's own per-node methods): the same cpu and NIC times of every node after every
-    round, with message lengths that differ between nodes and rounds."""
+    round, with message lengths that differ between nodes and rounds, for both receive
+    rules (decode after the whole exchange, or each message as it arrives)."""
     from choco.sim.clock import LockstepClock, NetworkClock, lockstep_round
 
     if network == "file":
@@ -272,8 +316,8 @@ def test_lockstep_clock_matches_the_clock_methods_node_by_node(tmp_path, topolog
     rng = np.random.default_rng(1)
     for _ in range(6):
         nbytes = rng.integers(1, 5000, topo.n).tolist()
-        lockstep_round(reference, nbytes)
-        fast.round(nbytes)
+        lockstep_round(reference, nbytes, each)
+        fast.round(nbytes, each)
         assert [(t.cpu, t.nic) for t in vector.times] == [(t.cpu, t.nic) for t in reference.times]
     assert vector.steps == reference.steps == [6] * topo.n
     assert reference.finished() > 0

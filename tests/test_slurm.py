@@ -159,6 +159,12 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         # a hung job is sent SIGABRT before it is cancelled: every rank prints its stack
         "PYTHONFAULTHANDLER": "1",
+        # MPICH over TCP (libfabric's tcp provider) instead of UCX between the two "nodes":
+        # UCX's addresses make MPI_Init's allgather through srun's pmi2 server nine long
+        # puts, which slurmstepd misreads when the machine is loaded ("mpi/pmi2: request
+        # not begin with 'cmd='", then MPI_Init aborts or hangs; 5 of 5 jobs with CPU hogs
+        # running, 1 in 10 without); TCP addresses fit in one short put (8 of 8 with hogs)
+        "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp",
     })
     port = int(env["CHOCO_SLURM_PORT"])
     plan = ("installing the Debian packages slurm-wlm and munge (apt-get), then starting"

@@ -26,16 +26,7 @@ from choco.timevarying import (
 )
 from topologies import parse_topology
 
-from .helpers import TESTS, run_mpi, run_torchrun
-
-
-def hypercube_matrix(n: int, t: int) -> np.ndarray:
-    """½(I + P) with P the permutation i ↦ i XOR 2^(t mod log₂ n), built from the rule."""
-    hop = 1 << (t % (n.bit_length() - 1))
-    W = 0.5 * np.eye(n)
-    for i in range(n):
-        W[i, i ^ hop] += 0.5
-    return W
+from .helpers import TESTS, hypercube_matrix, run_mpi, run_torchrun
 
 
 def network(spec: str, compressor: str | None, gamma: float = 1.0, seed: int = 0):

@@ -3,8 +3,10 @@
 A communicator knows its rank, the network size and its neighbours in the gossip graph
 (symmetric: in- and out-neighbours are the same sorted list). Its one hot-path operation is
 a *non-blocking neighbourhood exchange* of equal-size byte buffers: every node sends one
-buffer to all its neighbours and receives one from each (``MPI_Ineighbor_allgather`` on a
-distributed-graph communicator). Small blocking collectives serve metrics and set-up.
+buffer to all its neighbours and receives one from each (point-to-point ``MPI_Isend`` /
+``MPI_Irecv`` on a distributed-graph communicator), and can hand the received buffers over
+one at a time, as they arrive (:meth:`Exchange.wait_each`). Small blocking collectives
+serve metrics and set-up.
 
 Every backend refuses, with an error naming the ranks rather than a hang or a silent
 mis-decode, neighbour lists that are not mirrored (:func:`check_symmetric`) and neighbours
@@ -14,7 +16,7 @@ that post messages of different lengths (:func:`check_message_lengths`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,11 +25,25 @@ from ..errors import CommError
 
 
 class Exchange(ABC):
-    """A posted neighbourhood exchange; :meth:`wait` returns one buffer per neighbour."""
+    """A posted neighbourhood exchange; :meth:`wait` returns one buffer per neighbour, and
+    :meth:`wait_each` hands them over one at a time, each as soon as it has arrived."""
 
     @abstractmethod
     def wait(self) -> list[torch.Tensor]:
         """Block until done; buffers are in :attr:`Communicator.neighbors` order."""
+
+    def wait_each(self) -> Iterator[torch.Tensor]:
+        """Yield the neighbours' buffers in :attr:`Communicator.neighbors` order, the
+        ``k``-th as soon as it has arrived, while later ones may still be in flight; once
+        the last is taken and the iterator is exhausted the exchange is complete (the own
+        sends too), as after :meth:`wait`.
+
+        Lets a receiver decode neighbour ``k``'s message while neighbour ``k + 1``'s is still
+        on the wire, in a fixed order (so sums over the messages keep their order). The
+        default waits for everything first (backends whose transfers cannot be waited for
+        one by one, and the in-process network, where they are all there at once).
+        """
+        yield from self.wait()
 
     def progress(self) -> None:
         """Advance the exchange without blocking (a no-op where transfers progress on their

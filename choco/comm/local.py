@@ -37,7 +37,7 @@ import ctypes
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -370,6 +370,14 @@ class _LocalExchange(Exchange):
         self.keys = keys  # a peer exchange's (sender, receiver, round) entries
 
     def wait(self) -> list[torch.Tensor]:
+        return self._collect(each=False)
+
+    def wait_each(self) -> Iterator[torch.Tensor]:
+        """Every message is in the mailbox at once; the clock charges decoding each as it
+        arrives, in neighbour order (:func:`choco.sim.model.receive_each`)."""
+        yield from self._collect(each=True)
+
+    def _collect(self, each: bool) -> list[torch.Tensor]:
         net, clock = self.net, self.net.clock
         if clock is not None:
             clock.charge(self.rank)
@@ -382,7 +390,7 @@ class _LocalExchange(Exchange):
                     f"which sends {self.length}-byte messages; {SAME_LENGTH_FIX}."
                 )
         if clock is not None and net.threaded:
-            clock.receive(self.rank, stamps)
+            clock.receive(self.rank, stamps, each)
             clock.resume(self.rank)
         return received
 

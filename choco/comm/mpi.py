@@ -1,9 +1,13 @@
 """The MPI backend: a distributed-graph communicator over mpi4py.
 
 ``MPI_Dist_graph_create_adjacent`` gives every rank its neighbourhood; the gossip exchange is
-one ``MPI_Ineighbor_allgather`` of equal-size byte buffers (no pickling), received into a
-buffer allocated once and reused while the message size stays the same. Importing this
-module imports ``mpi4py.MPI`` (and so initialises MPI); the package never does that at import.
+one ``MPI_Irecv`` from and one ``MPI_Isend`` to every neighbour on that communicator
+(equal-size byte buffers, no pickling), received into a buffer allocated once and reused
+while the message size stays the same. Point-to-point rather than one
+``MPI_Ineighbor_allgather``, so that each neighbour's message can be waited for (and
+decoded) on its own while the next is still arriving
+(:meth:`Exchange.wait_each <choco.comm.base.Exchange.wait_each>`). Importing this module
+imports ``mpi4py.MPI`` (and so initialises MPI); the package never does that at import.
 
 Nothing here can leave a rank waiting for a peer that will never come:
 
@@ -13,14 +17,14 @@ Nothing here can leave a rank waiting for a peer that will never come:
   rank 1");
 * the first exchange gathers every rank's message length (one world collective, once per
   communicator) and raises on every rank if two neighbours differ; later rounds add no
-  collective. (MPICH silently truncates a longer message and leaves stale bytes after a
-  shorter one; the gossip's decoder then names the sender, see
+  collective. (Past that check, a longer message fails the receive and a shorter one
+  leaves stale bytes; the gossip's decoder then names the sender, see
   :mod:`choco.neighbourhood`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,34 +48,55 @@ def _world_place() -> tuple[int, int]:
     return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
 
 
+#: the MPI tag of the neighbourhood exchange's messages (a peer exchange uses ``PEER_TAG``)
+NEIGHBOUR_TAG = 23
+
+
 class _MPIExchange(Exchange):
-    def __init__(self, request: MPI.Request | None, send: np.ndarray, recv: np.ndarray,
+    """One ``Irecv`` from and one ``Isend`` to every neighbour on the graph communicator;
+    MPI's non-overtaking rule (same source, tag and communicator) pairs the rounds in
+    order."""
+
+    def __init__(self, graph: MPI.Intracomm | None, send: np.ndarray, recv: np.ndarray,
                  owner: MPICommunicator) -> None:
-        self.request = request
-        self.send = send  # kept alive until the request completes
+        self.send = send  # kept alive until the requests complete
         self.recv = recv
         self.owner = owner
+        peers = owner.neighbors if graph is not None else []
+        self.recvs = [graph.Irecv([recv[k], MPI.BYTE], source=j, tag=NEIGHBOUR_TAG)
+                      for k, j in enumerate(peers)] if graph is not None else []
+        self.sends = [graph.Isend([send, MPI.BYTE], dest=j, tag=NEIGHBOUR_TAG)
+                      for j in peers] if graph is not None else []
 
     def progress(self) -> None:
-        """``MPI_Test`` on the request: MPICH advances a non-blocking neighbourhood
-        collective only inside MPI calls (no progress thread by default), so without this
-        the messages posted before the computation would wait for :meth:`wait` to move."""
-        if self.request is not None:
-            self.request.Test()  # completes it at most; wait() still returns the buffers
+        """``MPI_Testall`` on the requests: MPICH advances non-blocking transfers only
+        inside MPI calls (no progress thread by default), so without this the messages
+        posted before the computation would wait for :meth:`wait` to move."""
+        if self.recvs or self.sends:
+            MPI.Request.Testall(self.recvs + self.sends)  # completes them at most
+
+    def wait_each(self) -> Iterator[torch.Tensor]:
+        """Neighbour ``k``'s buffer once its ``Irecv`` is complete; the sends are waited
+        for after the last. Before handing a buffer over (to be decoded) the other
+        transfers are advanced once (:meth:`progress`), so that a message sent with
+        MPI's rendezvous protocol is cleared to move while the receiver decodes."""
+        try:
+            for k, request in enumerate(self.recvs):
+                request.Wait()
+                if k + 1 < len(self.recvs):
+                    self.progress()
+                yield torch.from_numpy(self.recv[k])
+            MPI.Request.Waitall(self.sends)
+        except MPI.Exception as exc:  # e.g. MPI_ERR_TRUNCATE under Open MPI
+            owner = self.owner
+            raise CommError(
+                f"rank {owner.rank}: the gossip exchange with "
+                f"{format_ranks(owner.neighbors)} failed ({exc.Get_error_string()}); "
+                f"a neighbour probably sent a message of another length: {SAME_LENGTH_FIX}."
+            ) from exc
 
     def wait(self) -> list[torch.Tensor]:
-        if self.request is not None:
-            request, self.request = self.request, None
-            try:
-                request.Wait()
-            except MPI.Exception as exc:  # e.g. MPI_ERR_TRUNCATE under Open MPI
-                owner = self.owner
-                raise CommError(
-                    f"rank {owner.rank}: the gossip exchange with "
-                    f"{format_ranks(owner.neighbors)} failed ({exc.Get_error_string()}); "
-                    f"a neighbour probably sent a message of another length: {SAME_LENGTH_FIX}."
-                ) from exc
-        return [torch.from_numpy(row) for row in self.recv]
+        return list(self.wait_each())
 
 
 class MPICommunicator(ProcessCommunicator):
@@ -133,10 +158,7 @@ class MPICommunicator(ProcessCommunicator):
             self._check_lengths(buf.size)
         if self._recv.shape[1] != buf.size:
             self._recv = np.empty((len(self.neighbors), buf.size), dtype=np.uint8)
-        if not self.neighbors:
-            return _MPIExchange(None, buf, self._recv, self)
-        request = self.graph.Ineighbor_allgather([buf, MPI.BYTE], [self._recv, MPI.BYTE])
-        return _MPIExchange(request, buf, self._recv, self)
+        return _MPIExchange(self.graph if self.neighbors else None, buf, self._recv, self)
 
     def peer_exchange(self, sends: Mapping[int, torch.Tensor], nbytes: int) -> Exchange:
         """This round's peers only: ``Isend``/``Irecv`` on the graph communicator

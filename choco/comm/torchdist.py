@@ -30,7 +30,7 @@ rank fails.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -262,6 +262,21 @@ class _Exchange(Exchange):
         if works:
             self.host.copy_(self.recv)  # synchronous: after it the bytes are on the host
         return list(self.host.unbind(0))
+
+    def wait_each(self) -> Iterator[torch.Tensor]:
+        """Neighbour ``k``'s buffer once its ``irecv`` is complete (gloo: one work per
+        operation, the receives first); with a host copy (NCCL) or one coalesced work for
+        all, after everything."""
+        k = self.recv.shape[0]
+        if self.host is not None or len(self.works) != 2 * k:
+            yield from self.wait()
+            return
+        works, self.works = self.works, []
+        for i in range(k):
+            works[i].wait()
+            yield self.recv[i]
+        for work in works[k:]:
+            work.wait()
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

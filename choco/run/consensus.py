@@ -329,7 +329,8 @@ def run_lockstep(comms: list, problem: Problem, report: bool,
             error[i, t] = float(((x - xbar0) ** 2).sum())
         if ticks is not None and times is not None:
             ticks.round([(g.bytes_sent - b) // d if d else 0  # this round's message lengths
-                         for g, b, d in zip(gossips, sent, degree, strict=True)])
+                         for g, b, d in zip(gossips, sent, degree, strict=True)],
+                        each=True)  # ChocoGossip.finish decodes each as it arrives
             times[:, t] = ticks.now()
         if t in points:
             _report(report, t, problem, error, times)
@@ -366,7 +367,7 @@ def run_batched(problem: Problem, codec: BatchCodec, report: bool,
         if t > 0:
             gossip.step()
             if ticks is not None and times is not None:
-                ticks.round(nbytes)
+                ticks.round(nbytes, each=True)  # decoded as they arrive, as ChocoGossip
                 times[:, t] = ticks.now()
         for b in gossip.blocks:  # (x_i − x̄⁰)², a block of rows at a time
             torch.sub(x[b], xbar0, out=squares[: b.stop - b.start]).pow_(2)

@@ -9,8 +9,10 @@ says ``compute=measured``):
   with ``z`` a standard normal drawn from the node's own seeded stream (``jitter=σ``);
 * posting a neighbourhood exchange of ``m`` bytes: :func:`~choco.sim.model.post` with the
   per-link times ``α_ij + 8 m / β_ij``; the arrival times travel with the message;
-* waiting for it: :func:`~choco.sim.model.receive` with the arrival times of the
-  neighbours' messages;
+* waiting for it: :func:`~choco.sim.model.receive_each` (decode each message as soon as
+  it has arrived, in neighbour order: ``ChocoGossip.finish``) or
+  :func:`~choco.sim.model.receive` (decode after the whole exchange: gossips that call
+  ``NeighbourRound.wait``), with the arrival times of the neighbours' messages;
 * the gradient all-reduce of the all-reduce baseline (:func:`allreduce_next` marks the
   next collective): every node waits for the last, then the ring all-reduce time
   (:func:`~choco.sim.model.allreduce_time`) passes for everyone.
@@ -32,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import CommError
-from .model import Link, NodeTimes, allreduce_time, post, receive
+from .model import Link, NodeTimes, allreduce_time, post, receive, receive_each
 from .spec import NetworkSpec, parse_network
 
 __all__ = ["LockstepClock", "NetworkClock", "allreduce_next", "bind", "current", "local_step",
@@ -108,10 +110,13 @@ class NetworkClock:
         wire = [alpha + nbytes / beta for alpha, beta in links]
         return post(self.times[i], self.spec.encode * self.factors[i], wire)
 
-    def receive(self, i: int, arrivals: Sequence[float]) -> None:
-        """Node ``i`` waits for messages arriving at ``arrivals`` and decodes them."""
+    def receive(self, i: int, arrivals: Sequence[float], each: bool = False) -> None:
+        """Node ``i`` waits for messages arriving at ``arrivals`` and decodes them: after the
+        whole exchange (:func:`~choco.sim.model.receive`), or with ``each`` one by one as
+        they arrive, in order (:func:`~choco.sim.model.receive_each`)."""
         self.charge(i)
-        receive(self.times[i], arrivals, self.spec.decode * self.factors[i])
+        rule = receive_each if each else receive
+        rule(self.times[i], arrivals, self.spec.decode * self.factors[i])
 
     def allreduce_next(self, i: int, nbytes: float) -> None:
         """Node ``i``'s next collective is an all-reduce of ``nbytes`` that costs time."""
@@ -189,30 +194,31 @@ def now() -> float | None:
 
 
 # -- every node in one thread ---------------------------------------------------------------
-def lockstep_round(clock: NetworkClock, nbytes: Sequence[int]) -> None:
+def lockstep_round(clock: NetworkClock, nbytes: Sequence[int], each: bool = False) -> None:
     """One round of every node when one thread drives them all (no thread is bound).
 
     Node ``i``'s events are those its own thread would produce in a round of the consensus
     program: a local step, the post of its ``nbytes[i]``-byte message to every neighbour,
     then the wait for its neighbours' messages, whose arrival times are the ones their
-    posts returned. A node's clock changes only at its own events and the arrival times it
-    receives, so every node ends the round with the times of the threaded run. A
-    ``compute=measured`` clock charges the host time of the node's own thread, which has no
-    meaning here: it is refused.
+    posts returned (``each``: decoded one by one as they arrive, as ``ChocoGossip.finish``
+    does, :meth:`NetworkClock.receive`). A node's clock changes only at its own events and
+    the arrival times it receives, so every node ends the round with the times of the
+    threaded run. A ``compute=measured`` clock charges the host time of the node's own
+    thread, which has no meaning here: it is refused.
     """
     if clock.measured:
         raise CommError("lockstep_round needs a modelled compute time, not compute=measured; "
-                         "run one thread per node (LocalNetwork.run) to measure it.")
+                        "run one thread per node (LocalNetwork.run) to measure it.")
     if len(nbytes) != clock.size:
         raise CommError(f"lockstep_round needs one message length per node ({clock.size}), "
-                         f"got {len(nbytes)}")
+                        f"got {len(nbytes)}; pass one length per node.")
     step, post, receive = clock.local_step, clock.post, clock.receive
     arrivals = []
     for i in range(clock.size):
         step(i)
         arrivals.append(post(i, nbytes[i]))
     for i, (nb, slot) in enumerate(zip(clock.neighbors, _slots(clock), strict=True)):
-        receive(i, [arrivals[j][k] for j, k in zip(nb, slot, strict=True)])
+        receive(i, [arrivals[j][k] for j, k in zip(nb, slot, strict=True)], each)
 
 
 def _slots(clock: NetworkClock) -> list[list[int]]:
@@ -232,12 +238,14 @@ class LockstepClock:
     """:func:`lockstep_round` for every node at once, with numpy: the same times, bit for bit.
 
     Each of the round's operations is the one :meth:`NetworkClock.local_step`,
-    :func:`~choco.sim.model.post` and :func:`~choco.sim.model.receive` do for one node, done
-    elementwise over the nodes (the same IEEE operations in the same order: a message's
-    arrival is the running sum ``s_k = s_{k−1} + (α + m/β)`` neighbour by neighbour, the
-    wait a maximum, then ``+ deg · decode · f``); the jitter draws stay one per node from
-    the node's own stream, with :func:`math.exp`. The clock's :class:`NodeTimes` are read
-    before and written after every round, so the clock's other methods see the same state.
+    :func:`~choco.sim.model.post` and :func:`~choco.sim.model.receive_each` (or
+    :func:`~choco.sim.model.receive`) do for one node, done elementwise over the nodes (the
+    same IEEE operations in the same order: a message's arrival is the running sum
+    ``s_k = s_{k−1} + (α + m/β)`` neighbour by neighbour, the decodes
+    ``c_k = max(c_{k−1}, a_k) + decode · f`` in neighbour order); the jitter draws stay one
+    per node from the node's own stream, with :func:`math.exp`. The clock's
+    :class:`NodeTimes` are read before and written after every round, so the clock's other
+    methods see the same state.
     tests/test_sim_clock.py checks it against :func:`lockstep_round` (which calls the
     clock's methods) on graphs of every degree, stragglers, jitter and per-link files.
     """
@@ -265,8 +273,10 @@ class LockstepClock:
             self.source[i, : len(nb)], self.slot[i, : len(nb)] = nb, slot
             self.present[i, : len(nb)] = True
 
-    def round(self, nbytes: Sequence[int] | np.ndarray) -> None:
-        """One round of every node: local step, post of ``nbytes[i]`` bytes, wait."""
+    def round(self, nbytes: Sequence[int] | np.ndarray, each: bool = False) -> None:
+        """One round of every node: local step, post of ``nbytes[i]`` bytes, wait (and with
+        ``each`` decode each message as it arrives, :func:`~choco.sim.model.receive_each`;
+        else after the whole exchange, :func:`~choco.sim.model.receive`)."""
         clock, n = self.clock, self.clock.size
         spec = clock.spec
         times = clock.times
@@ -289,12 +299,18 @@ class LockstepClock:
             start = start + wire[:, k]
             arrivals[:, k] = start
         nic = start
-        # wait for every neighbour's message and the own sends, then decode each
         received = np.where(self.present, arrivals[self.source, self.slot], -np.inf)
-        last = np.maximum(cpu, nic)
-        if received.shape[1]:
-            last = np.maximum(last, received.max(axis=1))
-        cpu = last + self.degree * (spec.decode * self.factors)
+        decode = spec.decode * self.factors
+        if each:  # c_k = max(c_{k−1}, a_k) + decode in neighbour order, then the own sends
+            for k in range(received.shape[1]):
+                cpu = np.where(self.present[:, k],
+                               np.maximum(cpu, received[:, k]) + decode, cpu)
+            cpu = np.maximum(cpu, nic)
+        else:  # every neighbour's message and the own sends, then decode each
+            last = np.maximum(cpu, nic)
+            if received.shape[1]:
+                last = np.maximum(last, received.max(axis=1))
+            cpu = last + self.degree * decode
         for t, c, w in zip(times, cpu.tolist(), nic.tolist(), strict=True):
             t.cpu, t.nic = c, w
 

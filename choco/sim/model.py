@@ -12,14 +12,20 @@ link). A round of node ``i`` (:class:`NodeTimes`, :func:`post`, :func:`receive`)
 
     post:     cpu ← cpu + encode;  s_0 = max(cpu, nic)
               arrival at the k-th neighbour j_k:  s_k = s_{k−1} + t_{i j_k}(m);  nic ← s_deg
-    receive:  cpu ← max(cpu, nic, max_j arrival_j) + deg · decode
+    receive (decode as they arrive, ChocoGossip):
+              c_0 = cpu;  c_k = max(c_{k−1}, a_k) + decode  (k in neighbour order)
+              cpu ← max(c_deg, nic)
+    receive (whole exchange first, the baselines):
+              cpu ← max(cpu, nic, max_k a_k) + deg · decode
 
-``receive`` waits for every neighbour's message and for its own sends to complete (an
-``MPI_Wait`` on a neighbourhood exchange returns only then) before decoding: the runtime
-decodes after the whole exchange is done (``ChocoGossip.finish``). What overlaps: a node's
-CPU work with every transfer in flight, its own and its neighbours' (a neighbour encodes
-or computes while this node's message is on the wire), and, in the ``overlap`` order, the
-exchange of step ``t`` with the local step ``t + 1``.
+``ChocoGossip.finish`` decodes neighbour ``k``'s message as soon as it has arrived while
+later ones are still in flight, in the fixed neighbour order (:func:`receive_each`), and
+then waits for its own sends; a gossip that calls ``NeighbourRound.wait`` waits for the
+whole exchange, its own sends included, before decoding (:func:`receive`). What overlaps: a
+node's CPU work with every transfer in flight, its own and its neighbours' (a neighbour
+encodes or computes while this node's message is on the wire; a node decodes one message
+while the next arrives), and, in the ``overlap`` order, the exchange of step ``t`` with the
+local step ``t + 1``.
 
 :func:`step_time` applies the same two functions to one node of a regular graph whose
 neighbours are all equal to it, so ``bench whatif`` and the clock cannot disagree.
@@ -42,6 +48,7 @@ __all__ = [
     "message_time",
     "post",
     "receive",
+    "receive_each",
     "step_time",
 ]
 
@@ -116,8 +123,28 @@ def post(t: NodeTimes, encode: float, wire: Sequence[float]) -> list[float]:
 
 
 def receive(t: NodeTimes, arrivals: Sequence[float], decode: float) -> None:
-    """Wait for every neighbour's message and for the own sends, then decode each."""
+    """Wait for every neighbour's message and for the own sends, then decode each
+    (a gossip that waits for the whole exchange: ``NeighbourRound.wait``)::
+
+        cpu ← max(cpu, nic, max_k a_k) + deg · decode
+    """
     t.cpu = max(t.cpu, t.nic, *arrivals) + len(arrivals) * decode
+
+
+def receive_each(t: NodeTimes, arrivals: Sequence[float], decode: float) -> None:
+    """Decode each neighbour's message as soon as it has arrived, in neighbour order, then
+    wait for the own sends (``ChocoGossip.finish``: ``Exchange.wait_each``)::
+
+        c_0 = cpu;   c_k = max(c_{k−1}, a_k) + decode   (k = 1 … deg);   cpu ← max(c_deg, nic)
+
+    ``a_k``: arrival of the ``k``-th neighbour's message. Decode ``k`` starts when message
+    ``k`` has arrived and decode ``k − 1`` is over, so a message that arrives while an
+    earlier one is decoded costs no waiting; with ``decode = 0`` this is :func:`receive`.
+    """
+    c = t.cpu
+    for a in arrivals:
+        c = max(c, a) + decode
+    t.cpu = max(c, t.nic)
 
 
 def step_time(compute: float, codec: float, comm: float, order: str) -> float:

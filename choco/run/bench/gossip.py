@@ -138,17 +138,18 @@ def vendor_line(world: World) -> tuple[str, str]:
 
 
 def timed_wait(gossip: ChocoGossip, sink: list[float]) -> None:
-    """Wrap ``gossip.round.wait`` so that each call appends its duration to ``sink``."""
-    inner = gossip.round.wait
+    """Wrap ``gossip.finish`` so that each call appends the seconds it spent waiting for
+    the exchange (:attr:`NeighbourRound.waited <choco.neighbourhood.NeighbourRound.waited>`:
+    the whole wait, or the waits between the messages decoded as they arrive) to ``sink``."""
+    inner = gossip.finish
 
-    def wait():
-        start = time.perf_counter()
+    def finish(x):
         try:
-            return inner()
+            return inner(x)
         finally:
-            sink.append(time.perf_counter() - start)
+            sink.append(gossip.round.waited)
 
-    gossip.round.wait = wait  # type: ignore[method-assign]
+    gossip.finish = finish  # type: ignore[method-assign]
 
 
 def _sparse_ratio(spec: str) -> tuple[float, bool] | None:
@@ -259,7 +260,10 @@ def _bench_world_spec(world: World, topo, q: Compressor, args) -> np.ndarray:
 def summarize_mpi(samples: np.ndarray, stat: str = "median") -> dict[str, float]:
     """Medians (ms) from ``(ranks, rounds, 5)`` samples: a round's time is its slowest
     rank's; the split is the mean over ranks; ``cpu_max_ms`` is the CPU part (encode +
-    decode/update) of the rank with the most; the ratio is of the medians."""
+    decode/update) of the rank with the most; the ratio is of the medians;
+    ``rank_encode_ms`` and ``rank_decode_update_ms`` are each rank's own medians, and
+    ``rounds_ms`` every rank's encode and decode+update in every round and every round's
+    time (its slowest rank's)."""
     round_max = samples[:, :, 3].max(axis=0)
     allreduce_max = samples[:, :, 4].max(axis=0)
     split = samples[:, :, :3].mean(axis=0)
@@ -269,6 +273,13 @@ def summarize_mpi(samples: np.ndarray, stat: str = "median") -> dict[str, float]
            "decode_update_ms": 1e3 * med(split[:, 2]), "round_ms": 1e3 * med(round_max),
            "allreduce_ms": 1e3 * med(allreduce_max), "cpu_max_ms": 1e3 * med(cpu_max)}
     out["ratio"] = out["round_ms"] / out["allreduce_ms"]
+    # each rank's own encode and decode+update (the shaped-link validation simulates them)
+    by_rank = np.median(samples, axis=1) if stat == "median" else samples.min(axis=1)
+    out["rank_encode_ms"] = [1e3 * float(v) for v in by_rank[:, 0]]
+    out["rank_decode_update_ms"] = [1e3 * float(v) for v in by_rank[:, 2]]
+    out["rounds_ms"] = {"encode": (1e3 * samples[:, :, 0]).tolist(),  # [rank][round]
+                        "decode_update": (1e3 * samples[:, :, 2]).tolist(),
+                        "round": (1e3 * samples[:, :, 3].max(axis=0)).tolist()}
     return out
 
 
