@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,15 @@ def undecodable(sender: int, receiver: int, exc: Exception) -> GossipError:
         f"message from rank {sender} to rank {receiver} does not decode: {what}; "
         f"{SAME_SETUP_FIX}."
     )
+
+
+@contextmanager
+def naming_sender(sender: int, receiver: int) -> Iterator[None]:
+    """Turn a :class:`CompressionError` raised inside into :func:`undecodable`."""
+    try:
+        yield
+    except CompressionError as exc:
+        raise undecodable(sender, receiver, exc) from exc
 
 
 def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
@@ -205,13 +214,9 @@ class NeighbourRound:
         with self.from_rank(sender):
             compressor.decode_add_(buf, out, alpha)
 
-    @contextmanager
-    def from_rank(self, sender: int) -> Iterator[None]:
+    def from_rank(self, sender: int) -> AbstractContextManager[None]:
         """Turn a :class:`CompressionError` raised inside into :func:`undecodable`."""
-        try:
-            yield
-        except CompressionError as exc:
-            raise undecodable(sender, self.comm.rank, exc) from exc
+        return naming_sender(sender, self.comm.rank)
 
     def state(self) -> RoundState:
         """Bytes sent and a copy of the message in flight (``None`` when idle)."""

@@ -11,8 +11,7 @@ checked (header, codec, element count) before anything is decoded; errors name t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ import torch
 from .comm.base import Communicator, Exchange
 from .compress.base import Compressor, header_of
 from .errors import CompressionError, GossipError
-from .neighbourhood import undecodable
+from .neighbourhood import naming_sender
 
 __all__ = ["PeerRound", "edge_seed"]
 
@@ -73,13 +72,9 @@ class PeerRound:
                     raise CompressionError(f"{compressor.spec}: the message holds {n} elements "
                                            f"but rank {self.comm.rank} gossips {numel}")
 
-    @contextmanager
-    def from_rank(self, sender: int) -> Iterator[None]:
+    def from_rank(self, sender: int) -> AbstractContextManager[None]:
         """Turn a :class:`CompressionError` raised inside into one naming ``sender``."""
-        try:
-            yield
-        except CompressionError as exc:
-            raise undecodable(sender, self.comm.rank, exc) from exc
+        return naming_sender(sender, self.comm.rank)
 
     def state(self) -> dict:
         """Bytes sent, and copies of the messages in flight (with their length)."""

@@ -39,6 +39,17 @@ def grad(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return X.T @ (X @ w - y) / len(y)
 
 
+def inner_steps(x: list[np.ndarray], m: list, data: Batches, H: int, r: int) -> None:
+    """Outer round ``r``'s ``H`` inner steps on every node, in place: torch's
+    ``SGD(lr=LR, momentum=MU, nesterov=True)`` (``m`` the momentum buffers, kept across
+    rounds; ``m = g`` the first time)."""
+    for i in range(len(x)):
+        for h in range(H):
+            g = grad(x[i], *data[i][r * H + h])
+            m[i] = g.copy() if m[i] is None else MU * m[i] + g
+            x[i] = x[i] - LR * (g + MU * m[i])
+
+
 def nesterov(lr: float = 0.7, mu: float = 0.9) -> Callable:
     return lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, nesterov=True)
 

@@ -27,7 +27,7 @@ from choco.run.algorithms import parse_outer
 from topologies import parse_topology
 
 from . import outer_common as common
-from .outer_common import LR, MU, Linear, grad, nesterov
+from .outer_common import Linear, inner_steps, nesterov
 
 D, BATCH = 6, 8
 
@@ -49,11 +49,7 @@ def reference_diloco(w0, data, H, rounds, outer_lr, outer_mu, nesterov, delayed=
     b = [None] * n  # outer momentum buffers
     pending = None
     for r in range(rounds):
-        for i in range(n):
-            for h in range(H):
-                g = grad(x[i], *data[i][r * H + h])
-                m[i] = g.copy() if m[i] is None else MU * m[i] + g
-                x[i] = x[i] - LR * (g + MU * m[i])
+        inner_steps(x, m, data, H, r)
         if pending is not None:
             for i in range(n):
                 x[i] = x[i] + pending[i]

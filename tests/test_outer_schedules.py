@@ -26,7 +26,7 @@ from topologies import parse_topology
 from topologies.schedule import RATE_ROUNDS
 
 from . import outer_common as common
-from .outer_common import LR, MU, grad, nesterov
+from .outer_common import LR, MU, grad, inner_steps, nesterov
 
 D, BATCH = 5, 6
 
@@ -56,11 +56,7 @@ def reference_noloco(w0, data, H, rounds, outer_lr, outer_mu, delayed=False):
     b: list[Any] = [None] * n
     pending = None
     for r in range(rounds):
-        for i in range(n):
-            for h in range(H):
-                g = grad(x[i], *data[i][r * H + h])
-                m[i] = g.copy() if m[i] is None else MU * m[i] + g
-                x[i] = x[i] - LR * (g + MU * m[i])
+        inner_steps(x, m, data, H, r)
         if pending is not None:
             x = [xi + p for xi, p in zip(x, pending, strict=True)]
             anchor = [a + p for a, p in zip(anchor, pending, strict=True)]
