@@ -5,7 +5,8 @@ bit-identical.
 The threaded path runs each node's :func:`choco.run.consensus.run_node` in its own thread
 with its own generators and its own clock hooks; the lock-step path drives the per-node
 objects in one thread (:func:`~choco.run.consensus.run_lockstep`); the batched path codes
-every node's row at once (:func:`~choco.run.consensus.run_batched`, sign only) and builds
+every node's row at once (:func:`~choco.run.consensus.run_batched`; sign, identity and
+topk:R) and builds
 no message at all. The reference is the threaded run, an independent schedule of the same
 rounds; the bytes are also checked against the wire format's length formula.
 """
@@ -77,7 +78,19 @@ def test_lockstep_matches_threads(spec: str, topology: str) -> None:
     assert threaded[0].error[-1] < threaded[0].error[0]
 
 
-@pytest.mark.parametrize("topology,dim,dtype,block", [
+def _message_nbytes(spec: str, dim: int, dtype: str) -> int:
+    """The wire format's length of one message: a 16-byte header, then sign: an fp32 scale
+    and a bit per element; identity: the elements as they are; topk:R: k fp32 values and
+    k int32 positions, k = max(1, ceil(R d))."""
+    if spec == "sign":
+        return 16 + 4 + math.ceil(dim / 8)
+    if spec == "identity":
+        return 16 + dim * np.dtype(dtype).itemsize
+    ratio = float(spec.split(":")[1])
+    return 16 + 8 * min(dim, max(1, math.ceil(ratio * dim)))
+
+
+CASES = [
     ("ring:6", 37, "float64", None), ("ring:10", 1000, "float64", None),
     ("torus:9", 13, "float64", None),
     ("star:6", 37, "float64", None),  # irregular: slot k only on nodes of degree > k
@@ -86,30 +99,71 @@ def test_lockstep_matches_threads(spec: str, topology: str) -> None:
     # alone in its block with the slots only it has
     ("ring:10", 1000, "float64", 100), ("star:7", 37, "float64", 80),
     ("torus:9", 13, "float32", 30),
-])
-def test_batched_matches_threads_and_lockstep(tmp_path, monkeypatch, topology: str, dim: int,
-                                              dtype: str, block: int | None) -> None:
-    if block is not None:
-        import choco.batched
+]
 
-        monkeypatch.setattr(choco.batched, "BLOCK_ELEMENTS", block)
-    init = None
-    if dtype != "float64":
-        n = int(topology.split(":")[1])
-        init = str(tmp_path / "x0.npy")
-        np.save(init, np.random.default_rng(5).standard_normal((n, dim)).astype(dtype))
-    problem = _problem("sign", topology, dim=dim, init=init)
+
+def _check_batched(problem: consensus.Problem, spec: str, dim: int, dtype: str) -> None:
     batched = _drive(problem, "batched")
     _same(batched, _drive(problem, "threads"))
     _same(batched, _drive(problem, "lockstep"))
     assert batched[0].x.dtype == np.dtype(dtype)
-    # bytes: the wire format's length (16-byte header, fp32 scale, a bit per element)
-    # × neighbours × rounds, counted without building a message
-    message = 16 + 4 + math.ceil(dim / 8)
+    # bytes: the wire format's length × neighbours × rounds, counted without a message
+    message = _message_nbytes(spec, dim, dtype)
     topo = problem.topology
     assert [r.bytes_sent for r in batched] == [
         message * len(topo.neighbors(i)) * problem.steps for i in range(topo.n)]
     assert batched[0].error[-1] < batched[0].error[0]
+
+
+def _init(tmp_path, topology: str, dim: int, dtype: str, ties: bool = False) -> str | None:
+    """An --init file: None (the CLI's own fp64 draw) unless another dtype or ties."""
+    if dtype == "float64" and not ties:
+        return None
+    n = int(topology.split(":")[1])
+    x0 = np.random.default_rng(5).standard_normal((n, dim))
+    if ties:  # few distinct magnitudes of both signs: ties at every row's k-th largest |x|
+        x0 = np.round(x0 * 2) / 2
+    path = str(tmp_path / "x0.npy")
+    np.save(path, x0.astype(dtype))
+    return path
+
+
+@pytest.mark.parametrize("spec", ["sign", "identity", "topk:0.1"])
+@pytest.mark.parametrize("topology,dim,dtype,block", CASES)
+def test_batched_matches_threads_and_lockstep(tmp_path, monkeypatch, spec: str, topology: str,
+                                              dim: int, dtype: str, block: int | None) -> None:
+    if block is not None:
+        import choco.batched
+
+        monkeypatch.setattr(choco.batched, "BLOCK_ELEMENTS", block)
+    problem = _problem(spec, topology, dim=dim, init=_init(tmp_path, topology, dim, dtype))
+    _check_batched(problem, spec, dim, dtype)
+
+
+@pytest.mark.parametrize("spec,topology,dim,dtype", [
+    ("topk:0.1", "ring:6", 37, "float64"), ("topk:0.3", "star:6", 40, "float32"),
+    ("topk:0.05", "torus:9", 1001, "float64"), ("topk:0.5", "ring:5", 8, "float32"),
+    ("topk:1.0", "ring:4", 9, "float64"),  # k = d: every position
+    ("identity", "star:5", 37, "float32"), ("sign", "ring:5", 37, "float64"),
+])
+def test_batched_matches_with_ties_and_other_dtypes(tmp_path, spec: str, topology: str,
+                                                    dim: int, dtype: str) -> None:
+    """Magnitudes on a grid of 0.5 (many ties at the k-th largest, ±0.0 among them), fp32
+    and fp64 rows (the CLI's --init dtypes): top-k must keep the lowest tied positions, as
+    the per-node codec does."""
+    problem = _problem(spec, topology, dim=dim, steps=8,
+                       init=_init(tmp_path, topology, dim, dtype, ties=True))
+    _check_batched(problem, spec, dim, dtype)
+
+
+def test_batched_topk_on_the_sampled_selection_path(tmp_path) -> None:
+    """d >= 2^16 with 8k <= d: the per-node codec selects through a sampled threshold;
+    the batched selection must keep the same set (ties included)."""
+    dim = 1 << 16
+    problem = _problem("topk:0.01", "ring:3", dim=dim, steps=3,
+                       init=_init(tmp_path, "ring:3", dim, "float64", ties=True))
+    batched = _drive(problem, "batched")
+    _same(batched, _drive(problem, "lockstep"))
 
 
 NETWORKS = [
@@ -128,17 +182,19 @@ def _edge_file(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("network", [*NETWORKS, "file"])
-@pytest.mark.parametrize("spec,topology", [("sign", "ring:6"), ("topk:0.1", "ring:6")])
+@pytest.mark.parametrize("spec,topology", [
+    ("sign", "ring:6"), ("topk:0.1", "ring:6"), ("identity", "ring:6"), ("randk:0.2", "ring:6"),
+])
 def test_one_thread_clock_matches_threads(tmp_path, network: str, spec: str,
                                           topology: str) -> None:
     """The one-thread drivers advance the simulated clock as the nodes' threads do: the
-    same simulated time of every node after every round (sign: batched; topk falls back to
-    the per-node objects in lock-step)."""
+    same simulated time of every node after every round (sign, topk, identity: batched;
+    randk falls back to the per-node objects in lock-step)."""
     if network == "file":
         network = _edge_file(tmp_path)
     problem = _problem(spec, topology)
     threaded = _drive(problem, "threads", network)
-    one_thread = "batched" if spec == "sign" else "lockstep"
+    one_thread = "lockstep" if spec.startswith("randk") else "batched"
     _same(_drive(problem, one_thread, network), threaded)
     times = np.max(np.stack([r.sim_time for r in threaded]), axis=0)
     assert times[0] == 0 and np.all(np.diff(times) > 0)  # the clock advanced every round
@@ -164,12 +220,15 @@ def test_cli_default_matches_threads_with_network(tmp_path) -> None:
 
 
 def test_batch_codec_only_where_exact() -> None:
-    sign = make_compressor("sign")
-    assert batch_codec(sign, 1000, torch.float64) is not None
-    assert batch_codec(sign, 1000, torch.float32) is not None
-    for other in ("topk:0.1", "randk:0.2", "identity", "scaled(sign)", "lgc"):
+    for spec in ("sign", "identity", "topk:0.1"):
+        codec = make_compressor(spec)
+        assert batch_codec(codec, 1000, torch.float64) is not None, spec
+        assert batch_codec(codec, 1000, torch.float32) is not None, spec
+        assert batch_codec(codec, 2**18 + 1, torch.float64) is None, spec  # chunked per node
+        assert batch_codec(codec, 1000, torch.bfloat16) is None, spec  # no numpy dtype
+    # seeded, other position formats, wrapped or stateful codecs: the per-node objects
+    for other in ("randk:0.2", "topk:0.1:rice", "scaled(sign)", "lgc", "qsgd:16"):
         assert batch_codec(make_compressor(other), 1000, torch.float64) is None, other
-    assert batch_codec(sign, 2**18 + 1, torch.float64) is None  # coded in chunks per node
 
 
 def test_lockstep_applies_only_where_it_is_exact() -> None:
@@ -186,8 +245,7 @@ def test_lockstep_applies_only_where_it_is_exact() -> None:
     assert not consensus.lockstep_applies(P("lgc", ring), None)  # coding state
 
 
-def test_cli_picks_the_batched_driver_for_sign_and_lock_step_for_others(tmp_path,
-                                                                         monkeypatch) -> None:
+def test_cli_picks_the_batched_driver_where_it_applies(tmp_path, monkeypatch) -> None:
     """Which driver ``choco-consensus --backend local`` runs: each other one is made to
     fail, so the run succeeds only through the expected one."""
     from choco.comm.local import LocalNetwork
@@ -204,13 +262,15 @@ def test_cli_picks_the_batched_driver_for_sign_and_lock_step_for_others(tmp_path
     with monkeypatch.context() as m:
         m.setattr(consensus, "run_lockstep", refuse)
         m.setattr(LocalNetwork, "run", refuse)
-        run("sign")
-        run("sign", "--network", "bandwidth=1g,compute=1ms")
+        for spec in ("sign", "identity", "topk:0.2"):
+            run(spec)
+            run(spec, "--network", "bandwidth=1g,compute=1ms")
     with monkeypatch.context() as m:
         m.setattr(consensus, "run_batched", refuse)
         m.setattr(LocalNetwork, "run", refuse)
-        run("topk:0.2")
-        run("topk:0.2", "--network", "bandwidth=1g,compute=1ms")
+        for spec in ("randk:0.2", "topk:0.2:rice"):
+            run(spec)
+            run(spec, "--network", "bandwidth=1g,compute=1ms")
     with monkeypatch.context() as m:
         m.setattr(consensus, "run_batched", refuse)
         m.setattr(consensus, "run_lockstep", refuse)

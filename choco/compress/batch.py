@@ -1,5 +1,8 @@
 """Codecs applied to every node's row of an ``(n, d)`` array at once, bit for bit.
 
+Covered: ``sign``, ``identity`` and ``topk:R`` (int32 positions); the sign case is
+described here, the others in their classes.
+
 When one thread drives every node of an in-process network (:mod:`choco.batched`), a
 codec without coding state and without randomness can code all nodes' rows together: the
 round's messages are held as arrays (one scale per row, one sign word per element) instead
@@ -29,9 +32,12 @@ import torch
 
 from . import _host
 from .base import Compressor, check_finite
+from .identity import Identity
+from .selection import SAMPLE_MIN_NUMEL, topk_indices
 from .sign import Sign, _host_l1_scale
+from .topk import TopK
 
-__all__ = ["BatchCodec", "BatchSign", "Senders", "batch_codec"]
+__all__ = ["BatchCodec", "BatchIdentity", "BatchSign", "BatchTopK", "Senders", "batch_codec"]
 
 
 #: what selects the senders of a batched add: a slice of rows or an index per row
@@ -66,11 +72,23 @@ class BatchCodec(Protocol):
 def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> BatchCodec | None:
     """The batched form of ``compressor`` for ``numel``-element rows of ``dtype``, or
     ``None`` where it would not be bit-identical to the per-node codec (another codec, a
-    subclass, the torch kernels, a vector the host kernel codes in chunks)."""
-    if (type(compressor) is Sign and dtype in (torch.float16, torch.float32, torch.float64)
-            and _host.use_host_kernels(torch.empty(0, dtype=dtype))
-            and 1 <= numel <= _host.CHUNK):
-        return BatchSign(compressor, numel, dtype)
+    subclass, the torch kernels, a vector the host kernel codes in chunks).
+
+    Covered: ``sign`` (:class:`BatchSign`), ``identity`` (:class:`BatchIdentity`) and
+    ``topk:R`` with int32 positions (:class:`BatchTopK`; not ``topk:R:rice``), for fp16,
+    fp32 and fp64 rows of ``1 <= d <= 2^18`` elements on the host kernels.
+    """
+    if (dtype not in (torch.float16, torch.float32, torch.float64)
+            or not _host.use_host_kernels(torch.empty(0, dtype=dtype))
+            or not 1 <= numel <= _host.CHUNK):
+        return None
+    kind = type(compressor)
+    if kind is Sign:
+        return BatchSign(cast("Sign", compressor), numel, dtype)
+    if kind is Identity:
+        return BatchIdentity(cast("Identity", compressor), numel, dtype)
+    if kind is TopK:
+        return BatchTopK(cast("TopK", compressor), numel, dtype)
     return None
 
 
@@ -126,3 +144,118 @@ class BatchSign:
         if self._words is None or self._words.shape[0] < count:
             self._words = np.empty((count, self.numel), dtype=self.uint)
         return self._words[:count]
+
+
+def _pairs(out: np.ndarray, alpha: np.ndarray, senders: Senders,
+           rows: np.ndarray | None) -> zip[tuple[torch.Tensor, int, float]]:
+    """``(target row, sender, α)`` of every ``k`` of a batched add: the target rows as 1-D
+    tensors (views of ``out``), the senders' row numbers, the weights as Python floats."""
+    targets = torch.from_numpy(out).unbind(0)
+    if rows is not None:
+        targets = tuple(targets[r] for r in rows.tolist())
+    if isinstance(senders, slice):
+        sent: Sequence[int] = range(senders.start or 0, senders.stop)
+    else:
+        sent = senders.tolist()
+    return zip(targets, sent, alpha.tolist(), strict=True)
+
+
+class BatchIdentity:
+    """:class:`~choco.compress.identity.Identity` on every row: ``Q(x) = x``.
+
+    A message is the row itself (a copy, in its dtype: the wire carries its bytes as they
+    are); ``add_`` makes the per-node decoder's call ``out.add_(q_j, alpha=w)`` on each
+    target row, so every sum rounds as the per-node one does (torch's ``a + α b`` is one
+    call per vector; the rows of one 2-D call could be cut differently between its vector
+    body and its scalar tail).
+    """
+
+    def __init__(self, codec: Identity, numel: int, dtype: torch.dtype) -> None:
+        self.codec, self.numel, self.dtype = codec, numel, dtype
+        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        # |x_i| below this for every i: the row's sum is finite, as the encoder requires
+        self._finite_below = float(torch.finfo(dtype).max) / 2 / numel
+
+    def messages(self, n: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(q, rows of q)``: ``(n, d)`` in the rows' dtype."""
+        q = torch.empty((n, self.numel), dtype=self.dtype)
+        return q, q.unbind(0)
+
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int) -> None:
+        q, _ = cast("tuple[torch.Tensor, tuple[torch.Tensor, ...]]", messages)
+        # the encoder's check (a finite sum); NaN makes the max NaN, so the test fails
+        if not float(np.max(np.abs(block))) < self._finite_below:
+            for row in rows:
+                check_finite(row.sum(), self.codec.spec)  # the per-node check and error
+        np.copyto(q.numpy()[start : start + len(rows)], block)
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        _, q = cast("tuple[torch.Tensor, tuple[torch.Tensor, ...]]", messages)
+        for target, j, a in _pairs(out, alpha, senders, rows):
+            target.add_(q[j], alpha=a)  # identity's decoder: out.add_(values, alpha=α)
+
+
+class BatchTopK:
+    """:class:`~choco.compress.topk.TopK` (int32 positions) on every row.
+
+    The kept set of a row is the codec's (:func:`choco.compress.selection.topk_indices`).
+    Below its sampled path (``d < 2^16`` or ``8k > d``) that is, by its definition: ``t``
+    the ``k``-th largest ``|x_i|`` (exact, ``np.partition`` over the block's rows), every
+    ``|x_i| > t``, then the lowest positions with ``|x_i| = t`` up to ``k``, ascending. On
+    the sampled path ties are not always broken by position (the candidates above the
+    sampled bound are cut with ``argpartition``), so there each row calls
+    ``topk_indices`` itself.
+    The values are converted to fp32 (the wire) and back to the row's dtype with torch, as
+    the encoder and :meth:`Support.add_ <choco.compress.sparse.Support.add_>` do, and added
+    with the decoder's call ``out.index_add_(0, index, values, alpha=α)`` on each target row.
+    """
+
+    def __init__(self, codec: TopK, numel: int, dtype: torch.dtype) -> None:
+        self.codec, self.numel, self.dtype = codec, numel, dtype
+        self.k = codec.k(numel)
+        # the codec's sampled selection path (selection.topk_indices): called per row
+        self.sampled = self.k < numel and numel >= SAMPLE_MIN_NUMEL and self.k * 8 <= numel
+        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+
+    def messages(self, n: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...],
+                                        torch.Tensor, torch.Tensor]:
+        """``(values rows, index rows, values, index)``: ``(n, k)`` each, the values in the
+        rows' dtype (after fp32), the positions int64 ascending."""
+        values = torch.empty((n, self.k), dtype=self.dtype)
+        index = torch.empty((n, self.k), dtype=torch.int64)
+        return values.unbind(0), index.unbind(0), values, index
+
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int) -> None:
+        _, _, values, index = cast("tuple[object, object, torch.Tensor, torch.Tensor]",
+                                   messages)
+        if not np.isfinite(block).all():
+            for row in rows:
+                check_finite(row, self.codec.spec)  # the per-node check and error
+        stop, d, k = start + len(rows), self.numel, self.k
+        chosen = index.numpy()[start:stop]
+        if k >= d:
+            chosen[:] = np.arange(d)
+        elif self.sampled:
+            for i, row in enumerate(rows):
+                chosen[i] = topk_indices(row, k).numpy()  # the per-node selection
+        else:
+            mags = np.abs(block)
+            kth = np.partition(mags, d - k, axis=1)[:, d - k : d - k + 1]  # k-th largest
+            above = mags > kth
+            ties = mags == kth
+            room = k - above.sum(axis=1, keepdims=True)
+            keep = above | (ties & (np.cumsum(ties, axis=1) <= room))  # lowest ties first
+            chosen[:] = np.nonzero(keep)[1].reshape(len(rows), k)
+        kept = torch.from_numpy(np.take_along_axis(block, chosen, axis=1))
+        values[start:stop] = kept.to(torch.float32).to(self.dtype)  # the wire's fp32
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        values, index, _, _ = cast(
+            "tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], object, object]",
+            messages)
+        for target, j, a in _pairs(out, alpha, senders, rows):
+            target.index_add_(0, index[j], values[j], alpha=a)  # Support.add_'s call
