@@ -4,10 +4,11 @@ simulated clock costs.
 Measurements, each in a fresh subprocess of this Python (so peak memory is the run's own),
 printed side by side:
 
-* a consensus of ``--consensus-nodes`` nodes (ring, sign, ``d = --dim``, ``--rounds``
-  rounds, γ = 0.5): host seconds of the default driver (one thread for every node, batched
-  for sign), of one thread per node (``--threads``), and with ``--before TREE`` of the same
-  command on another checkout; their ``.npz`` files (x, error, bytes) must be identical;
+* a consensus of ``--consensus-nodes`` nodes (ring, each codec of ``--spec``, sign by
+  default, ``d = --dim``, ``--rounds`` rounds, γ = 0.5): host seconds of the default driver
+  (one thread for every node, batched for sign, identity and topk:R), of one thread per
+  node (``--threads``), and with ``--before TREE`` of the same command on another checkout;
+  their ``.npz`` files (x, error, bytes) must be identical;
 * the clock's cost: ``--pairs`` interleaved pairs of the default driver without and with
   ``--network`` (same driver, same command otherwise), its overhead the median over the
   pairs of ``clocked / plain − 1``, for the whole process (what a user waits for,
@@ -43,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-nodes", default="256", help="n of the training runs (0: none)")
     p.add_argument("--dim", type=int, default=1000, help="d of the consensus")
     p.add_argument("--rounds", type=int, default=100, help="consensus rounds")
+    p.add_argument("--spec", default="sign", metavar="SPEC[;SPEC...]",
+                   help="the consensus runs' codecs (choco-consensus --compressor), a row "
+                   "each; several separated by ';'")
     p.add_argument("--network", default=NETWORK, help="the simulated network of the clocked "
                    "runs")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per child run")
@@ -108,10 +112,10 @@ def _same_npz(a: str, b: str) -> bool:
             x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x.files)
 
 
-def _consensus(args: argparse.Namespace, n: int, tmp: str) -> dict:
-    """The consensus row of ``n`` nodes (see the module docstring)."""
+def _consensus(args: argparse.Namespace, spec: str, n: int, tmp: str) -> dict:
+    """The consensus row of ``n`` nodes with codec ``spec`` (see the module docstring)."""
     def base(out: str) -> list[str]:
-        return ["choco.consensus", "--topology", f"ring:{n}", "--compressor", "sign",
+        return ["choco.consensus", "--topology", f"ring:{n}", "--compressor", spec,
                 "--gamma", "0.5", "--dim", str(args.dim), "--steps", str(args.rounds),
                 "--quiet", "--json", "--overwrite", "--out", f"{tmp}/{out}-{n}.npz"]
 
@@ -133,7 +137,7 @@ def _consensus(args: argparse.Namespace, n: int, tmp: str) -> dict:
     if clocked[-1]["summary"]["error_final"] != plain[-1]["summary"]["error_final"]:
         raise RuntimeError(f"consensus of {n} nodes: the clocked run's error differs")
     ratios = [c["seconds"] / p["seconds"] for p, c in zip(plain, clocked, strict=True)]
-    return {"what": "consensus", "n": n,
+    return {"what": "consensus", "n": n, "spec": spec,
             "plain_s": statistics.median(p["seconds"] for p in plain),
             "threads_s": threads["seconds"],
             "before_s": None if before is None else before["seconds"],
@@ -145,18 +149,19 @@ def _consensus(args: argparse.Namespace, n: int, tmp: str) -> dict:
             "peak_mib": plain[-1]["peak_mib"]}
 
 
-def _rounds_only(args: argparse.Namespace, n: int) -> list[float]:
+def _rounds_only(args: argparse.Namespace, spec_text: str, n: int) -> list[float]:
     """``clocked / plain`` of the rounds alone (no start-up): the default one-thread driver
     of ``choco-consensus`` called in this process, after one warm-up run, ``--pairs``
     pairs without and with the clock (alternating which runs first); each pair's ratio."""
     import torch
 
+    from ...comm.local import LocalNetwork
     from ...sim.clock import NetworkClock
     from ...sim.spec import parse_network
     from .. import consensus
 
     problem = consensus.load_problem(consensus.parse_args(
-        ["--topology", f"ring:{n}", "--compressor", "sign", "--gamma", "0.5", "--dim",
+        ["--topology", f"ring:{n}", "--compressor", spec_text, "--gamma", "0.5", "--dim",
          str(args.dim), "--steps", str(args.rounds), "--quiet"]), report=False)
     topo = problem.topology
     neighbors = [topo.neighbors(i) for i in range(n)]
@@ -165,10 +170,15 @@ def _rounds_only(args: argparse.Namespace, n: int) -> list[float]:
     torch.set_num_threads(1)  # as choco-consensus --backend local
     ratios = []
     codec = consensus.batch_codec(problem.compressor, args.dim, torch.float64)
-    if codec is None:
-        raise RuntimeError("sign is expected to have a batched form")
+    if not consensus.lockstep_applies(problem, spec):
+        raise RuntimeError(f"{spec_text}: no one-thread driver applies; choose another --spec")
 
     def seconds(clocked: bool) -> float:
+        if codec is None:  # the per-node objects in lock-step
+            net = LocalNetwork(neighbors, network=spec if clocked else None)
+            start = time.perf_counter()
+            consensus.run_lockstep(net.comms, problem, False, net.clock)
+            return time.perf_counter() - start
         clock = NetworkClock(spec, neighbors) if clocked else None
         start = time.perf_counter()
         consensus.run_batched(problem, codec, False, clock)
@@ -189,12 +199,13 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for n in _ints(args.consensus_nodes):
-            row = _consensus(args, n, tmp)
-            ratios = _rounds_only(args, n)
-            row["rounds_overhead"] = statistics.median(ratios) - 1
-            row["rounds_ratios"] = ratios
-            rows.append(row)
+        for spec in [s.strip() for s in args.spec.split(";") if s.strip()]:
+            for n in _ints(args.consensus_nodes):
+                row = _consensus(args, spec, n, tmp)
+                ratios = _rounds_only(args, spec, n)
+                row["rounds_overhead"] = statistics.median(ratios) - 1
+                row["rounds_ratios"] = ratios
+                rows.append(row)
         for n in _ints(args.train_nodes):
             out = _child(["choco.train", "--backend", "local", "--nodes", str(n),
                           "--topology", "ring", "--epochs", "1", "--gamma", "0.5", "--quiet",
@@ -211,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         if r["what"] == "consensus":
             was = "" if r["before_s"] is None else f"{r['before_s']:.1f}"
-            lines.append(f"| consensus ring sign d={args.dim}, {args.rounds} rounds | {r['n']} "
+            lines.append(f"| consensus ring {r['spec']} d={args.dim}, {args.rounds} rounds "
+                         f"| {r['n']} "
                          f"| {was} | {r['threads_s']:.1f} | {r['plain_s']:.1f} | "
                          f"×{r['threads_s'] / r['plain_s']:.1f} | {r['clocked_s']:.1f} | "
                          f"{100 * r['overhead']:+.0f}% | {100 * r['rounds_overhead']:+.0f}% | "
