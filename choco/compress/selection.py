@@ -9,7 +9,10 @@ probability; the exact top-k is then taken among the candidates ``|x_i| >= t`` (
 (the ``k``-th largest is ``>= t``), so the set equals ``torch.topk``'s up to ties; with
 fewer, the full ``torch.topk`` runs instead. Entries equal to ``t`` are taken only when
 fewer than ``k`` are strictly above it, lowest positions first: inputs with many exact zeros
-or ties (sparse gradients, ReLU layers, late residuals) cost one pass, not a sort.
+or ties (sparse gradients, ReLU layers, late residuals) cost one pass, not a sort. When at
+least ``k`` are strictly above ``t``, the ``k`` largest among them are taken with
+``np.argpartition`` (``torch.topk`` on a device): ties at the ``k``-th largest magnitude
+are then broken by that call, the same for the same input, not by position.
 
 The short segments of a layout are selected together (:func:`select_block`): per segment
 the kept set is ``{i : |x_i| > t_l}`` plus the lowest positions with ``|x_i| = t_l``, up to
@@ -50,7 +53,9 @@ def _topk_host(x: torch.Tensor, k: int) -> torch.Tensor | None:
 
     Entries strictly above the sampled threshold ``t`` are candidates; if fewer than ``k``
     are, the rest are the lowest positions with ``|x_i| = t`` (ties broken by position), so
-    inputs full of zeros or of equal values cost one pass instead of a full sort.
+    inputs full of zeros or of equal values cost one pass instead of a full sort. If ``k``
+    or more are, the ``k`` largest candidates come from ``np.argpartition``, which breaks
+    ties at the ``k``-th largest magnitude its own (deterministic) way.
     """
     xn = x.detach().numpy()
     numel = xn.size
@@ -106,8 +111,11 @@ def _topk_device(x: torch.Tensor, k: int) -> torch.Tensor | None:
 def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     """Positions of the ``k`` largest ``|x|``, ascending (int64, on ``x``'s device).
 
-    Among equal magnitudes at the ``k``-th largest, the lowest positions are taken, on every
-    path (sampled or not, numpy or torch): the selection is deterministic.
+    The selection is deterministic (the same input gives the same positions). Among equal
+    magnitudes at the ``k``-th largest the lowest positions are taken, except on the
+    sampled path (``numel >= SAMPLE_MIN_NUMEL`` and ``8 k <= numel``) when ``k`` or more
+    entries lie strictly above the sampled threshold: there ``np.argpartition`` (or
+    ``torch.topk``) breaks those ties.
     """
     numel = x.numel()
     if k >= numel:

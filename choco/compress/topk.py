@@ -19,8 +19,11 @@ the selection itself one pass over the block, the Rice codes of all segments one
 (:func:`choco.wire.rice_encode_streams`).
 
 Selection: :mod:`choco.compress.selection` (threshold sampling for long vectors, exact
-and batched for short segments; ties at the ``k``-th largest magnitude go to the lowest
-positions on every path).
+and batched for short segments). Ties at the ``k``-th largest magnitude go to the lowest
+positions, except on the sampled path of a long vector when at least ``k`` entries lie
+strictly above the sampled threshold: there the tied entries kept are the ones
+``np.argpartition`` (or ``torch.topk`` on a device) returns, the same for the same input
+but not necessarily the lowest positions.
 """
 
 from __future__ import annotations
