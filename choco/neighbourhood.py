@@ -56,6 +56,17 @@ def naming_sender(sender: int, receiver: int) -> Iterator[None]:
         raise undecodable(sender, receiver, exc) from exc
 
 
+def check_message(sender: int, receiver: int, buf: torch.Tensor, compressor: Compressor,
+                  numel: int) -> None:
+    """Check ``sender``'s message header against ``receiver``'s ``compressor`` and its
+    ``numel`` elements; a mismatch raises :func:`undecodable`, naming the sender."""
+    with naming_sender(sender, receiver):
+        _, n, _ = header_of(compressor, buf)
+        if n != numel:
+            raise CompressionError(f"{compressor.spec}: the message holds {n} elements but "
+                                   f"rank {receiver} gossips {numel}")
+
+
 def neighbour_weights(comm: Communicator, W_row) -> tuple[float, list[float]]:
     """``(w_ii, [w_ij for j in comm.neighbors])`` from row ``comm.rank`` of ``W``.
 
@@ -199,13 +210,7 @@ class NeighbourRound:
     def check_one(self, sender: int, buf: torch.Tensor, compressor: Compressor,
                   numel: int) -> None:
         """:meth:`check_received` for one message, from ``sender``."""
-        with self.from_rank(sender):
-            _, n, _ = header_of(compressor, buf)
-            if n != numel:
-                raise CompressionError(
-                    f"{compressor.spec}: the message holds {n} elements but rank "
-                    f"{self.comm.rank} gossips {numel}"
-                )
+        check_message(sender, self.comm.rank, buf, compressor, numel)
 
     def decode_add_(self, compressor: Compressor, sender: int, buf: torch.Tensor,
                     out: torch.Tensor, alpha: float = 1.0) -> None:

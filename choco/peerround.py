@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .comm.base import Communicator, Exchange
-from .compress.base import Compressor, header_of
-from .errors import CompressionError, GossipError
-from .neighbourhood import naming_sender
+from .compress.base import Compressor
+from .errors import GossipError
+from .neighbourhood import check_message, naming_sender
 
 __all__ = ["PeerRound", "edge_seed"]
 
@@ -66,11 +66,7 @@ class PeerRound:
                        numel: int) -> None:
         """Check every received header against ``compressor`` and ``numel`` elements."""
         for sender, buf in received.items():
-            with self.from_rank(sender):
-                _, n, _ = header_of(compressor, buf)
-                if n != numel:
-                    raise CompressionError(f"{compressor.spec}: the message holds {n} elements "
-                                           f"but rank {self.comm.rank} gossips {numel}")
+            check_message(sender, self.comm.rank, buf, compressor, numel)
 
     def from_rank(self, sender: int) -> AbstractContextManager[None]:
         """Turn a :class:`CompressionError` raised inside into one naming ``sender``."""
