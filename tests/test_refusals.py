@@ -231,3 +231,24 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_start(tmp_path, moment, argv)
         assert train_cli.run_held(out), sorted(os.listdir(out))
     else:
         assert os.listdir(tmp_path) == []
+
+
+def test_start_guard_undoes_a_start_interrupted_inside_mkdir_parents(tmp_path):
+    # Ctrl-C between the two mkdirs of mkdir(parents=True): the parent exists, --out does not;
+    # the guard must still remove the parent it made (CI once saw 'new' left behind)
+    out = tmp_path / "new" / "run"
+    guard = train_cli.StartGuard(out)
+    (tmp_path / "new").mkdir()
+    guard.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_start_guard_keeps_a_parent_that_holds_other_files(tmp_path):
+    out = tmp_path / "new" / "run"
+    guard = train_cli.StartGuard(out)
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (tmp_path / "new" / "mine.txt").write_text("not the run's")  # written by someone else
+    guard.undo()
+    assert sorted(os.listdir(tmp_path)) == ["new"]
+    assert os.listdir(tmp_path / "new") == ["mine.txt"]

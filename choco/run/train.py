@@ -211,7 +211,10 @@ class StartGuard:
                 else:
                     path.unlink()
             for folder in self.created:
-                folder.rmdir()  # fails (and stops) at one that is not empty
+                # Ctrl-C can land inside mkdir(parents=True), after a parent was made and
+                # before the deeper folder: skip what does not exist and go on upwards
+                if folder.exists():
+                    folder.rmdir()  # fails (and stops) at one that is not empty
         except OSError:
             pass
 
