@@ -163,3 +163,31 @@ def test_a_node_waiting_for_a_node_that_returned_is_a_clear_error_not_a_hang():
     with pytest.raises(CommError, match="no node can run: node 1 waits for exchange 1 from "
                                         "node 0"):
         LocalNetwork([[1], [0]]).run(node)
+
+
+def test_ctrl_c_in_the_caller_stops_every_node_before_run_raises():
+    # the caller cleans up after a Ctrl-C (choco-train removes an unfinished start): no node
+    # thread may still be running, and writing, once run() has raised
+    import signal
+    import threading
+
+    rounds = [0] * 4
+
+    def node(comm):
+        if comm.rank == 0:  # Ctrl-C arrives while the nodes are exchanging
+            main = threading.main_thread().ident
+            threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT)).start()
+        while True:  # endless: only the interrupt ends it
+            comm.neighbor_exchange(torch.zeros(4, dtype=torch.uint8)).wait()
+            rounds[comm.rank] += 1
+
+    before = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        LocalNetwork([[1, 3], [0, 2], [1, 3], [0, 2]]).run(node)
+    left = [t for t in threading.enumerate() if t not in before and t.is_alive()
+            and not isinstance(t, threading.Timer)]
+    assert left == []
+    assert min(rounds) > 0  # they were running when the interrupt came
+    # and they stopped at a wait: a node finishes round r only once its neighbours posted it,
+    # so on this ring (diameter 2) no two nodes are more than 2 rounds apart
+    assert max(rounds) - min(rounds) <= 2

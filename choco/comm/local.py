@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -58,6 +59,9 @@ from .base import (
 from .peers import check_sends
 
 T = TypeVar("T")
+
+#: seconds :meth:`LocalNetwork.run` waits for its nodes to stop after a Ctrl-C
+INTERRUPT_GRACE_S = 10.0
 
 
 #: numpy's legacy global generator (``np.random.rand`` & co.) and its raw MT19937 state
@@ -217,6 +221,15 @@ class LocalNetwork:
                 self._turn[self._ready.popleft()].release()
             for t in threads:
                 t.join()
+        except KeyboardInterrupt:
+            # Ctrl-C in the caller: stop the nodes at their next wait before the caller
+            # cleans up what they write (bounded: a node deep in a computation is left)
+            if self._failure is None:
+                self._failure = "the run was interrupted (Ctrl-C)"
+            deadline = time.monotonic() + INTERRUPT_GRACE_S
+            for t in threads:
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            raise
         finally:
             self.threaded = False
             caller.restore()
