@@ -31,7 +31,10 @@ from ..wire.framing import HEADER_SIZE, Reserved, payload_tensor
 #: kernel); shorter ones are batched in blocks of at most this many elements
 BATCH_MAX = 1 << 20
 
-_GOLDEN = 0x9E3779B97F4A7C15
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_ONE, _S31 = np.uint64(1), np.uint64(31)
+_MIX = ((np.uint64(30), np.uint64(0xBF58476D1CE4E5B9)),
+        (np.uint64(27), np.uint64(0x94D049BB133111EB)))
 
 
 def segment_seeds(seed: int, indices: np.ndarray) -> np.ndarray:
@@ -40,12 +43,17 @@ def segment_seeds(seed: int, indices: np.ndarray) -> np.ndarray:
     ``z = seed + φ (i + 1)``, ``z = (z ⊕ z >> 30) · c1``, ``z = (z ⊕ z >> 27) · c2``,
     ``z ⊕ z >> 31`` (splitmix64, ``φ = 0x9E3779B97F4A7C15``).
     """
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(_GOLDEN) * (
-            np.asarray(indices).astype(np.uint64) + np.uint64(1))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    # in place on one 1-d array (array arithmetic wraps modulo 2^64 without warnings; a 0-d
+    # array would turn into numpy scalars, which warn): it runs on every per-tensor message
+    z = np.array(indices, dtype=np.uint64, ndmin=1)
+    z += _ONE
+    z *= _GOLDEN
+    z += np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    for shift, mul in _MIX:
+        z ^= z >> shift
+        z *= mul
+    z ^= z >> _S31
+    return z
 
 
 def segment_seed(seed: int, index: int) -> int:

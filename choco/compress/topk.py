@@ -118,8 +118,12 @@ class TopK(Sparsifier):
             if values.dtype != np.float32:  # torch's conversion, as as_float32 does
                 values = torch.from_numpy(values).to(torch.float32).numpy()
             out = payload[item.byte : item.stop]
-            out[plan["value"]] = values.view(np.uint8)
             local = chosen - plan["seg_start"]
+            if "value_word" in plan:  # 4-byte fields on 4-byte offsets: one index per entry
+                out.view(np.float32)[plan["value_word"]] = values
+                out.view(np.int32)[plan["position_word"]] = local
+                continue
+            out[plan["value"]] = values.view(np.uint8)
             if self.rice:
                 out[plan["code"]] = rice_encode_streams(local, plan["rice"])
             else:
@@ -140,8 +144,11 @@ class TopK(Sparsifier):
                 super().decode_payload_add_(payload[item.byte : item.stop], flags, seed,
                                             out[item.elem : item.elem + item.size], alpha)
                 continue
-            values = torch.from_numpy(data[item.byte : item.stop][item.plan["value"]]
-                                      .view(np.float32))
+            block = data[item.byte : item.stop]
+            plan = item.plan
+            values = torch.from_numpy(block.view(np.float32)[plan["value_word"]]
+                                      if "value_word" in plan
+                                      else block[plan["value"]].view(np.float32))
             out[item.elem : item.elem + item.numel].index_add_(
                 0, torch.from_numpy(index), values.to(out.dtype), alpha=alpha * 1.0)
         return None
@@ -160,7 +167,8 @@ class TopK(Sparsifier):
         if self.rice:
             local = rice_decode_streams(payload[plan["code"]], plan["rice"])
         else:
-            local = payload[plan["position"]].view(np.int32).astype(np.int64)
+            local = (payload.view(np.int32)[plan["position_word"]] if "position_word" in plan
+                     else payload[plan["position"]].view(np.int32)).astype(np.int64)
             if local.size and local.min() < 0:
                 local = None
         if local is None or (local.size and (local >= plan["seg_size"]).any()):
@@ -181,6 +189,11 @@ class TopK(Sparsifier):
         plan_selection(block, k)
         if not self.rice:
             position_at = value_at + 4 * np.repeat(k, k)
+            if (block.stop - block.byte) % 4 == 0 and not (value_at % 4).any():
+                # every value and position on a 4-byte offset (segment headers are 16
+                # bytes): gather and scatter words, one index per entry instead of four
+                plan["value_word"] = value_at // 4
+                plan["position_word"] = position_at // 4
             plan["position"] = (position_at[:, None] + np.arange(4)).reshape(-1)
             return
         b = np.array([self.rice_b(int(s)) for s in sizes], dtype=np.int64)
