@@ -252,3 +252,13 @@ def test_start_guard_keeps_a_parent_that_holds_other_files(tmp_path):
     guard.undo()
     assert sorted(os.listdir(tmp_path)) == ["new"]
     assert os.listdir(tmp_path / "new") == ["mine.txt"]
+
+
+def test_start_guard_removes_a_temporary_file_of_an_interrupted_write(tmp_path):
+    # Ctrl-C between atomic_write's mkstemp and its rename leaves config.json.XXXX.tmp
+    out = tmp_path / "run"
+    guard = train_cli.StartGuard(out)
+    out.mkdir()
+    (out / "config.json.k2j4x.tmp").write_text("{")
+    guard.undo()
+    assert os.listdir(tmp_path) == []

@@ -210,6 +210,11 @@ class StartGuard:
                     path.rmdir()  # empty, or run_held would have named it
                 else:
                     path.unlink()
+            # a write interrupted between creating its temporary file and renaming it
+            # (files.atomic_write) leaves NAME.*.tmp beside NAME
+            for name in RUN_FILES:
+                for tmp in self.out.glob(f"{name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
             for folder in self.created:
                 # Ctrl-C can land inside mkdir(parents=True), after a parent was made and
                 # before the deeper folder: skip what does not exist and go on upwards
