@@ -3,12 +3,12 @@
 Two kinds of expectation, neither taken from the code under test:
 
 * **The wire format, rebuilt in numpy.** For the families with batched per-tensor kernels
-  (sign, top-k with int32 or Rice positions, random-block, natural) the whole per-tensor
+  (sign, top-k with int32 or Rice positions, random-block, rand-k, natural) the whole per-tensor
   message is rebuilt here from the format's definition: an outer header, then per segment
   ``l`` a header with the segment seed ``splitmix64(seed + φ (l + 1))`` and that family's
   payload (top-k by a stable sort, Rice codes bit by bit, SFC64 draws for the random
-  start and the rounding). The bytes must be equal (sign's fp32 scale, a float sum, to
-  1e-5), and the decoded sum must be ``out + α Q(x)``.
+  start, the rand-k positions and the rounding). The bytes must be equal (sign's fp32
+  scale, a float sum, to 1e-5), and the decoded sum must be ``out + α Q(x)``.
 * **The per-segment path.** For every family, the per-tensor message must be the
   concatenation of each segment compressed alone with its segment seed, and decode to the
   same sum.
@@ -34,7 +34,8 @@ from choco.models import make_model
 
 PHI = 0x9E3779B97F4A7C15
 M64 = (1 << 64) - 1
-CODECS = {"sign": 2, "topk": 3, "rice": 9, "randblock": 5, "natural": 6, "per-tensor": 100}
+CODECS = {"sign": 2, "topk": 3, "randk": 4, "rice": 9, "randblock": 5, "natural": 6,
+          "per-tensor": 100}
 
 
 def model_sizes(name: str) -> list[int]:
@@ -51,8 +52,9 @@ LAYOUTS = {
 #: more than 2^20 parameters, the real block limit: two blocks
 BIG = model_sizes("resnet56") + model_sizes("resnet20")
 BATCHED = ["sign", "topk:0.01", "topk:0.3", "topk:1", "topk:0.01:rice", "topk:0.2:rice",
-           "randblock:0.01", "randblock:0.3", "randblock:0.2:raw", "natural", "natural:raw"]
-EVERY_FAMILY = [*BATCHED, "identity", "randk:0.1", "randk:0.1:raw", "dither:4",
+           "randblock:0.01", "randblock:0.3", "randblock:0.2:raw", "natural", "natural:raw",
+           "randk:0.01", "randk:0.1", "randk:0.5", "randk:0.1:raw"]
+EVERY_FAMILY = [*BATCHED, "identity", "dither:4",
                           "qsgd:8:b=16", "sbc:0.1", "topk:0.1+natural", "randk:0.2+qsgd:4",
                           "scaled(sign)", "scaled(topk:0.1:rice)"]
 
@@ -122,6 +124,20 @@ def reference_segment(spec: str, x: np.ndarray, seed: int) -> tuple[bytes, np.nd
         k = count(float(args[0]), d)
         start = int(np.random.SFC64(seed).random_raw() % np.uint64(d))
         pos = (start + np.arange(k)) % d
+        values = x[pos].astype(np.float32)
+        q[pos] = values * (d / k if "raw" in args else 1.0)
+        return values.tobytes(), q
+    if name == "randk":  # k distinct positions regenerated from the seed's raw stream
+        k = count(float(args[0]), d)
+        if k >= d:
+            pos = np.arange(d)
+        elif 32 * k > d:  # dense: the k smallest of d raw keys
+            pos = np.sort(np.argsort(np.random.SFC64(seed).random_raw(d), kind="stable")[:k])
+        else:  # sparse: the first k distinct values of the stream modulo d
+            bitgen, seen = np.random.SFC64(seed), {}
+            while len(seen) < k:
+                seen.setdefault(int(bitgen.random_raw() % np.uint64(d)), None)
+            pos = np.sort(np.array(list(seen), dtype=np.int64))
         values = x[pos].astype(np.float32)
         q[pos] = values * (d / k if "raw" in args else 1.0)
         return values.tobytes(), q
@@ -209,7 +225,7 @@ def test_per_tensor_messages_are_the_format_rebuilt_in_numpy(block_limit, spec, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", ["sign", "topk:0.01", "topk:0.01:rice", "randblock:0.01",
-                                  "natural"])
+                                  "natural", "randk:0.01"])
 def test_a_layout_over_a_million_parameters_is_the_format_rebuilt_in_numpy(spec):
     assert sum(BIG) > blocks_module.BATCH_MAX  # at least two blocks
     x = torch.randn(sum(BIG), generator=torch.Generator().manual_seed(7))
@@ -335,3 +351,4 @@ def test_natural_overflow_is_rejected():
     x[25] = 1e39  # finite in fp64, inf in fp32: e' = 255 whatever the draw
     with pytest.raises(CompressionError, match="2\\^127"):
         q.encode(x)
+

@@ -154,6 +154,10 @@ class RandK(Sparsifier):
     ``S`` from the header seed (:func:`choco.compress._host.sample_positions`, host numpy,
     identical on every device). ``randk:R:raw`` sends ``(d/k) x ⊙ 1_S``: unbiased,
     ``ω = d/k - 1``.
+
+    Host kernel (segment layouts, not ``:raw``): the segments of a block draw their
+    positions in a loop, then the gather, the fp32 words and one ``index_add_`` cover the
+    whole block; the bytes are those of each segment coded alone.
     """
 
     codec_id = 4
@@ -165,6 +169,65 @@ class RandK(Sparsifier):
     def support(self, positions, numel, seed, device):
         index = _host.sample_positions(seed, numel, self.k(numel))
         return Support(index.size, torch.from_numpy(index).to(device))
+
+    # ------------------------------------------------------------------ host kernel
+    # Segment layouts (not :raw, whose d/k differs per segment): each segment's positions
+    # are drawn by its own seeded generator (:func:`_host.sample_positions`, the only
+    # per-segment Python work); the gather, the fp32 words and the add are one pass.
+    def encode_payload(self, x: torch.Tensor, seed: int,
+                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
+        if layout is None or self._raw or not _host.use_host_kernels(x):
+            return super().encode_payload(x, seed, layout)
+        check_finite(x, self.spec)
+        message = Reserved(layout.nbytes)
+        payload = message.payload
+        seeds = layout.seeds(seed)
+        for item in layout.items(self.spec, None, self._prepare):
+            if isinstance(item, Alone):
+                seg = x[item.elem : item.elem + item.size]
+                support = self.support(_EMPTY, item.size, int(seeds[item.index]), seg.device)
+                payload[item.byte : item.stop] = to_bytes(as_float32(support.gather(seg))).numpy()
+                continue
+            index = self._positions(item, seeds[item.lo : item.hi])
+            values = x[item.elem : item.elem + item.numel].detach().numpy()[index]
+            if values.dtype != np.float32:  # torch's conversion, as as_float32 does
+                values = torch.from_numpy(values).to(torch.float32).numpy()
+            payload[item.byte : item.stop].view(np.float32)[item.plan["word"]] = values
+        return 0, message
+
+    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
+                            out: torch.Tensor, alpha: float,
+                            layout: Layout | None = None) -> None:
+        if layout is None or self._raw or not _host.use_host_kernels(out):
+            return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
+        seeds = layout.seeds(seed)
+        for item in layout.items(self.spec, None, self._prepare):
+            if isinstance(item, Alone):
+                super().decode_payload_add_(payload[item.byte : item.stop], flags,
+                                            int(seeds[item.index]),
+                                            out[item.elem : item.elem + item.size], alpha)
+                continue
+            index = self._positions(item, seeds[item.lo : item.hi])
+            words = payload[item.byte : item.stop].numpy().view(np.float32)[item.plan["word"]]
+            out[item.elem : item.elem + item.numel].index_add_(
+                0, torch.from_numpy(index), torch.from_numpy(words).to(out.dtype),
+                alpha=alpha)
+        return None
+
+    def _prepare(self, block: Block) -> None:
+        """``k_l``, each kept entry's segment start (elements) and its 4-byte word."""
+        plan = block.plan
+        k = np.array([self.k(int(d)) for d in block.sizes], dtype=np.int64)
+        plan["k_list"], plan["size_list"] = k.tolist(), block.sizes.tolist()
+        plan["seg_start"] = np.repeat(block.starts, k)
+        plan["word"] = (np.repeat(block.offsets, k) + 4 * arange_within(k)) // 4
+
+    def _positions(self, block: Block, seeds: np.ndarray) -> np.ndarray:
+        """Block position of every kept entry, grouped by segment, ascending in each."""
+        plan = block.plan
+        local = [_host.sample_positions(int(s), d, k) for s, d, k in
+                 zip(seeds, plan["size_list"], plan["k_list"], strict=True)]
+        return plan["seg_start"] + np.concatenate(local)
 
 
 class RandBlock(Sparsifier):
