@@ -32,6 +32,7 @@ import torch
 from .compress.batch import BatchCodec
 from .errors import GossipError
 from .gossip import check_gamma
+from .neighbourhood import round_seed
 
 __all__ = ["BLOCK_ELEMENTS", "BatchedChocoGossip"]
 
@@ -56,10 +57,13 @@ class BatchedChocoGossip:
         Consensus step size ``γ ∈ (0, 1]``.
     x
         ``(n, d)`` contiguous tensor, row ``i`` = node ``i``'s vector; updated in place.
+    seed
+        Base seed of the compressor, as :class:`~choco.gossip.ChocoGossip`'s: round ``t``
+        of node ``i`` uses ``round_seed(seed, i, t)`` (codecs with random supports).
     """
 
     def __init__(self, W: np.ndarray, neighbors: Sequence[Sequence[int]], codec: BatchCodec,
-                 gamma: float, x: torch.Tensor) -> None:
+                 gamma: float, x: torch.Tensor, seed: int = 0) -> None:
         n = len(neighbors)
         if x.dim() != 2 or x.shape[0] != n or not x.is_contiguous():
             raise GossipError(f"x must be a contiguous (n, d) tensor with n = {n} rows, got "
@@ -74,6 +78,7 @@ class BatchedChocoGossip:
                 raise GossipError(f"node {i}: mixing row support {support} differs from its "
                                   f"neighbours {list(nb)}; build both from one topology.")
         self.gamma = check_gamma(gamma)
+        self.seed = int(seed)
         self.codec = codec
         self.x = x
         self.x_hat = torch.zeros_like(x)
@@ -113,9 +118,12 @@ class BatchedChocoGossip:
         block), then every block's update."""
         x, x_hat, s = self.x.numpy(), self.x_hat.numpy(), self.s.numpy()
         diff, codec, messages = self._diff.numpy(), self.codec, self._messages
+        seeds = ([round_seed(self.seed, i, self.step_count) for i in range(len(self.degree))]
+                 if codec.seeded else None)  # the seeds ChocoGossip.begin would use
         for b in self.blocks:  # begin: Q(x − x̂) (the difference as torch.sub: one IEEE op)
             np.subtract(x[b], x_hat[b], out=diff[b])
-            codec.encode_(self._diff_rows[b], diff[b], messages, b.start)
+            codec.encode_(self._diff_rows[b], diff[b], messages, b.start,
+                          None if seeds is None else seeds[b])
         for b, slots in zip(self.blocks, self.slots, strict=True):  # finish
             codec.add_(messages, x_hat[b], self._ones[b], b)  # x̂ += Q_i
             codec.add_(messages, s[b], self.w_self[b], b)  # s += w_ii Q_i

@@ -1,10 +1,13 @@
 """Codecs applied to every node's row of an ``(n, d)`` array at once, bit for bit.
 
-Covered: ``sign``, ``identity`` and ``topk:R`` (int32 positions); the sign case is
-described here, the others in their classes.
+Covered: ``sign``, ``identity``, ``topk:R`` (int32 positions), ``randk:R`` and
+``randblock:R`` (and their ``:raw`` forms); the sign case is described here, the others in
+their classes.
 
 When one thread drives every node of an in-process network (:mod:`choco.batched`), a
-codec without coding state and without randomness can code all nodes' rows together: the
+codec without coding state and without sender-side randomness can code all nodes' rows
+together (the random supports of rand-k and random-block come from each row's round seed,
+as the receivers regenerate them): the
 round's messages are held as arrays (one scale per row, one sign word per element) instead
 of ``n`` framed buffers, and each neighbour slot is added with one numpy pass over the
 ``n × d`` target. The values added are the ones the per-node decoder adds, computed with
@@ -31,13 +34,15 @@ import numpy as np
 import torch
 
 from . import _host
-from .base import Compressor, check_finite
+from .base import Compressor, as_float32, check_finite
 from .identity import Identity
 from .selection import SAMPLE_MIN_NUMEL, topk_indices
 from .sign import Sign, _host_l1_scale
+from .sparse import RandBlock, RandK, Sparsifier, Support
 from .topk import TopK
 
-__all__ = ["BatchCodec", "BatchIdentity", "BatchSign", "BatchTopK", "Senders", "batch_codec"]
+__all__ = ["BatchCodec", "BatchIdentity", "BatchSign", "BatchSparse", "BatchTopK", "Senders",
+           "batch_codec"]
 
 
 #: what selects the senders of a batched add: a slice of rows or an index per row
@@ -54,14 +59,17 @@ class BatchCodec(Protocol):
 
     #: bytes of one node's message (header included), the same for every node and round
     message_nbytes: int
+    #: whether :meth:`encode_` needs every row's round seed (``seeds``)
+    seeded: bool
 
     def messages(self, n: int) -> object:
         """Room for the messages of ``n`` rows."""
 
     def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
-                start: int) -> None:
+                start: int, seeds: Sequence[int] | None = None) -> None:
         """The messages of rows ``start, start + 1, …``: ``rows`` their tensors (views),
-        ``block`` the same rows as one ``(len(rows), d)`` array."""
+        ``block`` the same rows as one ``(len(rows), d)`` array, ``seeds`` their round
+        seeds (given when :attr:`seeded`)."""
 
     def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
              rows: np.ndarray | None = None) -> None:
@@ -74,9 +82,10 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
     ``None`` where it would not be bit-identical to the per-node codec (another codec, a
     subclass, the torch kernels, a vector the host kernel codes in chunks).
 
-    Covered: ``sign`` (:class:`BatchSign`), ``identity`` (:class:`BatchIdentity`) and
-    ``topk:R`` with int32 positions (:class:`BatchTopK`; not ``topk:R:rice``), for fp16,
-    fp32 and fp64 rows of ``1 <= d <= 2^18`` elements on the host kernels.
+    Covered: ``sign`` (:class:`BatchSign`), ``identity`` (:class:`BatchIdentity`),
+    ``topk:R`` with int32 positions (:class:`BatchTopK`; not ``topk:R:rice``), ``randk:R``
+    and ``randblock:R`` with or without ``:raw`` (:class:`BatchSparse`), for fp16, fp32
+    and fp64 rows of ``1 <= d <= 2^18`` elements on the host kernels.
     """
     if (dtype not in (torch.float16, torch.float32, torch.float64)
             or not _host.use_host_kernels(torch.empty(0, dtype=dtype))
@@ -89,6 +98,8 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
         return BatchIdentity(cast("Identity", compressor), numel, dtype)
     if kind is TopK:
         return BatchTopK(cast("TopK", compressor), numel, dtype)
+    if kind in (RandK, RandBlock):
+        return BatchSparse(cast("Sparsifier", compressor), numel, dtype)
     return None
 
 
@@ -108,6 +119,7 @@ class BatchSign:
         self.shift = 8 * self.dtype.itemsize - 1
         # the real message of one row: its length is the bytes one node sends a neighbour
         self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.seeded = False
         self._words: np.ndarray | None = None  # the slot's words, a buffer reused per block
 
     def messages(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +127,7 @@ class BatchSign:
         return np.empty(n, dtype=np.float32), np.empty((n, self.numel), dtype=bool)
 
     def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
-                start: int) -> None:
+                start: int, seeds: Sequence[int] | None = None) -> None:
         scales, negative = cast("tuple[np.ndarray, np.ndarray]", messages)
         stop = start + len(rows)
         for i, row in enumerate(rows, start):
@@ -173,6 +185,7 @@ class BatchIdentity:
     def __init__(self, codec: Identity, numel: int, dtype: torch.dtype) -> None:
         self.codec, self.numel, self.dtype = codec, numel, dtype
         self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.seeded = False
         # |x_i| below this for every i: the row's sum is finite, as the encoder requires
         self._finite_below = float(torch.finfo(dtype).max) / 2 / numel
 
@@ -182,7 +195,7 @@ class BatchIdentity:
         return q, q.unbind(0)
 
     def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
-                start: int) -> None:
+                start: int, seeds: Sequence[int] | None = None) -> None:
         q, _ = cast("tuple[torch.Tensor, tuple[torch.Tensor, ...]]", messages)
         # the encoder's check (a finite sum); NaN makes the max NaN, so the test fails
         if not float(np.max(np.abs(block))) < self._finite_below:
@@ -218,6 +231,7 @@ class BatchTopK:
         # the codec's sampled selection path (selection.topk_indices): called per row
         self.sampled = self.k < numel and numel >= SAMPLE_MIN_NUMEL and self.k * 8 <= numel
         self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.seeded = False
 
     def messages(self, n: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...],
                                         torch.Tensor, torch.Tensor]:
@@ -228,7 +242,7 @@ class BatchTopK:
         return values.unbind(0), index.unbind(0), values, index
 
     def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
-                start: int) -> None:
+                start: int, seeds: Sequence[int] | None = None) -> None:
         _, _, values, index = cast("tuple[object, object, torch.Tensor, torch.Tensor]",
                                    messages)
         if not np.isfinite(block).all():
@@ -259,3 +273,52 @@ class BatchTopK:
             messages)
         for target, j, a in _pairs(out, alpha, senders, rows):
             target.index_add_(0, index[j], values[j], alpha=a)  # Support.add_'s call
+
+
+_NO_POSITIONS = torch.empty(0, dtype=torch.uint8)
+
+
+class BatchSparse:
+    """:class:`~choco.compress.sparse.RandK` / :class:`~choco.compress.sparse.RandBlock`
+    (and their ``:raw`` forms) on every row.
+
+    Row ``i``'s support is the codec's own (``codec.support``) for the row's round seed,
+    the seed its message header would carry, from which every receiver regenerates it; the
+    kept values are converted to fp32 (the wire) as the encoder does, and added with the
+    decoder's call :meth:`Support.add_ <choco.compress.sparse.Support.add_>` on each target
+    row, ``α`` times the codec's value scale (``d/k`` for ``:raw``, else 1).
+    """
+
+    def __init__(self, codec: Sparsifier, numel: int, dtype: torch.dtype) -> None:
+        self.codec, self.numel, self.dtype = codec, numel, dtype
+        self.scale = codec.value_scale(numel)
+        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.seeded = True
+
+    def messages(self, n: int) -> tuple[list[Support | None], tuple[torch.Tensor, ...]]:
+        """``(support per row, fp32 values per row)``."""
+        k = self.codec.k(self.numel)
+        return [None] * n, torch.empty((n, k), dtype=torch.float32).unbind(0)
+
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int, seeds: Sequence[int] | None = None) -> None:
+        supports, values = cast("tuple[list[Support | None], tuple[torch.Tensor, ...]]",
+                                messages)
+        if seeds is None:
+            raise ValueError(f"{self.codec.spec}: the batched codec needs the rows' seeds")
+        if not np.isfinite(block).all():
+            for row in rows:
+                check_finite(row, self.codec.spec)  # the per-node check and error
+        for i, (row, seed) in enumerate(zip(rows, seeds, strict=True), start):
+            support = self.codec.support(_NO_POSITIONS, self.numel, seed, row.device)
+            supports[i] = support
+            values[i].copy_(as_float32(support.gather(row)))  # the wire's fp32 values
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        supports, values = cast("tuple[list[Support | None], tuple[torch.Tensor, ...]]",
+                                messages)
+        for target, j, a in _pairs(out, alpha, senders, rows):
+            support = supports[j]
+            assert support is not None  # encoded this round
+            support.add_(target, values[j], a * self.scale)  # the decoder's call

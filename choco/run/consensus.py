@@ -354,7 +354,7 @@ def run_batched(problem: Problem, codec: BatchCodec, report: bool,
     x = torch.from_numpy(problem.x0.copy())
     xbar0 = torch.from_numpy(problem.x0.mean(axis=0))
     gossip = BatchedChocoGossip(topo.W, [topo.neighbors(i) for i in range(n)], codec,
-                                problem.gamma, x)
+                                problem.gamma, x, problem.seed)
     nbytes = [codec.message_nbytes] * n
     error = np.empty((n, problem.steps + 1))
     times = _clock_times(clock, problem.steps)

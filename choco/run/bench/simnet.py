@@ -6,8 +6,9 @@ printed side by side:
 
 * a consensus of ``--consensus-nodes`` nodes (ring, each codec of ``--spec``, sign by
   default, ``d = --dim``, ``--rounds`` rounds, γ = 0.5): host seconds of the default driver
-  (one thread for every node, batched for sign, identity and topk:R), of one thread per
-  node (``--threads``), and with ``--before TREE`` of the same command on another checkout;
+  (one thread for every node, batched for sign, identity, topk:R, randk:R and randblock:R),
+  of one thread per node (``--threads``), and with ``--before TREE`` of the same command on
+  another checkout;
   their ``.npz`` files (x, error, bytes) must be identical;
 * the clock's cost: ``--pairs`` interleaved pairs of the default driver without and with
   ``--network`` (same driver, same command otherwise), its overhead the median over the
