@@ -145,40 +145,42 @@ class Sparsifier(Compressor):
 _EMPTY = torch.empty(0, dtype=torch.uint8)
 
 
-class RandK(Sparsifier):
-    """``randk:R``: ``k`` uniformly random positions without replacement, values unscaled.
+class SeededSparsifier(Sparsifier):
+    """A sparsifier whose support comes from the header seed alone (``randk``,
+    ``randblock``): its message is the ``k`` kept values as fp32, nothing else.
 
-    ``Q(x) = x ⊙ 1_S`` with ``S`` a uniform ``k``-subset, ``δ = k/d`` exactly
-    (``E||Q(x) - x||^2 = (1 - k/d)||x||^2``; arXiv:1907.09356 §3 "rand-k", 0.010 at 1%).
-    Wire: ``k`` fp32 values only (``32 k/d`` bits per element); every receiver regenerates
-    ``S`` from the header seed (:func:`choco.compress._host.sample_positions`, host numpy,
-    identical on every device). ``randk:R:raw`` sends ``(d/k) x ⊙ 1_S``: unbiased,
-    ``ω = d/k - 1``.
-
-    Host kernel (segment layouts, not ``:raw``): the segments of a block draw their
-    positions in a loop, then the gather, the fp32 words and one ``index_add_`` cover the
-    whole block; the bytes are those of each segment coded alone.
+    Host kernel on segment layouts (not ``:raw``, whose ``d/k`` scale differs per segment):
+    segments of at least ``BATCH_MAX`` elements are coded alone; the others in blocks, where
+    each segment's support is drawn from its own segment seed (the only per-segment Python
+    work) and the gather, the fp32 words and the add are one pass over the block. The bytes
+    and sums are those of each segment coded alone.
     """
-
-    codec_id = 4
-    name = "randk"
 
     def select(self, x, seed):
         return self.support(_EMPTY, x.numel(), seed, x.device), _EMPTY
 
-    def support(self, positions, numel, seed, device):
-        index = _host.sample_positions(seed, numel, self.k(numel))
-        return Support(index.size, torch.from_numpy(index).to(device))
+    @abstractmethod
+    def block_positions(self, block: Block, seeds: np.ndarray) -> np.ndarray:
+        """Block position of every kept entry, grouped by segment in support order."""
 
-    # ------------------------------------------------------------------ host kernel
-    # Segment layouts (not :raw, whose d/k differs per segment): each segment's positions
-    # are drawn by its own seeded generator (:func:`_host.sample_positions`, the only
-    # per-segment Python work); the gather, the fp32 words and the add are one pass.
+    def add_block(self, block: Block, seeds: np.ndarray, values: torch.Tensor,
+                  out: torch.Tensor, alpha: float) -> None:
+        """``out[S_l] += alpha v_l`` for every segment of ``block`` (``out`` the block's
+        elements), as :meth:`Support.add_` on each segment alone."""
+        index = torch.from_numpy(self.block_positions(block, seeds))
+        out.index_add_(0, index, values.to(out.dtype), alpha=alpha)
+
+    def uses_kernel(self, t: torch.Tensor, layout: Layout | None) -> bool:
+        """Whether the block kernel codes ``t`` (a layout is given, or the codec wants
+        flat vectors in it too: random-block)."""
+        return layout is not None and not self._raw and _host.use_host_kernels(t)
+
     def encode_payload(self, x: torch.Tensor, seed: int,
                        layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
-        if layout is None or self._raw or not _host.use_host_kernels(x):
+        if not self.uses_kernel(x, layout):
             return super().encode_payload(x, seed, layout)
         check_finite(x, self.spec)
+        layout = layout or flat(x.numel(), self.payload_nbytes(x.numel()))
         message = Reserved(layout.nbytes)
         payload = message.payload
         seeds = layout.seeds(seed)
@@ -188,7 +190,7 @@ class RandK(Sparsifier):
                 support = self.support(_EMPTY, item.size, int(seeds[item.index]), seg.device)
                 payload[item.byte : item.stop] = to_bytes(as_float32(support.gather(seg))).numpy()
                 continue
-            index = self._positions(item, seeds[item.lo : item.hi])
+            index = self.block_positions(item, seeds[item.lo : item.hi])
             values = x[item.elem : item.elem + item.numel].detach().numpy()[index]
             if values.dtype != np.float32:  # torch's conversion, as as_float32 does
                 values = torch.from_numpy(values).to(torch.float32).numpy()
@@ -198,100 +200,7 @@ class RandK(Sparsifier):
     def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
                             out: torch.Tensor, alpha: float,
                             layout: Layout | None = None) -> None:
-        if layout is None or self._raw or not _host.use_host_kernels(out):
-            return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
-        seeds = layout.seeds(seed)
-        for item in layout.items(self.spec, None, self._prepare):
-            if isinstance(item, Alone):
-                super().decode_payload_add_(payload[item.byte : item.stop], flags,
-                                            int(seeds[item.index]),
-                                            out[item.elem : item.elem + item.size], alpha)
-                continue
-            index = self._positions(item, seeds[item.lo : item.hi])
-            words = payload[item.byte : item.stop].numpy().view(np.float32)[item.plan["word"]]
-            out[item.elem : item.elem + item.numel].index_add_(
-                0, torch.from_numpy(index), torch.from_numpy(words).to(out.dtype),
-                alpha=alpha)
-        return None
-
-    def _prepare(self, block: Block) -> None:
-        """``k_l``, each kept entry's segment start (elements) and its 4-byte word."""
-        plan = block.plan
-        k = np.array([self.k(int(d)) for d in block.sizes], dtype=np.int64)
-        plan["k_list"], plan["size_list"] = k.tolist(), block.sizes.tolist()
-        plan["seg_start"] = np.repeat(block.starts, k)
-        plan["word"] = (np.repeat(block.offsets, k) + 4 * arange_within(k)) // 4
-
-    def _positions(self, block: Block, seeds: np.ndarray) -> np.ndarray:
-        """Block position of every kept entry, grouped by segment, ascending in each."""
-        plan = block.plan
-        local = [_host.sample_positions(int(s), d, k) for s, d, k in
-                 zip(seeds, plan["size_list"], plan["k_list"], strict=True)]
-        return plan["seg_start"] + np.concatenate(local)
-
-
-class RandBlock(Sparsifier):
-    """``randblock:R``: one contiguous block of ``k`` entries at a uniform random start,
-    wrapping around the end (arXiv:2009.09271, random-block sparsification).
-
-    ``Q(x)_i = x_i`` for ``i ∈ {s, s+1, …, s+k-1} mod d`` with ``s ~ U{0, …, d-1}``; the
-    wrap-around keeps every coordinate with the same probability ``k/d``, so ``δ = k/d``
-    exactly, as for rand-k. Wire: ``k`` fp32 values; ``s`` is regenerated from the header
-    seed (:func:`choco.compress._host.block_start`), so no offset is sent. Encoding is one
-    contiguous copy. ``randblock:R:raw`` scales by ``d/k`` (unbiased, ``ω = d/k - 1``).
-
-    Host kernel (flat vectors and segment layouts alike, not ``:raw``): a flat vector and
-    segments of at least ``BATCH_MAX`` elements are copied alone; the shorter segments of a
-    layout in blocks, where each ``s_l`` is
-    drawn from its own seeded generator (the only per-segment Python work) and the
-    positions ``start_l + (s_l + j) mod d_l``, the gather, the fp32 words and the add are
-    one pass over the block.
-    """
-
-    codec_id = 5
-    name = "randblock"
-
-    def select(self, x, seed):
-        return self.support(_EMPTY, x.numel(), seed, x.device), _EMPTY
-
-    def support(self, positions, numel, seed, device):
-        return Support(self.k(numel), None, _host.block_start(seed, numel))
-
-    # ------------------------------------------------------------------ host kernel
-    def encode_payload(self, x: torch.Tensor, seed: int,
-                       layout: Layout | None = None) -> tuple[int, torch.Tensor | Reserved]:
-        if self._raw or not _host.use_host_kernels(x):  # :raw scales each segment by d/k
-            return super().encode_payload(x, seed, layout)
-        check_finite(x, self.spec)
-        layout = layout or flat(x.numel(), self.payload_nbytes(x.numel()))
-        message = Reserved(layout.nbytes)
-        payload = message.payload
-        seeds = layout.seeds(seed)
-        for item in layout.items(self.spec, None, self._prepare):
-            if isinstance(item, Block):
-                _, index = self._positions(item, seeds[item.lo : item.hi])
-                values = x[item.elem : item.elem + item.numel].detach().numpy()[index]
-                if values.dtype != np.float32:  # torch's conversion, as as_float32 does
-                    values = torch.from_numpy(values).to(torch.float32).numpy()
-                words = payload[item.byte : item.stop].view(np.uint32)
-                words[item.plan["word"]] = values.view(np.uint32)
-            else:
-                seg = x[item.elem : item.elem + item.size]
-                support = self.support(_EMPTY, item.size, int(seeds[item.index]), seg.device)
-                payload[item.byte : item.stop] = to_bytes(as_float32(support.gather(seg))).numpy()
-        return 0, message
-
-    def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
-                            out: torch.Tensor, alpha: float,
-                            layout: Layout | None = None) -> None:
-        """``out[S_l] += alpha v_l`` with torch's ``add_`` (as :meth:`Support.add_`).
-
-        fp32/fp64 blocks: one gather, one ``add_`` and one scatter (torch's ``a + alpha b``
-        is the same in its vector body and its scalar tail there). fp16: ``add_`` rounds
-        differently in the two, so the sum depends on where an element falls in the call;
-        the values are converted at once but added segment by segment, as alone.
-        """
-        if self._raw or not _host.use_host_kernels(out):
+        if not self.uses_kernel(out, layout):
             return super().decode_payload_add_(payload, flags, seed, out, alpha, layout)
         layout = layout or flat(out.numel(), self.payload_nbytes(out.numel()))
         seeds = layout.seeds(seed)
@@ -301,35 +210,102 @@ class RandBlock(Sparsifier):
                                             int(seeds[item.index]),
                                             out[item.elem : item.elem + item.size], alpha)
                 continue
-            plan, target = item.plan, out[item.elem : item.elem + item.numel]
-            starts, index = self._positions(item, seeds[item.lo : item.hi])
-            words = payload[item.byte : item.stop].numpy().view(np.uint32)[plan["word"]]
-            values = torch.from_numpy(words.view(np.float32)).to(out.dtype)
-            if out.dtype == torch.float16:
-                pos = 0
-                for start, k, seg in zip(starts, plan["k"].tolist(),
-                                         torch.split(target, plan["size_list"]), strict=True):
-                    Support(k, None, start).add_(seg, values[pos : pos + k], alpha)
-                    pos += k
-                continue
-            where = torch.from_numpy(index)
-            kept = target[where]
-            kept.add_(values, alpha=alpha)
-            target[where] = kept
+            words = payload[item.byte : item.stop].numpy().view(np.float32)[item.plan["word"]]
+            self.add_block(item, seeds[item.lo : item.hi], torch.from_numpy(words),
+                           out[item.elem : item.elem + item.numel], alpha)
         return None
 
     def _prepare(self, block: Block) -> None:
+        """Per segment ``k_l`` (array and list) and ``d_l`` (list); per kept entry its index
+        within the segment, its segment's start and size (elements) and its 4-byte word."""
         sizes, plan = block.sizes, block.plan
         k = np.array([self.k(int(s)) for s in sizes], dtype=np.int64)
-        plan["k"] = k
-        plan["size_list"] = sizes.tolist()
+        plan["k"], plan["k_list"], plan["size_list"] = k, k.tolist(), sizes.tolist()
         plan["within"] = arange_within(k)
         plan["seg_start"] = np.repeat(block.starts, k)
         plan["seg_size"] = np.repeat(sizes, k)
         plan["word"] = (np.repeat(block.offsets, k) + 4 * plan["within"]) // 4
 
+
+class RandK(SeededSparsifier):
+    """``randk:R``: ``k`` uniformly random positions without replacement, values unscaled.
+
+    ``Q(x) = x ⊙ 1_S`` with ``S`` a uniform ``k``-subset, ``δ = k/d`` exactly
+    (``E||Q(x) - x||^2 = (1 - k/d)||x||^2``; arXiv:1907.09356 §3 "rand-k", 0.010 at 1%).
+    Wire: ``k`` fp32 values only (``32 k/d`` bits per element); every receiver regenerates
+    ``S`` from the header seed (:func:`choco.compress._host.sample_positions`, host numpy,
+    identical on every device). ``randk:R:raw`` sends ``(d/k) x ⊙ 1_S``: unbiased,
+    ``ω = d/k - 1``. Host kernel: :class:`SeededSparsifier`, on segment layouts; a flat
+    vector is one ``sample_positions`` and one gather.
+    """
+
+    codec_id = 4
+    name = "randk"
+
+    def support(self, positions, numel, seed, device):
+        index = _host.sample_positions(seed, numel, self.k(numel))
+        return Support(index.size, torch.from_numpy(index).to(device))
+
+    def block_positions(self, block: Block, seeds: np.ndarray) -> np.ndarray:
+        plan = block.plan
+        local = [_host.sample_positions(int(s), d, k) for s, d, k in
+                 zip(seeds, plan["size_list"], plan["k_list"], strict=True)]
+        return plan["seg_start"] + np.concatenate(local)
+
+
+class RandBlock(SeededSparsifier):
+    """``randblock:R``: one contiguous block of ``k`` entries at a uniform random start,
+    wrapping around the end (arXiv:2009.09271, random-block sparsification).
+
+    ``Q(x)_i = x_i`` for ``i ∈ {s, s+1, …, s+k-1} mod d`` with ``s ~ U{0, …, d-1}``; the
+    wrap-around keeps every coordinate with the same probability ``k/d``, so ``δ = k/d``
+    exactly, as for rand-k. Wire: ``k`` fp32 values; ``s`` is regenerated from the header
+    seed (:func:`choco.compress._host.block_start`), so no offset is sent. Encoding is one
+    contiguous copy. ``randblock:R:raw`` scales by ``d/k`` (unbiased, ``ω = d/k - 1``).
+
+    Host kernel (:class:`SeededSparsifier`; flat vectors too, not ``:raw``): the positions
+    of a block are ``start_l + (s_l + j) mod d_l``; decoding is one gather, ``add_`` and
+    scatter.
+    """
+
+    codec_id = 5
+    name = "randblock"
+
+    def support(self, positions, numel, seed, device):
+        return Support(self.k(numel), None, _host.block_start(seed, numel))
+
+    def uses_kernel(self, t: torch.Tensor, layout: Layout | None) -> bool:
+        return not self._raw and _host.use_host_kernels(t)
+
+    def block_positions(self, block: Block, seeds: np.ndarray) -> np.ndarray:
+        return self._starts_and_positions(block, seeds)[1]
+
+    def add_block(self, block: Block, seeds: np.ndarray, values: torch.Tensor,
+                  out: torch.Tensor, alpha: float) -> None:
+        """``out[S_l] += alpha v_l`` with torch's ``add_`` (as :meth:`Support.add_`).
+
+        fp32/fp64 blocks: one gather, one ``add_`` and one scatter (torch's ``a + alpha b``
+        is the same in its vector body and its scalar tail there). fp16: ``add_`` rounds
+        differently in the two, so the sum depends on where an element falls in the call;
+        the values are converted at once but added segment by segment, as alone.
+        """
+        plan = block.plan
+        starts, index = self._starts_and_positions(block, seeds)
+        values = values.to(out.dtype)
+        if out.dtype == torch.float16:
+            pos = 0
+            for start, k, seg in zip(starts, plan["k_list"],
+                                     torch.split(out, plan["size_list"]), strict=True):
+                Support(k, None, start).add_(seg, values[pos : pos + k], alpha)
+                pos += k
+            return
+        where = torch.from_numpy(index)
+        kept = out[where]
+        kept.add_(values, alpha=alpha)
+        out[where] = kept
+
     @staticmethod
-    def _positions(block: Block, seeds: np.ndarray) -> tuple[list[int], np.ndarray]:
+    def _starts_and_positions(block: Block, seeds: np.ndarray) -> tuple[list[int], np.ndarray]:
         """``(s_l for every segment, block position of every kept entry)``:
         ``start_l + (s_l + j) mod d_l``, grouped by segment in support order."""
         plan = block.plan
