@@ -1,7 +1,7 @@
 """Codecs applied to every node's row of an ``(n, d)`` array at once, bit for bit.
 
-Covered: ``sign``, ``identity``, ``topk:R`` (int32 positions), ``randk:R`` and
-``randblock:R`` (and their ``:raw`` forms); the sign case is described here, the others in
+Covered: ``sign``, ``identity``, ``topk:R`` (int32 or Rice-coded positions), ``randk:R``
+and ``randblock:R`` (and their ``:raw`` forms); the sign case is described here, the others in
 their classes.
 
 When one thread drives every node of an in-process network (:mod:`choco.batched`), a
@@ -39,7 +39,7 @@ from .identity import Identity
 from .selection import SAMPLE_MIN_NUMEL, topk_indices
 from .sign import Sign, _host_l1_scale
 from .sparse import RandBlock, RandK, Sparsifier, Support
-from .topk import TopK
+from .topk import TopK, TopKRice
 
 __all__ = ["BatchCodec", "BatchIdentity", "BatchSign", "BatchSparse", "BatchTopK", "Senders",
            "batch_codec"]
@@ -83,7 +83,7 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
     subclass, the torch kernels, a vector the host kernel codes in chunks).
 
     Covered: ``sign`` (:class:`BatchSign`), ``identity`` (:class:`BatchIdentity`),
-    ``topk:R`` with int32 positions (:class:`BatchTopK`; not ``topk:R:rice``), ``randk:R``
+    ``topk:R`` and ``topk:R:rice`` (:class:`BatchTopK`), ``randk:R``
     and ``randblock:R`` with or without ``:raw`` (:class:`BatchSparse`), for fp16, fp32
     and fp64 rows of ``1 <= d <= 2^18`` elements on the host kernels.
     """
@@ -96,7 +96,7 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
         return BatchSign(cast("Sign", compressor), numel, dtype)
     if kind is Identity:
         return BatchIdentity(cast("Identity", compressor), numel, dtype)
-    if kind is TopK:
+    if kind in (TopK, TopKRice):  # the same kept set and values; only the bytes differ
         return BatchTopK(cast("TopK", compressor), numel, dtype)
     if kind in (RandK, RandBlock):
         return BatchSparse(cast("Sparsifier", compressor), numel, dtype)
@@ -211,7 +211,7 @@ class BatchIdentity:
 
 
 class BatchTopK:
-    """:class:`~choco.compress.topk.TopK` (int32 positions) on every row.
+    """:class:`~choco.compress.topk.TopK` (int32 or Rice-coded positions) on every row.
 
     The kept set of a row is the codec's (:func:`choco.compress.selection.topk_indices`).
     Below its sampled path (``d < 2^16`` or ``8k > d``) that is, by its definition: ``t``
@@ -223,6 +223,9 @@ class BatchTopK:
     The values are converted to fp32 (the wire) and back to the row's dtype with torch, as
     the encoder and :meth:`Support.add_ <choco.compress.sparse.Support.add_>` do, and added
     with the decoder's call ``out.index_add_(0, index, values, alpha=α)`` on each target row.
+    ``topk:R:rice`` keeps the same set and sends the same values; only its position bytes
+    (a fixed-length Rice code, counted through :attr:`message_nbytes`) differ, and they
+    decode to the same ascending positions.
     """
 
     def __init__(self, codec: TopK, numel: int, dtype: torch.dtype) -> None:
