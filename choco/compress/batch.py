@@ -1,13 +1,13 @@
 """Codecs applied to every node's row of an ``(n, d)`` array at once, bit for bit.
 
-Covered: ``sign``, ``identity``, ``topk:R`` (int32 or Rice-coded positions), ``randk:R``
-and ``randblock:R`` (and their ``:raw`` forms); the sign case is described here, the others in
-their classes.
+Covered: ``sign``, ``identity``, ``topk:R`` (int32 or Rice-coded positions), ``randk:R``,
+``randblock:R`` and ``natural`` (and their ``:raw`` forms); the sign case is described here,
+the others in their classes.
 
 When one thread drives every node of an in-process network (:mod:`choco.batched`), a
 codec without coding state and without sender-side randomness can code all nodes' rows
-together (the random supports of rand-k and random-block come from each row's round seed,
-as the receivers regenerate them): the
+together (the random supports of rand-k and random-block, and natural's rounding bits,
+come from each row's round seed, as the per-node encoder draws them): the
 round's messages are held as arrays (one scale per row, one sign word per element) instead
 of ``n`` framed buffers, and each neighbour slot is added with one numpy pass over the
 ``n × d`` target. The values added are the ones the per-node decoder adds, computed with
@@ -36,13 +36,14 @@ import torch
 from . import _host
 from .base import Compressor, as_float32, check_finite
 from .identity import Identity
+from .natural import Natural, _too_large
 from .selection import SAMPLE_MIN_NUMEL, topk_indices
 from .sign import Sign, _host_l1_scale
 from .sparse import RandBlock, RandK, Sparsifier, Support
 from .topk import TopK, TopKRice
 
-__all__ = ["BatchCodec", "BatchIdentity", "BatchSign", "BatchSparse", "BatchTopK", "Senders",
-           "batch_codec"]
+__all__ = ["BatchCodec", "BatchIdentity", "BatchNatural", "BatchSign", "BatchSparse",
+           "BatchTopK", "Senders", "batch_codec"]
 
 
 #: what selects the senders of a batched add: a slice of rows or an index per row
@@ -84,8 +85,9 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
 
     Covered: ``sign`` (:class:`BatchSign`), ``identity`` (:class:`BatchIdentity`),
     ``topk:R`` and ``topk:R:rice`` (:class:`BatchTopK`), ``randk:R``
-    and ``randblock:R`` with or without ``:raw`` (:class:`BatchSparse`), for fp16, fp32
-    and fp64 rows of ``1 <= d <= 2^18`` elements on the host kernels.
+    and ``randblock:R`` with or without ``:raw`` (:class:`BatchSparse`), ``natural`` and
+    ``natural:raw`` (:class:`BatchNatural`), for fp16, fp32 and fp64 rows of
+    ``1 <= d <= 2^18`` elements on the host kernels.
     """
     if (dtype not in (torch.float16, torch.float32, torch.float64)
             or not _host.use_host_kernels(torch.empty(0, dtype=dtype))
@@ -100,6 +102,8 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
         return BatchTopK(cast("TopK", compressor), numel, dtype)
     if kind in (RandK, RandBlock):
         return BatchSparse(cast("Sparsifier", compressor), numel, dtype)
+    if kind is Natural:
+        return BatchNatural(cast("Natural", compressor), numel, dtype)
     return None
 
 
@@ -325,3 +329,56 @@ class BatchSparse:
             support = supports[j]
             assert support is not None  # encoded this round
             support.add_(target, values[j], a * self.scale)  # the decoder's call
+
+
+class BatchNatural:
+    """:class:`~choco.compress.natural.Natural` (and ``:raw``) on every row.
+
+    Row ``i`` is converted to fp32 with torch (as the encoder does) and rounded with the
+    first ``d`` uint32 of ``SFC64(seed_i)``'s raw stream, its round seed (the per-node
+    host kernel's draws): ``e' = ((bits & 0x7FFFFFFF) + (u >> 9)) >> 23``, one pass over a
+    block of rows, with the encoder's range check (``e' < 255``). ``add_`` rebuilds the
+    words ``(x < 0) << 31 | e' << 23`` as fp32 and adds them as the decoder's
+    ``add_into`` does: ``fl(w · fl(α s))`` in the target's precision (``s = 8/9``, or 1
+    for ``:raw``), then the sum, elementwise.
+    """
+
+    def __init__(self, codec: Natural, numel: int, dtype: torch.dtype) -> None:
+        self.codec, self.numel = codec, numel
+        self.dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+        self.scale = codec.scale()
+        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.seeded = True
+
+    def messages(self, n: int) -> np.ndarray:
+        """The decoded fp32 words ``(n, d)`` (as uint32): sign bit and exponent."""
+        return np.empty((n, self.numel), dtype=np.uint32)
+
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int, seeds: Sequence[int] | None = None) -> None:
+        words = cast("np.ndarray", messages)[start : start + len(rows)]
+        if seeds is None:
+            raise ValueError(f"{self.codec.spec}: the batched codec needs the rows' seeds")
+        for w, seed in zip(words, seeds, strict=True):  # the encoder's draws, row by row
+            w[:] = _host.random_u32(_host.host_bitgen(seed), self.numel)
+        words >>= 9  # uniform on [0, 2^23)
+        x32 = torch.from_numpy(block).to(torch.float32).numpy()  # as_float32: torch's rounding
+        bits = x32.view(np.uint32)
+        words += bits & np.uint32(0x7FFFFFFF)
+        words >>= 23
+        if words.max() >= 255:
+            raise _too_large(self.codec.spec)
+        words <<= 23
+        # the sign bit as the encoder packs it: x < 0 (so -0.0 sends +0, as on the wire)
+        words |= (x32 < 0).astype(np.uint32) << np.uint32(31)
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        words = cast("np.ndarray", messages)[senders]
+        # add_into with α·s per row: the word in the target's precision times fl(α s)
+        factor = (alpha * self.scale).astype(self.dtype)[:, None]
+        scaled = np.multiply(words.view(np.float32), factor, dtype=self.dtype)
+        if rows is None:
+            np.add(out, scaled, out=out)
+        else:
+            out[rows] += scaled
