@@ -354,17 +354,17 @@ def test_simnet_prints_drivers_and_clock_overhead(bench):
 
 
 def test_simnet_rows_per_codec(bench):
-    """--spec: a row per codec and n, batched (identity) or not (natural: lock-step), the
+    """--spec: a row per codec and n, batched (identity) or not (qsgd: lock-step), the
     drivers' .npz files identical within each row (else the run raises)."""
     status, out, err = bench("simnet", "--consensus-nodes", "4,5", "--train-nodes", "0",
                              "--dim", "12", "--rounds", "2", "--pairs", "1", "--json",
-                             "--spec", "identity; natural")
+                             "--spec", "identity; qsgd:16")
     assert status == 0, err
     assert len(_table_rows(out, "consensus ring identity d=12, 2 rounds")) == 2
-    assert len(_table_rows(out, "consensus ring natural d=12, 2 rounds")) == 2
+    assert len(_table_rows(out, "consensus ring qsgd:16 d=12, 2 rounds")) == 2
     rows = _json(out)["rows"]
     assert [(r["spec"], r["n"]) for r in rows] == [
-        ("identity", 4), ("identity", 5), ("natural", 4), ("natural", 5)]
+        ("identity", 4), ("identity", 5), ("qsgd:16", 4), ("qsgd:16", 5)]
 
 
 def test_simnet_before_must_be_a_checkout(tmp_path, bench):
