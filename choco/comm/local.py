@@ -29,6 +29,9 @@ and a message whose length differs from the receiver's own raises :class:`CommEr
 the sender, as the MPI backend does. A node that raises stops the others (their waits raise
 and the first error is re-raised in the caller); a run in which every unfinished node waits
 for something no node can provide stops with a :class:`CommError` saying who waits for what.
+A Ctrl-C in the caller stops every node at its next wait (waiting at most
+:data:`INTERRUPT_GRACE_S` for them) before :meth:`LocalNetwork.run` re-raises it, so no node
+thread still runs, or writes, once the caller handles it.
 """
 
 from __future__ import annotations
