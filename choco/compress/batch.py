@@ -5,9 +5,10 @@ Covered: ``sign``, ``identity``, ``topk:R`` (int32 or Rice-coded positions), ``r
 the others in their classes.
 
 When one thread drives every node of an in-process network (:mod:`choco.batched`), a
-codec without coding state and without sender-side randomness can code all nodes' rows
-together (the random supports of rand-k and random-block, and natural's rounding bits,
-come from each row's round seed, as the per-node encoder draws them): the
+codec without coding state, whose randomness (if any) is keyed by the message seed, can
+code all nodes' rows together (the random supports of rand-k and random-block, and
+natural's rounding bits, come from each row's round seed, as the per-node encoder draws
+them): the
 round's messages are held as arrays (one scale per row, one sign word per element) instead
 of ``n`` framed buffers, and each neighbour slot is added with one numpy pass over the
 ``n × d`` target. The values added are the ones the per-node decoder adds, computed with
