@@ -85,13 +85,20 @@ def _message_nbytes(spec: str, dim: int, dtype: str) -> int:
     """The wire format's length of one message: a 16-byte header, then sign: an fp32 scale
     and a bit per element; identity: the elements as they are; topk:R: k fp32 values and
     k int32 positions, k = max(1, ceil(R d)), or their Rice code; randk:R, randblock:R: k fp32
-    values only; natural: the sign bits, then an exponent byte per element."""
+    values only; natural: the sign bits, then an exponent byte per element; qsgd, dither:
+    a norm per bucket and a packed (level, sign) field per element."""
     if spec == "sign":
         return 16 + 4 + math.ceil(dim / 8)
     if spec == "identity":
         return 16 + dim * np.dtype(dtype).itemsize
     if spec.startswith("natural"):  # a sign bit and an exponent byte per element
         return 16 + math.ceil(dim / 8) + dim
+    if spec.startswith(("qsgd", "dither")):  # fp32 norm per bucket, 1 + ceil(log2(S+1))
+        _, levels, *opts = spec.split(":")  # bits per element, packed
+        bucket = next((int(o[2:]) for o in opts if o.startswith("b=")), 512)
+        bucket = dim if bucket == 0 else min(bucket, dim)
+        width = 1 + math.ceil(math.log2(int(levels) + 1))
+        return 16 + 4 * math.ceil(dim / bucket) + math.ceil(dim * width / 8)
     ratio = float(spec.split(":")[1])
     k = min(dim, max(1, math.ceil(ratio * dim)))
     if spec.endswith(":rice"):  # k fp32 values, then k b-bit remainders and the unary
@@ -142,7 +149,8 @@ def _init(tmp_path, topology: str, dim: int, dtype: str, ties: bool = False) -> 
 
 
 @pytest.mark.parametrize("spec", ["sign", "identity", "topk:0.1", "topk:0.1:rice",
-                                  "randk:0.1", "randblock:0.1", "natural"])
+                                  "randk:0.1", "randblock:0.1", "natural", "qsgd:16:b=16",
+                                  "dither:8:b=10"])
 @pytest.mark.parametrize("topology,dim,dtype,block", CASES)
 def test_batched_matches_threads_and_lockstep(tmp_path, monkeypatch, spec: str, topology: str,
                                               dim: int, dtype: str, block: int | None) -> None:
@@ -161,7 +169,9 @@ def test_batched_matches_threads_and_lockstep(tmp_path, monkeypatch, spec: str, 
     ("identity", "star:5", 37, "float32"), ("sign", "ring:5", 37, "float64"),
     ("topk:0.3:rice", "star:6", 40, "float64"), ("randk:0.5", "ring:5", 8, "float32"),
     ("randk:1.0", "ring:4", 9, "float64"), ("natural:raw", "star:6", 40, "float32"),
-    ("natural", "ring:5", 37, "float64"),
+    ("natural", "ring:5", 37, "float64"), ("qsgd:4", "ring:6", 1000, "float64"),
+    ("qsgd:8:b=0", "star:6", 40, "float32"), ("qsgd:16:b=7:raw", "ring:5", 37, "float64"),
+    ("dither:4:b=0", "torus:9", 13, "float32"), ("dither:8", "ring:5", 600, "float64"),
     ("randk:0.3:raw", "star:6", 40, "float32"), ("randblock:0.3", "torus:9", 13, "float32"),
 ])
 def test_batched_matches_with_ties_and_other_dtypes(tmp_path, spec: str, topology: str,
@@ -202,18 +212,18 @@ def _edge_file(tmp_path) -> str:
 @pytest.mark.parametrize("network", [*NETWORKS, "file"])
 @pytest.mark.parametrize("spec,topology", [
     ("sign", "ring:6"), ("topk:0.1", "ring:6"), ("identity", "ring:6"), ("randk:0.2", "ring:6"),
-    ("qsgd:16", "ring:6"),
+    ("scaled(sign)", "ring:6"),
 ])
 def test_one_thread_clock_matches_threads(tmp_path, network: str, spec: str,
                                           topology: str) -> None:
     """The one-thread drivers advance the simulated clock as the nodes' threads do: the
     same simulated time of every node after every round (sign, topk, identity, randk:
-    batched; qsgd falls back to the per-node objects in lock-step)."""
+    batched; scaled(sign) falls back to the per-node objects in lock-step)."""
     if network == "file":
         network = _edge_file(tmp_path)
     problem = _problem(spec, topology)
     threaded = _drive(problem, "threads", network)
-    one_thread = "lockstep" if spec.startswith("qsgd") else "batched"
+    one_thread = "lockstep" if spec.startswith("scaled") else "batched"
     _same(_drive(problem, one_thread, network), threaded)
     times = np.max(np.stack([r.sim_time for r in threaded]), axis=0)
     assert times[0] == 0 and np.all(np.diff(times) > 0)  # the clock advanced every round
@@ -240,7 +250,7 @@ def test_cli_default_matches_threads_with_network(tmp_path) -> None:
 
 def test_batch_codec_only_where_exact() -> None:
     for spec in ("sign", "identity", "topk:0.1", "topk:0.1:rice", "randk:0.2",
-                 "randblock:0.1:raw", "natural", "natural:raw"):
+                 "randblock:0.1:raw", "natural", "natural:raw", "qsgd:16", "dither:8:b=0"):
         codec = make_compressor(spec)
         assert batch_codec(codec, 1000, torch.float64) is not None, spec
         assert batch_codec(codec, 1000, torch.float32) is not None, spec
@@ -248,7 +258,7 @@ def test_batch_codec_only_where_exact() -> None:
         assert batch_codec(codec, 1000, torch.bfloat16) is None, spec  # no numpy dtype
     # sender-side randomness, other position formats, wrapped or stateful codecs: the
     # per-node objects
-    for other in ("dither:8", "scaled(sign)", "topk:0.1+natural", "lgc", "qsgd:16"):
+    for other in ("scaled(sign)", "topk:0.1+natural", "randk:0.2+qsgd:4", "lgc", "sbc:0.1"):
         assert batch_codec(make_compressor(other), 1000, torch.float64) is None, other
 
 
@@ -284,13 +294,13 @@ def test_cli_picks_the_batched_driver_where_it_applies(tmp_path, monkeypatch) ->
         m.setattr(consensus, "run_lockstep", refuse)
         m.setattr(LocalNetwork, "run", refuse)
         for spec in ("sign", "identity", "topk:0.2", "topk:0.2:rice", "randk:0.2",
-                     "randblock:0.2", "natural"):
+                     "randblock:0.2", "natural", "qsgd:16"):
             run(spec)
             run(spec, "--network", "bandwidth=1g,compute=1ms")
     with monkeypatch.context() as m:
         m.setattr(consensus, "run_batched", refuse)
         m.setattr(LocalNetwork, "run", refuse)
-        for spec in ("dither:8", "qsgd:16"):
+        for spec in ("sbc:0.2", "topk:0.2+natural"):
             run(spec)
             run(spec, "--network", "bandwidth=1g,compute=1ms")
     with monkeypatch.context() as m:

@@ -1,14 +1,14 @@
 """Codecs applied to every node's row of an ``(n, d)`` array at once, bit for bit.
 
 Covered: ``sign``, ``identity``, ``topk:R`` (int32 or Rice-coded positions), ``randk:R``,
-``randblock:R`` and ``natural`` (and their ``:raw`` forms); the sign case is described here,
-the others in their classes.
+``randblock:R``, ``natural``, ``qsgd:S`` and ``dither:S`` (and their ``:raw`` forms); the
+sign case is described here, the others in their classes.
 
 When one thread drives every node of an in-process network (:mod:`choco.batched`), a
 codec without coding state, whose randomness (if any) is keyed by the message seed, can
-code all nodes' rows together (the random supports of rand-k and random-block, and
-natural's rounding bits, come from each row's round seed, as the per-node encoder draws
-them): the
+code all nodes' rows together (the random supports of rand-k and random-block, and the
+rounding bits of natural, qsgd and dither, come from each row's round seed, as the
+per-node encoder draws them): the
 round's messages are held as arrays (one scale per row, one sign word per element) instead
 of ``n`` framed buffers, and each neighbour slot is added with one numpy pass over the
 ``n × d`` target. The values added are the ones the per-node decoder adds, computed with
@@ -38,13 +38,14 @@ from . import _host
 from .base import Compressor, as_float32, check_finite
 from .identity import Identity
 from .natural import Natural, _too_large
+from .quantize import QSGD, BucketQuantizer, Dither
 from .selection import SAMPLE_MIN_NUMEL, topk_indices
 from .sign import Sign, _host_l1_scale
 from .sparse import RandBlock, RandK, Sparsifier, Support
 from .topk import TopK, TopKRice
 
-__all__ = ["BatchCodec", "BatchIdentity", "BatchNatural", "BatchSign", "BatchSparse",
-           "BatchTopK", "Senders", "batch_codec"]
+__all__ = ["BatchCodec", "BatchIdentity", "BatchNatural", "BatchQuantizer", "BatchSign",
+           "BatchSparse", "BatchTopK", "Senders", "batch_codec"]
 
 
 #: what selects the senders of a batched add: a slice of rows or an index per row
@@ -87,8 +88,9 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
     Covered: ``sign`` (:class:`BatchSign`), ``identity`` (:class:`BatchIdentity`),
     ``topk:R`` and ``topk:R:rice`` (:class:`BatchTopK`), ``randk:R``
     and ``randblock:R`` with or without ``:raw`` (:class:`BatchSparse`), ``natural`` and
-    ``natural:raw`` (:class:`BatchNatural`), for fp16, fp32 and fp64 rows of
-    ``1 <= d <= 2^18`` elements on the host kernels.
+    ``natural:raw`` (:class:`BatchNatural`), ``qsgd:S`` and ``dither:S`` with any bucket
+    size, with or without ``:raw`` (:class:`BatchQuantizer`), for fp16, fp32 and fp64 rows
+    of ``1 <= d <= 2^18`` elements on the host kernels.
     """
     if (dtype not in (torch.float16, torch.float32, torch.float64)
             or not _host.use_host_kernels(torch.empty(0, dtype=dtype))
@@ -105,6 +107,8 @@ def batch_codec(compressor: Compressor, numel: int, dtype: torch.dtype) -> Batch
         return BatchSparse(cast("Sparsifier", compressor), numel, dtype)
     if kind is Natural:
         return BatchNatural(cast("Natural", compressor), numel, dtype)
+    if kind in (QSGD, Dither):
+        return BatchQuantizer(cast("BucketQuantizer", compressor), numel, dtype)
     return None
 
 
@@ -379,6 +383,68 @@ class BatchNatural:
         # add_into with α·s per row: the word in the target's precision times fl(α s)
         factor = (alpha * self.scale).astype(self.dtype)[:, None]
         scaled = np.multiply(words.view(np.float32), factor, dtype=self.dtype)
+        if rows is None:
+            np.add(out, scaled, out=out)
+        else:
+            out[rows] += scaled
+
+
+class BatchQuantizer:
+    """:class:`~choco.compress.quantize.QSGD` / :class:`~choco.compress.quantize.Dither`
+    (any bucket size, and ``:raw``) on every row.
+
+    Row ``i`` is converted to fp32 with torch and zero-padded to whole buckets, as the
+    encoder does; its bucket norms come from the encoder's own function on that row (a
+    batched reduction could sum in another order), its rounding bits from the first
+    draws of ``SFC64(seed_i)``; the levels and codes are elementwise passes over a block of
+    rows. ``add_`` rebuilds ``±level · norm`` in fp32 and adds it as the decoder's
+    ``add_into`` does: ``fl(v · fl(α s))`` in the target's precision (``s = 1/(1 + ω)``,
+    or 1 for ``:raw``), then the sum.
+    """
+
+    def __init__(self, codec: BucketQuantizer, numel: int, dtype: torch.dtype) -> None:
+        self.codec, self.numel = codec, numel
+        self.dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+        self.size = codec.bucket_size(numel)
+        self.buckets = -(-numel // self.size)
+        self.scale = codec.scale(numel)
+        self.signed = codec.signed_table.numpy()
+        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.seeded = True
+
+    def messages(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(norms, codes)``: ``(n, buckets)`` fp32 and ``(n, d)`` int32 codes
+        ``(level << 1) | negative``."""
+        return (np.empty((n, self.buckets), dtype=np.float32),
+                np.empty((n, self.numel), dtype=np.int32))
+
+    def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
+                start: int, seeds: Sequence[int] | None = None) -> None:
+        norms_out, codes_out = cast("tuple[np.ndarray, np.ndarray]", messages)
+        if seeds is None:
+            raise ValueError(f"{self.codec.spec}: the batched codec needs the rows' seeds")
+        count, d, padded = len(rows), self.numel, self.buckets * self.size
+        v = np.zeros((count, padded), dtype=np.float32)
+        v[:, :d] = torch.from_numpy(block).to(torch.float32).numpy()  # as_float32
+        r = np.empty((count, padded), dtype=np.uint32)
+        norms = norms_out[start : start + count]
+        for i, seed in enumerate(seeds):  # the encoder's norms and draws, row by row
+            norms[i] = self.codec._norms_host(v[i].reshape(self.buckets, self.size), v[i, :d])
+            r[i] = _host.random_u32(_host.host_bitgen(seed), padded)
+        r >>= 8
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        v = v.reshape(count * self.buckets, self.size)
+        y = np.abs(v) * inv.reshape(-1)[:, None]
+        codes = (self.codec.levels_of(y, r.reshape(y.shape)) << 1) | (v < 0)
+        codes_out[start : start + count] = codes.reshape(count, padded)[:, :d]
+
+    def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
+             rows: np.ndarray | None = None) -> None:
+        norms, codes = cast("tuple[np.ndarray, np.ndarray]", messages)
+        values = self.signed[codes[senders]]  # ±level, indexed by (level << 1) | negative
+        values *= np.repeat(norms[senders], self.size, axis=1)[:, : self.numel]
+        factor = (alpha * self.scale).astype(self.dtype)[:, None]
+        scaled = np.multiply(values, factor, dtype=self.dtype)
         if rows is None:
             np.add(out, scaled, out=out)
         else:
