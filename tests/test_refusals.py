@@ -255,7 +255,7 @@ def test_start_guard_keeps_a_parent_that_holds_other_files(tmp_path):
 
 
 def test_start_guard_removes_a_temporary_file_of_an_interrupted_write(tmp_path):
-    # Ctrl-C between atomic_write's mkstemp and its rename leaves config.json.XXXX.tmp
+    # Ctrl-C between atomic_write's mkstemp and its rename leaves config.json.<random>.tmp
     out = tmp_path / "run"
     guard = train_cli.StartGuard(out)
     out.mkdir()

@@ -52,6 +52,42 @@ __all__ = ["BatchCodec", "BatchIdentity", "BatchNatural", "BatchQuantizer", "Bat
 Senders = slice | np.ndarray
 
 
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """numpy's dtype of a torch floating dtype (fp16, fp32, fp64)."""
+    return np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+
+
+def _message_nbytes(codec: Compressor, numel: int, dtype: torch.dtype) -> int:
+    """The length of one real message of ``numel`` elements: what a node sends a neighbour
+    (every codec here has a fixed length for a given ``numel`` and dtype)."""
+    return int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+
+
+def _row_seeds(spec: str, seeds: Sequence[int] | None) -> Sequence[int]:
+    """The rows' round seeds, which a seeded codec's ``encode_`` requires."""
+    if seeds is None:
+        raise ValueError(f"{spec}: a seeded batched codec needs the rows' round seeds; pass "
+                         "seeds=[round_seed(seed, i, t) for each row i] to encode_ (as "
+                         "BatchedChocoGossip does when codec.seeded).")
+    return seeds
+
+
+def _as_fp32(block: np.ndarray) -> np.ndarray:
+    """The rows in fp32 as the encoders' ``as_float32`` converts them (torch's rounding)."""
+    return torch.from_numpy(block).to(torch.float32).numpy()
+
+
+def _add_scaled(out: np.ndarray, values: np.ndarray, alpha: np.ndarray,
+                rows: np.ndarray | None) -> None:
+    """``out[rows[k]] += fl(values[k] · fl(α_k))`` in ``out``'s precision, elementwise: the
+    decoders' ``_host.add_into`` with a weight per row (``rows`` None: ``k`` itself)."""
+    scaled = np.multiply(values, alpha.astype(out.dtype)[:, None], dtype=out.dtype)
+    if rows is None:
+        np.add(out, scaled, out=out)
+    else:
+        out[rows] += scaled
+
+
 class BatchCodec(Protocol):
     """What :class:`choco.batched.BatchedChocoGossip` needs of a codec.
 
@@ -123,11 +159,11 @@ class BatchSign:
     def __init__(self, codec: Sign, numel: int, dtype: torch.dtype) -> None:
         self.codec = codec
         self.numel = numel
-        self.dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+        self.dtype = _numpy_dtype(dtype)
         self.uint = np.dtype(f"u{self.dtype.itemsize}")
         self.shift = 8 * self.dtype.itemsize - 1
         # the real message of one row: its length is the bytes one node sends a neighbour
-        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.message_nbytes = _message_nbytes(codec, numel, dtype)
         self.seeded = False
         self._words: np.ndarray | None = None  # the slot's words, a buffer reused per block
 
@@ -193,7 +229,7 @@ class BatchIdentity:
 
     def __init__(self, codec: Identity, numel: int, dtype: torch.dtype) -> None:
         self.codec, self.numel, self.dtype = codec, numel, dtype
-        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.message_nbytes = _message_nbytes(codec, numel, dtype)
         self.seeded = False
         # |x_i| below this for every i: the row's sum is finite, as the encoder requires
         self._finite_below = float(torch.finfo(dtype).max) / 2 / numel
@@ -242,7 +278,7 @@ class BatchTopK:
         self.k = codec.k(numel)
         # the codec's sampled selection path (selection.topk_indices): called per row
         self.sampled = self.k < numel and numel >= SAMPLE_MIN_NUMEL and self.k * 8 <= numel
-        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.message_nbytes = _message_nbytes(codec, numel, dtype)
         self.seeded = False
 
     def messages(self, n: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...],
@@ -302,9 +338,9 @@ class BatchSparse:
     """
 
     def __init__(self, codec: Sparsifier, numel: int, dtype: torch.dtype) -> None:
-        self.codec, self.numel, self.dtype = codec, numel, dtype
+        self.codec, self.numel = codec, numel
         self.scale = codec.value_scale(numel)
-        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.message_nbytes = _message_nbytes(codec, numel, dtype)
         self.seeded = True
 
     def messages(self, n: int) -> tuple[list[Support | None], tuple[torch.Tensor, ...]]:
@@ -316,8 +352,7 @@ class BatchSparse:
                 start: int, seeds: Sequence[int] | None = None) -> None:
         supports, values = cast("tuple[list[Support | None], tuple[torch.Tensor, ...]]",
                                 messages)
-        if seeds is None:
-            raise ValueError(f"{self.codec.spec}: the batched codec needs the rows' seeds")
+        seeds = _row_seeds(self.codec.spec, seeds)
         if not np.isfinite(block).all():
             for row in rows:
                 check_finite(row, self.codec.spec)  # the per-node check and error
@@ -332,7 +367,9 @@ class BatchSparse:
                                 messages)
         for target, j, a in _pairs(out, alpha, senders, rows):
             support = supports[j]
-            assert support is not None  # encoded this round
+            if support is None:
+                raise ValueError(f"{self.codec.spec}: row {j} is added before it was encoded; "
+                                 "call encode_ on every row of the round before add_.")
             support.add_(target, values[j], a * self.scale)  # the decoder's call
 
 
@@ -350,9 +387,8 @@ class BatchNatural:
 
     def __init__(self, codec: Natural, numel: int, dtype: torch.dtype) -> None:
         self.codec, self.numel = codec, numel
-        self.dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
         self.scale = codec.scale()
-        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.message_nbytes = _message_nbytes(codec, numel, dtype)
         self.seeded = True
 
     def messages(self, n: int) -> np.ndarray:
@@ -362,12 +398,10 @@ class BatchNatural:
     def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
                 start: int, seeds: Sequence[int] | None = None) -> None:
         words = cast("np.ndarray", messages)[start : start + len(rows)]
-        if seeds is None:
-            raise ValueError(f"{self.codec.spec}: the batched codec needs the rows' seeds")
-        for w, seed in zip(words, seeds, strict=True):  # the encoder's draws, row by row
-            w[:] = _host.random_u32(_host.host_bitgen(seed), self.numel)
+        for w, seed in zip(words, _row_seeds(self.codec.spec, seeds), strict=True):
+            w[:] = _host.random_u32(_host.host_bitgen(seed), self.numel)  # the encoder's draws
         words >>= 9  # uniform on [0, 2^23)
-        x32 = torch.from_numpy(block).to(torch.float32).numpy()  # as_float32: torch's rounding
+        x32 = _as_fp32(block)
         bits = x32.view(np.uint32)
         words += bits & np.uint32(0x7FFFFFFF)
         words >>= 23
@@ -380,13 +414,7 @@ class BatchNatural:
     def add_(self, messages: object, out: np.ndarray, alpha: np.ndarray, senders: Senders,
              rows: np.ndarray | None = None) -> None:
         words = cast("np.ndarray", messages)[senders]
-        # add_into with α·s per row: the word in the target's precision times fl(α s)
-        factor = (alpha * self.scale).astype(self.dtype)[:, None]
-        scaled = np.multiply(words.view(np.float32), factor, dtype=self.dtype)
-        if rows is None:
-            np.add(out, scaled, out=out)
-        else:
-            out[rows] += scaled
+        _add_scaled(out, words.view(np.float32), alpha * self.scale, rows)
 
 
 class BatchQuantizer:
@@ -404,12 +432,11 @@ class BatchQuantizer:
 
     def __init__(self, codec: BucketQuantizer, numel: int, dtype: torch.dtype) -> None:
         self.codec, self.numel = codec, numel
-        self.dtype = np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
         self.size = codec.bucket_size(numel)
         self.buckets = -(-numel // self.size)
         self.scale = codec.scale(numel)
         self.signed = codec.signed_table.numpy()
-        self.message_nbytes = int(codec.encode(torch.zeros(numel, dtype=dtype)).numel())
+        self.message_nbytes = _message_nbytes(codec, numel, dtype)
         self.seeded = True
 
     def messages(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -421,15 +448,13 @@ class BatchQuantizer:
     def encode_(self, rows: Sequence[torch.Tensor], block: np.ndarray, messages: object,
                 start: int, seeds: Sequence[int] | None = None) -> None:
         norms_out, codes_out = cast("tuple[np.ndarray, np.ndarray]", messages)
-        if seeds is None:
-            raise ValueError(f"{self.codec.spec}: the batched codec needs the rows' seeds")
         count, d, padded = len(rows), self.numel, self.buckets * self.size
         v = np.zeros((count, padded), dtype=np.float32)
-        v[:, :d] = torch.from_numpy(block).to(torch.float32).numpy()  # as_float32
+        v[:, :d] = _as_fp32(block)
         r = np.empty((count, padded), dtype=np.uint32)
         norms = norms_out[start : start + count]
-        for i, seed in enumerate(seeds):  # the encoder's norms and draws, row by row
-            norms[i] = self.codec._norms_host(v[i].reshape(self.buckets, self.size), v[i, :d])
+        for i, seed in enumerate(_row_seeds(self.codec.spec, seeds)):  # as the encoder, per row
+            norms[i] = self.codec.bucket_norms(v[i].reshape(self.buckets, self.size), v[i, :d])
             r[i] = _host.random_u32(_host.host_bitgen(seed), padded)
         r >>= 8
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
@@ -443,9 +468,4 @@ class BatchQuantizer:
         norms, codes = cast("tuple[np.ndarray, np.ndarray]", messages)
         values = self.signed[codes[senders]]  # ±level, indexed by (level << 1) | negative
         values *= np.repeat(norms[senders], self.size, axis=1)[:, : self.numel]
-        factor = (alpha * self.scale).astype(self.dtype)[:, None]
-        scaled = np.multiply(values, factor, dtype=self.dtype)
-        if rows is None:
-            np.add(out, scaled, out=out)
-        else:
-            out[rows] += scaled
+        _add_scaled(out, values, alpha * self.scale, rows)

@@ -113,7 +113,10 @@ class BucketQuantizer(Compressor):
     def _chunk(self, size: int) -> int:
         return 8 * size * max(1, _host.CHUNK // (8 * size))
 
-    def _norms_host(self, v: np.ndarray, xn: np.ndarray) -> np.ndarray:
+    def bucket_norms(self, v: np.ndarray, xn: np.ndarray) -> np.ndarray:
+        """``||v_b||_2`` of every bucket (row) of ``v`` as fp32, the host encoder's values;
+        raises the encoder's error for a non-finite ``xn`` (the vector ``v`` comes from)
+        or an infinite norm."""
         norms = np.sqrt(np.einsum("ij,ij->i", v, v))
         if not np.isfinite(norms).all():  # NaN/Inf input, or squares that overflowed
             check_finite(torch.from_numpy(xn), self.spec)
@@ -144,7 +147,7 @@ class BucketQuantizer(Compressor):
             if n != nb * size:
                 v = np.concatenate([v, np.zeros(nb * size - n, dtype=np.float32)])
             v = v.reshape(nb, size)
-            norms = self._norms_host(v, xn)
+            norms = self.bucket_norms(v, xn)
             inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
             y = np.abs(v) * inv[:, None]
             r = _host.random_u32(bitgen, y.size).reshape(y.shape)

@@ -119,15 +119,12 @@ class TopK(Sparsifier):
                 values = torch.from_numpy(values).to(torch.float32).numpy()
             out = payload[item.byte : item.stop]
             local = chosen - plan["seg_start"]
-            if "value_word" in plan:  # 4-byte fields on 4-byte offsets: one index per entry
+            if self.rice:  # values at any byte offset after a segment's Rice code
+                out[plan["value"]] = values.view(np.uint8)
+                out[plan["code"]] = rice_encode_streams(local, plan["rice"])
+            else:  # 4-byte values and positions on 4-byte offsets: one index per entry
                 out.view(np.float32)[plan["value_word"]] = values
                 out.view(np.int32)[plan["position_word"]] = local
-                continue
-            out[plan["value"]] = values.view(np.uint8)
-            if self.rice:
-                out[plan["code"]] = rice_encode_streams(local, plan["rice"])
-            else:
-                out[plan["position"]] = local.astype(np.int32).view(np.uint8)
         return 0, message
 
     def decode_payload_add_(self, payload: torch.Tensor, flags: int, seed: int,
@@ -146,9 +143,8 @@ class TopK(Sparsifier):
                 continue
             block = data[item.byte : item.stop]
             plan = item.plan
-            values = torch.from_numpy(block.view(np.float32)[plan["value_word"]]
-                                      if "value_word" in plan
-                                      else block[plan["value"]].view(np.float32))
+            values = torch.from_numpy(block[plan["value"]].view(np.float32) if self.rice
+                                      else block.view(np.float32)[plan["value_word"]])
             out[item.elem : item.elem + item.numel].index_add_(
                 0, torch.from_numpy(index), values.to(out.dtype), alpha=alpha * 1.0)
         return None
@@ -167,8 +163,7 @@ class TopK(Sparsifier):
         if self.rice:
             local = rice_decode_streams(payload[plan["code"]], plan["rice"])
         else:
-            local = (payload.view(np.int32)[plan["position_word"]] if "position_word" in plan
-                     else payload[plan["position"]].view(np.int32)).astype(np.int64)
+            local = payload.view(np.int32)[plan["position_word"]].astype(np.int64)
             if local.size and local.min() < 0:
                 local = None
         if local is None or (local.size and (local >= plan["seg_size"]).any()):
@@ -185,17 +180,17 @@ class TopK(Sparsifier):
         plan["seg_start"] = np.repeat(starts, k)
         plan["seg_size"] = np.repeat(sizes, k)
         value_at = np.repeat(block.offsets, k) + 4 * arange_within(k)
-        plan["value"] = (value_at[:, None] + np.arange(4)).reshape(-1)
         plan_selection(block, k)
         if not self.rice:
-            position_at = value_at + 4 * np.repeat(k, k)
-            if (block.stop - block.byte) % 4 == 0 and not (value_at % 4).any():
-                # every value and position on a 4-byte offset (segment headers are 16
-                # bytes): gather and scatter words, one index per entry instead of four
-                plan["value_word"] = value_at // 4
-                plan["position_word"] = position_at // 4
-            plan["position"] = (position_at[:, None] + np.arange(4)).reshape(-1)
+            # segments of 8 k bytes after 16-byte headers: every value and position sits on
+            # a 4-byte offset, so they are gathered and scattered as words
+            if (block.stop - block.byte) % 4 or (value_at % 4).any():
+                raise RuntimeError(f"{self.spec}: a segment payload starts off a 4-byte "
+                                   "boundary; the layout does not frame top-k messages")
+            plan["value_word"] = value_at // 4
+            plan["position_word"] = (value_at + 4 * np.repeat(k, k)) // 4
             return
+        plan["value"] = (value_at[:, None] + np.arange(4)).reshape(-1)
         b = np.array([self.rice_b(int(s)) for s in sizes], dtype=np.int64)
         streams = rice_streams(k, sizes, b)
         plan["rice"] = streams
